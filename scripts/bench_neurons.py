@@ -1,0 +1,122 @@
+"""Neuron throughput against GELU (and spikingjelly's LIF when installed), measured in one run.
+
+    python scripts/bench_neurons.py [--threads 2] [--rounds 15] [--shapes 4x1024x512 8x1024x512]
+
+For each shape [T, N, D] (fp32) every neuron runs forward + backward on the same tensor as a GELU baseline;
+the two are timed alternately, round after round, and the table reports elements/s and the median of the
+per-round ratios (neuron speed / GELU speed; > 1 means faster than GELU). Integer neurons are also timed as
+they train ("1×D": one integer step over the same T·N·D elements). Targets (issue 2): integer neurons
+≥ 1.0× GELU, multi-step lif ≥ 0.8× GELU and ≥ 5× spikingjelly's CPU path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from spiking_lm.nn import build_neuron
+
+INTEGER_NEURONS = ("ilif", "nilif", "asn", "nasn")
+
+
+def fwd_bwd_seconds(module, x: torch.Tensor, grad: torch.Tensor) -> float:
+    start = time.perf_counter()
+    out = module(x)
+    out.backward(grad)
+    x.grad = None
+    return time.perf_counter() - start
+
+
+def measure(module, shape, rounds: int, warmup: int = 3):
+    """Median (over rounds) of module-speed / GELU-speed, and the module's median seconds per call."""
+    gelu = torch.nn.GELU()
+    x = torch.randn(*shape, requires_grad=True)
+    out_shape = module(x.detach()).shape
+    grad = torch.randn(out_shape)
+    grad_gelu = torch.randn(shape)
+    for _ in range(warmup):
+        fwd_bwd_seconds(module, x, grad)
+        fwd_bwd_seconds(gelu, x, grad_gelu)
+    ratios, seconds = [], []
+    for _ in range(rounds):
+        baseline = fwd_bwd_seconds(gelu, x, grad_gelu)
+        spent = fwd_bwd_seconds(module, x, grad)
+        ratios.append(baseline / spent)
+        seconds.append(spent)
+    return statistics.median(ratios), statistics.median(seconds)
+
+
+def spikingjelly_lif():
+    try:
+        from spikingjelly.activation_based import neuron, surrogate
+    except Exception:  # noqa: BLE001 - optional dependency; any import failure means "not available"
+        return None
+    return neuron.LIFNode(
+        tau=2.0,
+        decay_input=False,
+        v_reset=None,
+        v_threshold=1.0,
+        surrogate_function=surrogate.ATan(alpha=2.0),
+        step_mode="m",
+    )
+
+
+class _SpikingjellyFresh(torch.nn.Module):
+    """spikingjelly keeps membrane state between calls; reset it so every call matches ours."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    def forward(self, x):
+        self.node.reset()
+        return self.node(x)
+
+
+def cases(shape):
+    steps, rows, width = shape
+    for name in ("lif", "ilif", "nilif", "asn", "nasn", "tlif", "psn", "masked_psn", "sliding_psn"):
+        kwargs = {"time_steps": steps} if name in ("psn", "masked_psn", "tlif") else {}
+        if name == "masked_psn":
+            kwargs["order"] = 2
+        yield f"{name} (T={steps})", build_neuron(name, **kwargs), shape
+        if name == "lif":
+            yield f"lif (T={steps}, eager)", build_neuron(name, backend="torch"), shape
+    for name in INTEGER_NEURONS:
+        yield f"{name} (1x{4}, T=1)", build_neuron(name), (1, steps * rows, width)
+        yield f"{name} (1x{4}, T=1, eager)", build_neuron(name, backend="torch"), (1, steps * rows, width)
+    node = spikingjelly_lif()
+    if node is not None:
+        yield f"spikingjelly LIFNode (T={steps})", _SpikingjellyFresh(node), shape
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--shapes", nargs="+", default=["4x1024x512", "8x1024x512"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, fp32, forward+backward, median of {args.rounds} rounds")
+    print(f"{'neuron':<38} {'shape':<16} {'Melem/s':>9} {'x GELU':>8}")
+    for text in args.shapes:
+        shape = tuple(int(part) for part in text.split("x"))
+        results = {}
+        for label, module, case_shape in cases(shape):
+            ratio, seconds = measure(module, case_shape, args.rounds)
+            results[label] = seconds
+            elements = torch.Size(case_shape).numel()
+            shape_text = "x".join(map(str, case_shape))
+            print(f"{label:<38} {shape_text:<16} {elements / seconds / 1e6:>9.1f} {ratio:>8.2f}", flush=True)
+        sj = results.get(f"spikingjelly LIFNode (T={shape[0]})")
+        if sj is not None:
+            lif = results[f"lif (T={shape[0]})"]
+            print(f"{'  lif speed-up over spikingjelly':<38} {text:<16} {'':>9} {sj / lif:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

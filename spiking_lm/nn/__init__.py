@@ -1,0 +1,53 @@
+"""Spiking building blocks: surrogate gradients, neurons, spike coding.
+
+Public entry points: `build_neuron`, `NEURONS`, `build_surrogate`, `SURROGATES`, `integer_to_binary`,
+`binary_to_integer`, and the stateless `functional` twins of every neuron.
+"""
+
+from . import functional
+from .kernels import BACKENDS
+from .neurons import (
+    COMMON_OPTIONS,
+    NEURONS,
+    ASNNeuron,
+    IntegerLIFNeuron,
+    LIFNeuron,
+    MaskedParallelSpikingNeuron,
+    NormalizedASNNeuron,
+    NormalizedIntegerLIFNeuron,
+    ParallelSpikingNeuron,
+    SlidingParallelSpikingNeuron,
+    SpikingNeuron,
+    TernaryLIFNeuron,
+    build_neuron,
+    neuron_options,
+)
+from .spike_coding import binary_to_integer, integer_to_binary
+from .surrogate import SURROGATES, ATan, Rectangle, Sigmoid, SurrogateFunction, build_surrogate
+
+__all__ = [
+    "BACKENDS",
+    "COMMON_OPTIONS",
+    "NEURONS",
+    "SURROGATES",
+    "ASNNeuron",
+    "ATan",
+    "IntegerLIFNeuron",
+    "LIFNeuron",
+    "MaskedParallelSpikingNeuron",
+    "NormalizedASNNeuron",
+    "NormalizedIntegerLIFNeuron",
+    "ParallelSpikingNeuron",
+    "Rectangle",
+    "Sigmoid",
+    "SlidingParallelSpikingNeuron",
+    "SpikingNeuron",
+    "SurrogateFunction",
+    "TernaryLIFNeuron",
+    "binary_to_integer",
+    "build_neuron",
+    "build_surrogate",
+    "functional",
+    "integer_to_binary",
+    "neuron_options",
+]

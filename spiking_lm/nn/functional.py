@@ -1,0 +1,175 @@
+"""Stateless functional twins of the neurons in `neurons.py`.
+
+Every function takes time-major input ``(T, ...)`` and returns spikes of the same shape. Nothing persists
+between calls: the membrane starts at zero on every call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kernels import MultiStepIntegerLIF, MultiStepLIF, check_backend
+from .surrogate import SurrogateFunction, build_surrogate
+
+__all__ = [
+    "asn",
+    "band_mask",
+    "ceil_ste",
+    "ilif",
+    "integer_lif",
+    "lif",
+    "masked_psn",
+    "nasn",
+    "nilif",
+    "psn",
+    "round_ste",
+    "sliding_psn",
+    "tlif",
+]
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def ceil_ste(x: torch.Tensor) -> torch.Tensor:
+    """ceil(x) forward, identity backward."""
+    return x + (torch.ceil(x) - x).detach()
+
+
+def lif(
+    x: torch.Tensor,
+    beta: float = 0.5,
+    v_threshold: float = 1.0,
+    v_reset: float | None = None,
+    surrogate: str | SurrogateFunction = "atan",
+    detach_reset: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Multi-step LIF: U[t] = H[t-1] + X[t]; S[t] = Θ(U[t] − V_th); H[t] = β(U[t] − S[t]V_th) (soft reset),
+    or H[t] = β(U[t](1 − S[t]) + S[t]V_reset) when ``v_reset`` is given (hard reset)."""
+    surrogate = build_surrogate(surrogate)
+    check_backend(backend)
+    v_reset = None if v_reset is None else float(v_reset)
+    return MultiStepLIF.apply(
+        x, float(beta), float(v_threshold), v_reset, bool(detach_reset), surrogate.name, surrogate.param, backend
+    )
+
+
+def integer_lif(
+    x: torch.Tensor,
+    lower: float | torch.Tensor = 0.0,
+    spike_max: int = 4,
+    scale: float = 1.0,
+    beta: float = 0.5,
+    detach_reset: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The integer LIF family: q[t] = clip(round(U[t]), lo, lo + D); S[t] = scale·q[t]; H[t] = β(U[t] − q[t]).
+
+    Straight-through gradient: dS/dU = scale on lo ≤ U ≤ lo + D, 0 outside; a tensor ``lower`` gets
+    dq/dlo = 1 outside that window.
+    """
+    check_backend(backend)
+    return MultiStepIntegerLIF.apply(x, lower, int(spike_max), float(scale), float(beta), bool(detach_reset), backend)
+
+
+def ilif(x: torch.Tensor, spike_max: int = 4, beta: float = 0.5, detach_reset: bool = False, backend: str = "auto"):
+    """Integer LIF: S = clip(round(U), 0, D), values {0..D}."""
+    return integer_lif(x, 0.0, spike_max, 1.0, beta, detach_reset, backend)
+
+
+def nilif(x: torch.Tensor, spike_max: int = 4, beta: float = 0.5, detach_reset: bool = False, backend: str = "auto"):
+    """Normalized integer LIF: S = clip(round(U), 0, D) / D, values {0, 1/D, .., 1}."""
+    return integer_lif(x, 0.0, spike_max, 1.0 / spike_max, beta, detach_reset, backend)
+
+
+def asn(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    spike_max: int = 4,
+    beta: float = 0.5,
+    detach_reset: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Adaptive-shift neuron: S = clip(round(U), ⌈α⌉, ⌈α⌉ + D), α a learnable scalar."""
+    return integer_lif(x, ceil_ste(alpha), spike_max, 1.0, beta, detach_reset, backend)
+
+
+def nasn(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    spike_max: int = 4,
+    beta: float = 0.5,
+    detach_reset: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Normalized adaptive-shift neuron: S = clip(round(U), ⌈α⌉, ⌈α⌉ + D) / D; H = β(U − S·D)."""
+    return integer_lif(x, ceil_ste(alpha), spike_max, 1.0 / spike_max, beta, detach_reset, backend)
+
+
+def tlif(x: torch.Tensor, scale: torch.Tensor, beta: float = 0.5, detach_reset: bool = False) -> torch.Tensor:
+    """Ternary (bi-spiking) LIF: S[t] = a[t]·clip(round(U[t]/a[t]), −1, 1), values {−a, 0, a}.
+
+    ``scale`` holds a[t] per time step (shape ``(T,)``) or one shared value (shape ``(1,)``). Gradient: STE
+    where |U/a| ≤ 1; a gets the LSQ-style gradient of the same expression.
+    """
+    if scale.dim() != 1 or scale.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"tlif scale must have shape (1,) or (T={x.shape[0]},), got {tuple(scale.shape)}")
+    membrane = torch.zeros_like(x[0])
+    spikes = []
+    for t in range(x.shape[0]):
+        a = scale[t if scale.shape[0] > 1 else 0]
+        potential = membrane + x[t]
+        spike = a * round_ste(torch.clamp(potential / a, -1.0, 1.0))
+        membrane = beta * (potential - (spike.detach() if detach_reset else spike))
+        spikes.append(spike)
+    return torch.stack(spikes)
+
+
+def psn(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, surrogate: str | SurrogateFunction = "atan"
+) -> torch.Tensor:
+    """Parallel spiking neuron: H = W X + b over the T axis (W ∈ ℝ^{T×T}, b ∈ ℝ^T); S = Θ(H)."""
+    steps = x.shape[0]
+    if weight.shape != (steps, steps) or bias.shape != (steps,):
+        raise ValueError(
+            f"psn expects weight ({steps}, {steps}) and bias ({steps},) for T={steps}, "
+            f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
+    membrane = torch.addmm(bias.unsqueeze(1), weight, x.reshape(steps, -1))
+    return build_surrogate(surrogate)(membrane).view(x.shape)
+
+
+def band_mask(time_steps: int, order: int, device=None, dtype=None) -> torch.Tensor:
+    """M_k: ones where 0 ≤ i − j < k (each step sees itself and the k − 1 steps before it)."""
+    index = torch.arange(time_steps, device=device)
+    lag = index.unsqueeze(1) - index.unsqueeze(0)
+    return ((lag >= 0) & (lag < order)).to(dtype or torch.get_default_dtype())
+
+
+def masked_psn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    order: int,
+    mask_lambda: float = 1.0,
+    surrogate: str | SurrogateFunction = "atan",
+) -> torch.Tensor:
+    """Masked PSN: H = (W ⊙ M_k(λ)) X + b with M_k(λ) = λ M_k + (1 − λ); λ is annealed from 0 to 1."""
+    mask = band_mask(x.shape[0], order, x.device, weight.dtype)
+    return psn(x, weight * (mask_lambda * mask + (1 - mask_lambda)), bias, surrogate)
+
+
+def sliding_psn(
+    x: torch.Tensor, weight: torch.Tensor, threshold: torch.Tensor, surrogate: str | SurrogateFunction = "atan"
+) -> torch.Tensor:
+    """Sliding PSN: H[t] = Σ_{i<k} w_i X[t − k + 1 + i] (causal, zero-padded); S = Θ(H − b)."""
+    steps, order = x.shape[0], weight.shape[0]
+    index = torch.arange(steps, device=x.device)
+    tap = index.unsqueeze(0) - index.unsqueeze(1) + order - 1  # tap i used by row t for column j
+    valid = (tap >= 0) & (tap < order)
+    toeplitz = torch.where(valid, weight[tap.clamp(0, order - 1)], torch.zeros((), dtype=weight.dtype))
+    membrane = (toeplitz @ x.reshape(steps, -1)) - threshold
+    return build_surrogate(surrogate)(membrane).view(x.shape)

@@ -1,0 +1,447 @@
+"""Spiking neurons as `nn.Module`s, selectable by name.
+
+All neurons share one constructor vocabulary (``beta``, ``v_threshold``, ``v_reset``, ``surrogate``,
+``detach_reset``, ``spike_max``, ``time_steps``, ``backend``, ``record_firing_rate``), take time-major input
+``(T, ...)`` and return spikes of the same shape (integer neurons in binary mode return ``(T·D, ...)``). The
+membrane starts at zero on every call: HF ``generate`` calls ``forward`` once per token, so state carried
+across calls would leak between tokens.
+
+Use `build_neuron(name, **kwargs)`; `NEURONS` maps every name to its class.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import nn
+
+from . import functional as F
+from .kernels import check_backend
+from .spike_coding import integer_to_binary
+from .surrogate import build_surrogate
+
+__all__ = [
+    "COMMON_OPTIONS",
+    "NEURONS",
+    "ASNNeuron",
+    "IntegerLIFNeuron",
+    "LIFNeuron",
+    "MaskedParallelSpikingNeuron",
+    "NormalizedASNNeuron",
+    "NormalizedIntegerLIFNeuron",
+    "ParallelSpikingNeuron",
+    "SlidingParallelSpikingNeuron",
+    "SpikingNeuron",
+    "TernaryLIFNeuron",
+    "build_neuron",
+]
+
+SPIKE_MODES = ("integer", "binary")
+
+
+def _check_number(field: str, value, low: float, high: float = math.inf, low_inclusive: bool = True):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if low_inclusive else value > low) and value <= high
+    if not ok:
+        bracket = "[" if low_inclusive else "("
+        raise ValueError(f"{field} must be a number in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _check_int(field: str, value, low: int):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+class SpikingNeuron(nn.Module):
+    """Base class: firing-rate bookkeeping and the backend option. Subclasses implement `fire`.
+
+    Args:
+        backend (`str`, *optional*, defaults to `"auto"`):
+            kernel backend for the LIF family: `"auto"`, `"torch"` (eager) or `"inductor"` (`torch.compile`).
+        record_firing_rate (`bool`, *optional*, defaults to `False`):
+            accumulate spikes and element-steps on every forward; read them with `firing_rate`.
+    """
+
+    def __init__(self, backend: str = "auto", record_firing_rate: bool = False):
+        super().__init__()
+        self.backend = check_backend(backend)
+        self.record_firing_rate = bool(record_firing_rate)
+        self.reset_firing_stats()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"{type(self).__name__} expects time-major input [T, ...], got shape {tuple(x.shape)}")
+        spikes = self.fire(x)
+        if self.record_firing_rate:
+            with torch.no_grad():
+                self._spike_total = self._spike_total + self.count_spikes(spikes).double()
+            self._element_steps += spikes.numel() * self.virtual_steps_per_output
+        return spikes
+
+    def fire(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    virtual_steps_per_output = 1
+
+    def count_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Number of binary spikes represented by ``spikes`` (a 0-d tensor)."""
+        return spikes.sum()
+
+    @property
+    def firing_rate(self) -> float:
+        """Mean spikes per element per (virtual) time step since the last `reset_firing_stats`; NaN if none."""
+        if not self._element_steps:
+            return float("nan")
+        return float(self._spike_total) / self._element_steps
+
+    @property
+    def recorded_elements(self) -> int:
+        """Element-steps seen while recording (the denominator of `firing_rate`)."""
+        return self._element_steps
+
+    def reset_firing_stats(self) -> None:
+        self._spike_total = torch.zeros((), dtype=torch.float64)
+        self._element_steps = 0
+
+
+class LIFNeuron(SpikingNeuron):
+    """Leaky integrate-and-fire: U[t] = H[t−1] + X[t]; S[t] = Θ(U[t] − V_th); H[t] = β(U[t] − S[t]V_th).
+
+    Args:
+        beta (`float`, *optional*, defaults to 0.5): membrane decay β = 1 − 1/τ, in [0, 1].
+        v_threshold (`float`, *optional*, defaults to 1.0): firing threshold, > 0.
+        v_reset (`float`, *optional*): hard reset to this value; `None` (default) is the soft reset above.
+        surrogate (`str` or `SurrogateFunction`, *optional*, defaults to `"atan"`): surrogate gradient.
+        detach_reset (`bool`, *optional*, defaults to `False`): no gradient through the reset.
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.5,
+        v_threshold: float = 1.0,
+        v_reset: float | None = None,
+        surrogate="atan",
+        detach_reset: bool = False,
+        backend: str = "auto",
+        record_firing_rate: bool = False,
+    ):
+        super().__init__(backend, record_firing_rate)
+        self.beta = _check_number("beta", beta, 0.0, 1.0)
+        self.v_threshold = _check_number("v_threshold", v_threshold, 0.0, low_inclusive=False)
+        self.v_reset = None if v_reset is None else _check_number("v_reset", v_reset, -math.inf, v_threshold)
+        self.surrogate = build_surrogate(surrogate)
+        self.detach_reset = bool(detach_reset)
+
+    def fire(self, x):
+        return F.lif(x, self.beta, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset, self.backend)
+
+    def extra_repr(self):
+        reset = "soft" if self.v_reset is None else f"hard to {self.v_reset}"
+        return f"beta={self.beta}, v_threshold={self.v_threshold}, reset={reset}, backend={self.backend}"
+
+
+class IntegerLIFNeuron(SpikingNeuron):
+    """Integer LIF (``ilif``): S[t] = clip(round(U[t]), 0, D); H[t] = β(U[t] − S[t]). Values {0..D}.
+
+    Trains with integer spikes (straight-through gradient on [0, D]); `set_spike_mode("binary")` unfolds every
+    count into D binary virtual steps, output ``(T·D, ...)``, exactly equivalent for any linear consumer:
+    W·S = `spike_scale`·Σ_j W·b_j + W·`spike_offset`.
+
+    Args:
+        spike_max (`int`, *optional*, defaults to 4): D, the largest count per step, >= 1.
+        beta (`float`, *optional*, defaults to 0.5): membrane decay, in [0, 1].
+        detach_reset (`bool`, *optional*, defaults to `False`): no gradient through the reset.
+    """
+
+    normalized = False
+
+    def __init__(
+        self,
+        spike_max: int = 4,
+        beta: float = 0.5,
+        detach_reset: bool = False,
+        backend: str = "auto",
+        record_firing_rate: bool = False,
+    ):
+        super().__init__(backend, record_firing_rate)
+        self.spike_max = _check_int("spike_max", spike_max, 1)
+        self.beta = _check_number("beta", beta, 0.0, 1.0)
+        self.detach_reset = bool(detach_reset)
+        self.spike_mode = "integer"
+
+    def set_spike_mode(self, mode: str) -> None:
+        """``"integer"`` (training; one step per count) or ``"binary"`` (inference; D virtual 0/1 steps)."""
+        if mode not in SPIKE_MODES:
+            raise ValueError(f"spike mode must be one of {SPIKE_MODES}, got {mode!r}")
+        self.spike_mode = mode
+
+    def lower_bound(self):
+        """The smallest count, lo: 0 here, ⌈α⌉ for the adaptive-shift neurons (a tensor with a gradient)."""
+        return 0.0
+
+    @property
+    def spike_scale(self) -> float:
+        """Value of one binary spike in the units of this neuron's integer output (1, or 1/D if normalized)."""
+        return 1.0 / self.spike_max if self.normalized else 1.0
+
+    @property
+    def spike_offset(self):
+        """Constant added to every element of the integer output: S = scale·Σ_j b_j + offset."""
+        lower = self.lower_bound()
+        lower = lower.detach() if torch.is_tensor(lower) else lower
+        return lower * self.spike_scale
+
+    @property
+    def virtual_steps_per_output(self) -> int:
+        return 1 if self.spike_mode == "binary" else self.spike_max
+
+    def count_spikes(self, spikes):
+        if self.spike_mode == "binary":
+            return spikes.sum()
+        return (spikes / self.spike_scale).sum() - self.spike_offset / self.spike_scale * spikes.numel()
+
+    def fire(self, x):
+        lower = self.lower_bound()
+        if self.spike_mode == "integer":
+            return F.integer_lif(
+                x, lower, self.spike_max, self.spike_scale, self.beta, self.detach_reset, self.backend
+            )
+        with torch.no_grad():
+            counts = F.integer_lif(x, lower, self.spike_max, 1.0, self.beta, self.detach_reset, self.backend)
+            return integer_to_binary(counts - lower, self.spike_max)
+
+    def extra_repr(self):
+        return f"spike_max={self.spike_max}, beta={self.beta}, spike_mode={self.spike_mode}, backend={self.backend}"
+
+
+class NormalizedIntegerLIFNeuron(IntegerLIFNeuron):
+    """Normalized integer LIF (``nilif``): S = clip(round(U), 0, D)/D, values {0, 1/D, .., 1}; H = β(U − S·D)."""
+
+    normalized = True
+
+
+class ASNNeuron(IntegerLIFNeuron):
+    """Adaptive-shift neuron (``asn``): S = clip(round(U), ⌈α⌉, ⌈α⌉ + D), α a learnable scalar per layer.
+
+    dS/dU = 1 inside the window, dS/dα = 1 outside it. In binary mode the output is the count above ⌈α⌉;
+    fold W·`spike_offset` into the next layer's bias.
+
+    Args:
+        alpha (`float`, *optional*, defaults to 0.0): initial shift α.
+    """
+
+    def __init__(
+        self,
+        spike_max: int = 4,
+        beta: float = 0.5,
+        detach_reset: bool = False,
+        alpha: float = 0.0,
+        backend: str = "auto",
+        record_firing_rate: bool = False,
+    ):
+        super().__init__(spike_max, beta, detach_reset, backend, record_firing_rate)
+        self.alpha = nn.Parameter(torch.tensor(_check_number("alpha", alpha, -math.inf)))
+
+    def lower_bound(self):
+        return F.ceil_ste(self.alpha)
+
+
+class NormalizedASNNeuron(ASNNeuron):
+    """Normalized adaptive-shift neuron (``nasn``): S = clip(round(U), ⌈α⌉, ⌈α⌉ + D)/D; H = β(U − S·D)."""
+
+    normalized = True
+
+
+class TernaryLIFNeuron(SpikingNeuron):
+    """Ternary bi-spiking LIF (``tlif``): S[t] = a·clip(round(U[t]/a), −1, 1), values {−a, 0, a}.
+
+    The scale a is learnable, one per time step when ``time_steps`` is given (else one shared), and is
+    initialized on the first forward to 2·mean|U[t]|.
+
+    Args:
+        time_steps (`int`, *optional*): T, for one scale per step.
+        beta (`float`, *optional*, defaults to 0.5): membrane decay, in [0, 1].
+        detach_reset (`bool`, *optional*, defaults to `False`): no gradient through the reset.
+    """
+
+    def __init__(
+        self,
+        time_steps: int | None = None,
+        beta: float = 0.5,
+        detach_reset: bool = False,
+        backend: str = "auto",
+        record_firing_rate: bool = False,
+    ):
+        super().__init__(backend, record_firing_rate)
+        self.time_steps = None if time_steps is None else _check_int("time_steps", time_steps, 1)
+        self.beta = _check_number("beta", beta, 0.0, 1.0)
+        self.detach_reset = bool(detach_reset)
+        self.scale = nn.Parameter(torch.ones(time_steps or 1))
+        self.register_buffer("scale_initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialize_scale(self, x: torch.Tensor) -> None:
+        # The scale must follow the membrane it quantizes, which depends on earlier steps' spikes.
+        membrane = torch.zeros_like(x[0])
+        for t in range(x.shape[0] if self.scale.numel() > 1 else 1):
+            potential = membrane + x[t]
+            self.scale[t] = (2 * potential.abs().mean()).clamp_min(1e-6)
+            spike = self.scale[t] * torch.clamp(torch.round(potential / self.scale[t]), -1, 1)
+            membrane = self.beta * (potential - spike)
+        self.scale_initialized.fill_(True)
+
+    def fire(self, x):
+        if self.scale.numel() > 1 and x.shape[0] != self.scale.numel():
+            raise ValueError(f"tlif was built for time_steps={self.scale.numel()}, got input with T={x.shape[0]}")
+        if not bool(self.scale_initialized):
+            self._initialize_scale(x)
+        return F.tlif(x, self.scale, self.beta, self.detach_reset)
+
+    def count_spikes(self, spikes):
+        return (spikes != 0).sum()
+
+
+class ParallelSpikingNeuron(SpikingNeuron):
+    """Parallel spiking neuron (``psn``): H = W X + b over the T axis; S = Θ(H). No recurrence over T.
+
+    W ∈ ℝ^{T×T} is initialized like `nn.Linear` (kaiming-uniform, a = √5) and b = −1 (the threshold).
+
+    Args:
+        time_steps (`int`, *optional*, defaults to 4): T; the input must have exactly T steps.
+        surrogate (`str` or `SurrogateFunction`, *optional*, defaults to `"atan"`): surrogate gradient.
+    """
+
+    def __init__(self, time_steps: int = 4, surrogate="atan", backend: str = "auto", record_firing_rate=False):
+        super().__init__(backend, record_firing_rate)
+        self.time_steps = _check_int("time_steps", time_steps, 1)
+        self.surrogate = build_surrogate(surrogate)
+        self.weight = nn.Parameter(torch.empty(time_steps, time_steps))
+        self.bias = nn.Parameter(torch.full((time_steps,), -1.0))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def _check_steps(self, x):
+        if x.shape[0] != self.time_steps:
+            raise ValueError(f"{type(self).__name__} was built for time_steps={self.time_steps}, got T={x.shape[0]}")
+
+    def fire(self, x):
+        self._check_steps(x)
+        return F.psn(x, self.weight, self.bias, self.surrogate)
+
+    def extra_repr(self):
+        return f"time_steps={self.time_steps}"
+
+
+class MaskedParallelSpikingNeuron(ParallelSpikingNeuron):
+    """Masked PSN (``masked_psn``): H = (W ⊙ M_k(λ)) X + b, M_k the causal band of order k.
+
+    M_k(λ) = λ M_k + (1 − λ): anneal ``mask_lambda`` from 0 to 1 during training (`set_mask_lambda`); at 1 the
+    neuron is causal over T with memory k.
+
+    Args:
+        order (`int`, *optional*, defaults to 2): k, in [1, time_steps].
+        mask_lambda (`float`, *optional*, defaults to 1.0): λ in [0, 1].
+    """
+
+    def __init__(
+        self,
+        time_steps: int = 4,
+        order: int = 2,
+        mask_lambda: float = 1.0,
+        surrogate="atan",
+        backend: str = "auto",
+        record_firing_rate: bool = False,
+    ):
+        super().__init__(time_steps, surrogate, backend, record_firing_rate)
+        self.order = _check_int("order", order, 1)
+        if order > time_steps:
+            raise ValueError(f"order must be <= time_steps={time_steps}, got {order}")
+        self.set_mask_lambda(mask_lambda)
+
+    def set_mask_lambda(self, mask_lambda: float) -> None:
+        self.mask_lambda = _check_number("mask_lambda", mask_lambda, 0.0, 1.0)
+
+    def fire(self, x):
+        self._check_steps(x)
+        return F.masked_psn(x, self.weight, self.bias, self.order, self.mask_lambda, self.surrogate)
+
+    def extra_repr(self):
+        return f"time_steps={self.time_steps}, order={self.order}, mask_lambda={self.mask_lambda}"
+
+
+class SlidingParallelSpikingNeuron(SpikingNeuron):
+    """Sliding PSN (``sliding_psn``): H[t] = Σ_{i<k} w_i X[t−k+1+i]; S = Θ(H − b). Works for any T.
+
+    Weights start as a LIF-like decay, w_i = β^{k−1−i} with β = 0.5, and b at ``v_threshold``; both learn.
+
+    Args:
+        order (`int`, *optional*, defaults to 2): k, the number of taps.
+        v_threshold (`float`, *optional*, defaults to 1.0): initial threshold b, > 0.
+        surrogate (`str` or `SurrogateFunction`, *optional*, defaults to `"atan"`): surrogate gradient.
+    """
+
+    def __init__(
+        self, order: int = 2, v_threshold: float = 1.0, surrogate="atan", backend="auto", record_firing_rate=False
+    ):
+        super().__init__(backend, record_firing_rate)
+        self.order = _check_int("order", order, 1)
+        self.surrogate = build_surrogate(surrogate)
+        decay = 0.5 ** torch.arange(order - 1, -1, -1, dtype=torch.get_default_dtype())
+        self.weight = nn.Parameter(decay)
+        threshold = _check_number("v_threshold", v_threshold, 0.0, low_inclusive=False)
+        self.threshold = nn.Parameter(torch.tensor(threshold))
+
+    def fire(self, x):
+        return F.sliding_psn(x, self.weight, self.threshold, self.surrogate)
+
+    def extra_repr(self):
+        return f"order={self.order}"
+
+
+NEURONS: dict[str, type[SpikingNeuron]] = {
+    "lif": LIFNeuron,
+    "ilif": IntegerLIFNeuron,
+    "nilif": NormalizedIntegerLIFNeuron,
+    "asn": ASNNeuron,
+    "nasn": NormalizedASNNeuron,
+    "tlif": TernaryLIFNeuron,
+    "psn": ParallelSpikingNeuron,
+    "masked_psn": MaskedParallelSpikingNeuron,
+    "sliding_psn": SlidingParallelSpikingNeuron,
+}
+
+COMMON_OPTIONS = frozenset(
+    {"beta", "v_threshold", "v_reset", "surrogate", "detach_reset", "spike_max", "time_steps", "backend"}
+)
+
+
+def neuron_options(name: str) -> frozenset[str]:
+    """Keyword arguments accepted by neuron ``name``."""
+    return frozenset(inspect.signature(NEURONS[name].__init__).parameters) - {"self"}
+
+
+def build_neuron(name: str, *, strict: bool = True, **kwargs) -> SpikingNeuron:
+    """Build the neuron registered as ``name`` (see `NEURONS`).
+
+    Args:
+        name (`str`): one of ``lif, ilif, nilif, asn, nasn, tlif, psn, masked_psn, sliding_psn``.
+        strict (`bool`, *optional*, defaults to `True`): if `False`, options of the common vocabulary
+            (`COMMON_OPTIONS`) that this neuron does not use are dropped, so a model can pass one set of options
+            to whichever neuron its config names. Unknown options always raise.
+        **kwargs: the neuron's constructor arguments.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones), unknown option, or a bad value.
+    """
+    if name not in NEURONS:
+        raise ValueError(f"unknown neuron {name!r}; valid names: {', '.join(NEURONS)}")
+    accepted = neuron_options(name)
+    if not strict:
+        kwargs = {key: value for key, value in kwargs.items() if key in accepted or key not in COMMON_OPTIONS}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"neuron {name!r} got unknown option(s) {unknown}; it accepts {sorted(accepted)}")
+    return NEURONS[name](**kwargs)
