@@ -30,21 +30,20 @@ def fwd_bwd_seconds(module, x: torch.Tensor, grad: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def measure(module, shape, rounds: int, warmup: int = 3):
-    """Median (over rounds) of module-speed / GELU-speed, and the module's median seconds per call."""
-    gelu = torch.nn.GELU()
+def measure(module, shape, rounds: int, baseline=None, warmup: int = 3):
+    """Median over rounds of baseline-time / module-time (GELU unless given), and the module's median seconds."""
+    baseline = baseline or torch.nn.GELU()
     x = torch.randn(*shape, requires_grad=True)
-    out_shape = module(x.detach()).shape
-    grad = torch.randn(out_shape)
-    grad_gelu = torch.randn(shape)
+    grad = torch.randn(module(x.detach()).shape)
+    grad_baseline = torch.randn(baseline(x.detach()).shape)
     for _ in range(warmup):
         fwd_bwd_seconds(module, x, grad)
-        fwd_bwd_seconds(gelu, x, grad_gelu)
+        fwd_bwd_seconds(baseline, x, grad_baseline)
     ratios, seconds = [], []
     for _ in range(rounds):
-        baseline = fwd_bwd_seconds(gelu, x, grad_gelu)
+        reference = fwd_bwd_seconds(baseline, x, grad_baseline)
         spent = fwd_bwd_seconds(module, x, grad)
-        ratios.append(baseline / spent)
+        ratios.append(reference / spent)
         seconds.append(spent)
     return statistics.median(ratios), statistics.median(seconds)
 
@@ -76,20 +75,23 @@ class _SpikingjellyFresh(torch.nn.Module):
         return self.node(x)
 
 
-def cases(shape):
+ALL_NEURONS = ("lif", "ilif", "nilif", "asn", "nasn", "tlif", "psn", "masked_psn", "sliding_psn")
+
+
+def cases(shape, names):
     steps, rows, width = shape
-    for name in ("lif", "ilif", "nilif", "asn", "nasn", "tlif", "psn", "masked_psn", "sliding_psn"):
+    for name in names:
         kwargs = {"time_steps": steps} if name in ("psn", "masked_psn", "tlif") else {}
         if name == "masked_psn":
             kwargs["order"] = 2
         yield f"{name} (T={steps})", build_neuron(name, **kwargs), shape
         if name == "lif":
             yield f"lif (T={steps}, eager)", build_neuron(name, backend="torch"), shape
-    for name in INTEGER_NEURONS:
+    for name in (n for n in INTEGER_NEURONS if n in names):
         yield f"{name} (1x{4}, T=1)", build_neuron(name), (1, steps * rows, width)
         yield f"{name} (1x{4}, T=1, eager)", build_neuron(name, backend="torch"), (1, steps * rows, width)
     node = spikingjelly_lif()
-    if node is not None:
+    if node is not None and "lif" in names:
         yield f"spikingjelly LIFNode (T={steps})", _SpikingjellyFresh(node), shape
 
 
@@ -98,6 +100,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--shapes", nargs="+", default=["4x1024x512", "8x1024x512"])
+    parser.add_argument("--neurons", nargs="+", default=list(ALL_NEURONS), choices=ALL_NEURONS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -105,17 +108,15 @@ def main():
     print(f"{'neuron':<38} {'shape':<16} {'Melem/s':>9} {'x GELU':>8}")
     for text in args.shapes:
         shape = tuple(int(part) for part in text.split("x"))
-        results = {}
-        for label, module, case_shape in cases(shape):
+        for label, module, case_shape in cases(shape, args.neurons):
             ratio, seconds = measure(module, case_shape, args.rounds)
-            results[label] = seconds
             elements = torch.Size(case_shape).numel()
             shape_text = "x".join(map(str, case_shape))
             print(f"{label:<38} {shape_text:<16} {elements / seconds / 1e6:>9.1f} {ratio:>8.2f}", flush=True)
-        sj = results.get(f"spikingjelly LIFNode (T={shape[0]})")
-        if sj is not None:
-            lif = results[f"lif (T={shape[0]})"]
-            print(f"{'  lif speed-up over spikingjelly':<38} {text:<16} {'':>9} {sj / lif:>7.2f}x")
+        node = spikingjelly_lif()
+        if node is not None and "lif" in args.neurons:
+            ratio, _ = measure(build_neuron("lif"), shape, args.rounds, baseline=_SpikingjellyFresh(node))
+            print(f"{'lif speed-up over spikingjelly (same rounds)':<55} {ratio:>7.2f}x", flush=True)
 
 
 if __name__ == "__main__":

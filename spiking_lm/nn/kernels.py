@@ -9,8 +9,11 @@ Backends:
     ``"torch"``: eager PyTorch, always available.
     ``"inductor"``: `torch.compile`; errors are raised, never hidden.
     ``"auto"`` (default): inductor for tensors of at least `AUTO_COMPILE_MIN_NUMEL` elements, eager below (tiny
-    tensors gain nothing from a compiled kernel and would pay its guard overhead). If compiling fails once,
-    ``"auto"`` logs a warning and stays eager for the rest of the process.
+    tensors gain nothing from a compiled kernel and would pay its guard overhead). If compiling a kernel
+    fails, ``"auto"`` logs a warning and runs that kernel eagerly for the rest of the process.
+
+Compiled kernels receive their scalar parameters as 0-d tensors, so one graph per number of time steps
+serves every neuron configuration.
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
@@ -30,7 +33,7 @@ BACKENDS = ("auto", "torch", "inductor")
 AUTO_COMPILE_MIN_NUMEL = int(os.environ.get("SPIKING_LM_COMPILE_MIN_NUMEL", 1 << 17))
 
 _compiled_kernels: dict = {}
-_auto_compile_broken = False
+_broken_kernels: set = set()
 
 
 def check_backend(backend: str) -> str:
@@ -46,20 +49,33 @@ def _compiled(kernel):
     return _compiled_kernels[kernel]
 
 
+def _as_graph_inputs(args, like: torch.Tensor) -> tuple:
+    """Numbers become 0-d tensors so that one compiled graph serves every neuron configuration (dynamo would
+    otherwise specialize on each value and recompile); tensors are detached so grad-mode never forks a graph."""
+    converted = []
+    for arg in args:
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            arg = torch.tensor(arg, dtype=like.dtype, device=like.device)
+        elif torch.is_tensor(arg):
+            arg = arg.detach()
+        converted.append(arg)
+    return tuple(converted)
+
+
 def run_kernel(kernel, backend: str, x: torch.Tensor, *args):
     """Run ``kernel(x, *args)`` on the chosen backend (see the module docstring for the rule)."""
-    global _auto_compile_broken
     if backend == "torch" or torch.compiler.is_compiling():
         return kernel(x, *args)
-    if backend == "inductor":
-        return _compiled(kernel)(x, *args)
-    if _auto_compile_broken or x.numel() < AUTO_COMPILE_MIN_NUMEL:
+    if backend == "auto" and (kernel in _broken_kernels or x.numel() < AUTO_COMPILE_MIN_NUMEL):
         return kernel(x, *args)
+    compiled_args = _as_graph_inputs((x, *args), x)
+    if backend == "inductor":
+        return _compiled(kernel)(*compiled_args)
     try:
-        return _compiled(kernel)(x, *args)
+        return _compiled(kernel)(*compiled_args)
     except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
-        _auto_compile_broken = True
-        logger.warning("torch.compile of spiking kernels failed (%s); using eager kernels from now on", error)
+        _broken_kernels.add(kernel)
+        logger.warning("torch.compile of %s failed (%s); it runs eagerly from now on", kernel.__name__, error)
         return kernel(x, *args)
 
 
@@ -69,8 +85,8 @@ def run_kernel(kernel, backend: str, x: torch.Tensor, *args):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def lif_forward(x: torch.Tensor, beta: float, v_threshold: float, v_reset: float | None):
-    """Returns ``(spikes, potentials)``, both ``(T, M)``; potentials U[t] are saved for the backward pass."""
+def lif_scan(x: torch.Tensor, beta, v_threshold, v_reset):
+    """Run the recurrence; returns the per-step lists ``(spikes, potentials)``."""
     membrane = torch.zeros_like(x[0])
     spikes, potentials = [], []
     for t in range(x.shape[0]):
@@ -82,20 +98,18 @@ def lif_forward(x: torch.Tensor, beta: float, v_threshold: float, v_reset: float
             membrane = beta * (potential * (1 - spike) + spike * v_reset)
         spikes.append(spike)
         potentials.append(potential)
-    return torch.stack(spikes), torch.stack(potentials)
+    return spikes, potentials
 
 
-def lif_backward(
-    grad_spikes: torch.Tensor,
-    potentials: torch.Tensor,
-    beta: float,
-    v_threshold: float,
-    v_reset: float | None,
-    detach_reset: bool,
-    surrogate: str,
-    surrogate_param: float,
-):
-    """Backpropagation through time for `lif_forward`; returns dL/dX, ``(T, M)``."""
+def lif_forward(x: torch.Tensor, beta, v_threshold, v_reset):
+    """Spikes ``(T, M)``. Only the input is kept for backward: writing potentials costs more than recomputing."""
+    spikes, _ = lif_scan(x, beta, v_threshold, v_reset)
+    return torch.stack(spikes)
+
+
+def lif_backward(grad_spikes, x, beta, v_threshold, v_reset, detach_reset: bool, surrogate: str, surrogate_param):
+    """Backpropagation through time for `lif_forward`, recomputing U from X; returns dL/dX, ``(T, M)``."""
+    _, potentials = lif_scan(x, beta, v_threshold, v_reset)
     carry = torch.zeros_like(grad_spikes[0])  # dL/dH[t]
     grads = []
     for t in reversed(range(grad_spikes.shape[0])):
@@ -118,48 +132,47 @@ def lif_backward(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def integer_forward(x: torch.Tensor, lower, spike_max: int, scale: float, beta: float):
-    """Returns ``(spikes, potentials)``; ``lower`` is a float or a 0-d tensor (the ASN offset)."""
+def integer_scan(x: torch.Tensor, lower, spike_max, beta):
+    """Run the recurrence; returns the per-step lists ``(counts, potentials)``."""
     membrane = torch.zeros_like(x[0])
-    spikes, potentials = [], []
+    counts, potentials = [], []
     for t in range(x.shape[0]):
         potential = membrane + x[t]
         count = torch.clamp(torch.round(potential), lower, lower + spike_max)
         membrane = beta * (potential - count)
-        spikes.append(count * scale)
+        counts.append(count)
         potentials.append(potential)
-    return torch.stack(spikes), torch.stack(potentials)
+    return counts, potentials
 
 
-def integer_forward_single_step(x: torch.Tensor, lower, spike_max: int, scale: float):
-    """T = 1 case of `integer_forward`: no membrane, and U = X needs no copy."""
+def integer_forward(x: torch.Tensor, lower, spike_max, scale, beta):
+    """Spikes ``scale · q``, ``(T, M)``; ``lower`` is a number or a 0-d tensor (the ASN offset)."""
+    counts, _ = integer_scan(x, lower, spike_max, beta)
+    return torch.stack(counts) * scale
+
+
+def integer_forward_single_step(x: torch.Tensor, lower, spike_max, scale):
+    """T = 1 case of `integer_forward`: no membrane."""
     return torch.clamp(torch.round(x), lower, lower + spike_max) * scale
 
 
-def integer_backward(
-    grad_spikes: torch.Tensor,
-    potentials: torch.Tensor,
-    lower,
-    spike_max: int,
-    scale: float,
-    beta: float,
-    detach_reset: bool,
-):
-    """Returns ``(dL/dX, dL/dlo)``; dL/dlo is a 0-d tensor summed over all elements and steps."""
+def integer_backward(grad_spikes, x, lower, spike_max, scale, beta, detach_reset: bool):
+    """Returns ``(dL/dX, dL/dlo)``, recomputing U from X; dL/dlo is a 0-d tensor summed over everything."""
+    _, potentials = integer_scan(x, lower, spike_max, beta)
     carry = torch.zeros_like(grad_spikes[0])  # dL/dH[t]
-    grad_lower = torch.zeros((), dtype=grad_spikes.dtype, device=grad_spikes.device)
+    outside_grads = torch.zeros_like(grad_spikes[0])
     grads = []
     for t in reversed(range(grad_spikes.shape[0])):
         potential = potentials[t]
         inside = (potential >= lower) & (potential <= lower + spike_max)
         grad_count = grad_spikes[t] * scale if detach_reset else grad_spikes[t] * scale - beta * carry
         carry = torch.where(inside, grad_count, 0.0) + beta * carry
-        grad_lower = grad_lower + torch.where(inside, 0.0, grad_count).sum()
+        outside_grads = outside_grads + torch.where(inside, 0.0, grad_count)
         grads.append(carry)
-    return torch.stack(grads[::-1]), grad_lower
+    return torch.stack(grads[::-1]), outside_grads.sum()
 
 
-def integer_backward_single_step(grad_spikes: torch.Tensor, x: torch.Tensor, lower, spike_max: int, scale: float):
+def integer_backward_single_step(grad_spikes: torch.Tensor, x: torch.Tensor, lower, spike_max, scale):
     """T = 1 case of `integer_backward`, without the dL/dlo reduction (use the general one for ASN)."""
     inside = (x >= lower) & (x <= lower + spike_max)
     return torch.where(inside, grad_spikes * scale, 0.0)
@@ -182,17 +195,17 @@ class MultiStepLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, beta, v_threshold, v_reset, detach_reset, surrogate, surrogate_param, backend):
         flat = _flatten_time(x)
-        spikes, potentials = run_kernel(lif_forward, backend, flat, beta, v_threshold, v_reset)
-        ctx.save_for_backward(potentials)
+        spikes = run_kernel(lif_forward, backend, flat, beta, v_threshold, v_reset)
+        ctx.save_for_backward(flat)
         ctx.options = (beta, v_threshold, v_reset, detach_reset, surrogate, surrogate_param)
         ctx.backend = backend
         return spikes.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        (potentials,) = ctx.saved_tensors
-        flat = grad_spikes.reshape(potentials.shape)
-        grad_x = run_kernel(lif_backward, ctx.backend, flat, potentials, *ctx.options)
+        (inputs,) = ctx.saved_tensors
+        flat = grad_spikes.reshape(inputs.shape)
+        grad_x = run_kernel(lif_backward, ctx.backend, flat, inputs, *ctx.options)
         return grad_x.view(grad_spikes.shape), None, None, None, None, None, None, None
 
 
@@ -208,10 +221,9 @@ class MultiStepIntegerLIF(torch.autograd.Function):
         lower_value = lower.detach() if torch.is_tensor(lower) else lower
         if flat.shape[0] == 1:
             spikes = run_kernel(integer_forward_single_step, backend, flat, lower_value, spike_max, scale)
-            potentials = flat
         else:
-            spikes, potentials = run_kernel(integer_forward, backend, flat, lower_value, spike_max, scale, beta)
-        ctx.save_for_backward(potentials)
+            spikes = run_kernel(integer_forward, backend, flat, lower_value, spike_max, scale, beta)
+        ctx.save_for_backward(flat)
         ctx.options = (lower_value, spike_max, scale)
         ctx.beta, ctx.detach_reset, ctx.backend = beta, detach_reset, backend
         ctx.lower_is_tensor = torch.is_tensor(lower)
@@ -219,15 +231,15 @@ class MultiStepIntegerLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        (potentials,) = ctx.saved_tensors
-        flat = grad_spikes.reshape(potentials.shape)
+        (inputs,) = ctx.saved_tensors
+        flat = grad_spikes.reshape(inputs.shape)
         needs_lower_grad = ctx.lower_is_tensor and ctx.needs_input_grad[1]
         grad_lower = None
         if flat.shape[0] == 1 and not needs_lower_grad:
-            grad_x = run_kernel(integer_backward_single_step, ctx.backend, flat, potentials, *ctx.options)
+            grad_x = run_kernel(integer_backward_single_step, ctx.backend, flat, inputs, *ctx.options)
         else:
             grad_x, grad_lower = run_kernel(
-                integer_backward, ctx.backend, flat, potentials, *ctx.options, ctx.beta, ctx.detach_reset
+                integer_backward, ctx.backend, flat, inputs, *ctx.options, ctx.beta, ctx.detach_reset
             )
             if not needs_lower_grad:
                 grad_lower = None

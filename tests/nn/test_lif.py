@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from spiking_lm.nn import build_neuron, build_surrogate
-from spiking_lm.nn.kernels import lif_forward
+from spiking_lm.nn.kernels import lif_scan
 
 
 def reference_lif(x, beta=0.5, v_threshold=1.0, v_reset=None, surrogate="atan", detach_reset=False):
@@ -34,9 +34,9 @@ TRACE_INPUT = torch.tensor([1.5, 0.8, 0.1, 2.5], dtype=torch.float64).view(4, 1)
     ],
 )
 def test_hand_computed_trace(v_reset, potentials, spikes):
-    out, membrane = lif_forward(TRACE_INPUT, 0.5, 1.0, v_reset)
-    torch.testing.assert_close(membrane.flatten(), torch.tensor(potentials, dtype=torch.float64))
-    assert out.flatten().tolist() == spikes
+    out, membrane = lif_scan(TRACE_INPUT, 0.5, 1.0, v_reset)
+    torch.testing.assert_close(torch.cat(membrane), torch.tensor(potentials, dtype=torch.float64))
+    assert torch.cat(out).tolist() == spikes
     assert build_neuron("lif", v_reset=v_reset)(TRACE_INPUT).flatten().tolist() == spikes
 
 
