@@ -78,7 +78,8 @@ class SpikingNeuron(nn.Module):
         spikes = self.fire(x)
         if self.record_firing_rate:
             with torch.no_grad():
-                self._spike_total = self._spike_total + self.count_spikes(spikes).double()
+                count = self.count_spikes(spikes).double()
+                self._spike_total = count if self._spike_total is None else self._spike_total + count
             self._element_steps += spikes.numel() * self.virtual_steps_per_output
         return spikes
 
@@ -94,7 +95,7 @@ class SpikingNeuron(nn.Module):
     @property
     def firing_rate(self) -> float:
         """Mean spikes per element per (virtual) time step since the last `reset_firing_stats`; NaN if none."""
-        if not self._element_steps:
+        if not self._element_steps or self._spike_total is None:
             return float("nan")
         return float(self._spike_total) / self._element_steps
 
@@ -104,7 +105,7 @@ class SpikingNeuron(nn.Module):
         return self._element_steps
 
     def reset_firing_stats(self) -> None:
-        self._spike_total = torch.zeros((), dtype=torch.float64)
+        self._spike_total = None  # created on the spikes' device at the first recorded call
         self._element_steps = 0
 
 

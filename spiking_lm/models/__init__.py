@@ -1,0 +1,1 @@
+"""Spiking architectures as `transformers` models, one folder each."""

@@ -1,0 +1,4 @@
+from .configuration_bispikclm import BiSpikCLMConfig
+from .modeling_bispikclm import AUTO_MAP, BiSpikCLMForCausalLM, BiSpikCLMModel, BiSpikCLMPreTrainedModel
+
+__all__ = ["AUTO_MAP", "BiSpikCLMConfig", "BiSpikCLMForCausalLM", "BiSpikCLMModel", "BiSpikCLMPreTrainedModel"]

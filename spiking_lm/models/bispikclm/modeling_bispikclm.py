@@ -1,0 +1,118 @@
+"""BiSpikCLM: binary spiking causal LM with softmax-free spiking attention, on OPT's layout (SPEC §2–3).
+
+Parameter names follow OPT (``model.decoder.embed_tokens``, ``embed_positions`` with OPT's offset of 2,
+``layers.N.self_attn.{q,k,v,out}_proj``, ``self_attn_layer_norm``, ``fc1``, ``fc2``, ``final_layer_norm``), so an
+OPT teacher's weights load by name (`from_teacher`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from spiking_lm.nn.layers import (
+    SpikingSelfAttention,
+    build_norm,
+    membrane_shortcut_layer,
+    neuron_from_config,
+    spiking_mlp,
+)
+from spiking_lm.nn.modeling_utils import SpikingCausalLMMixin, SpikingDecoderMixin, SpikingModelMixin
+
+from .configuration_bispikclm import BiSpikCLMConfig
+
+AUTO_MAP = {"AutoModel": "BiSpikCLMModel", "AutoModelForCausalLM": "BiSpikCLMForCausalLM"}
+OPT_POSITION_OFFSET = 2  # OPT's learned positions start at row 2; kept so OPT weights mean the same here
+
+
+class BiSpikCLMDecoderLayer(GradientCheckpointingLayer):
+    """x = x + out_norm(out_proj(SFSA(SN(LN(x))))); x = x + fc2_norm(fc2(SN(fc1_norm(fc1(SN(LN(x)))))))."""
+
+    def __init__(self, config: BiSpikCLMConfig, layer_idx: int):
+        super().__init__()
+        bias = config.enable_bias
+        self.self_attn_layer_norm = build_norm(config, enabled=config.pre_neuron_norm)
+        self.attn_input_neuron = neuron_from_config(config)
+        self.self_attn = SpikingSelfAttention(
+            config, layer_idx, ("q_proj", "k_proj", "v_proj", "out_proj"), "out_norm", bias=bias, causal=True
+        )
+        self.final_layer_norm = build_norm(config, enabled=config.pre_neuron_norm)
+        self.mlp_input_neuron = neuron_from_config(config)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.fc1_norm = build_norm(config, config.intermediate_size)
+        self.fc_neuron = neuron_from_config(config)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.fc2_norm = build_norm(config)
+
+    def mlp(self, spikes, source_neuron):
+        return spiking_mlp(spikes, source_neuron, self.fc1, self.fc1_norm, self.fc_neuron, self.fc2, self.fc2_norm)
+
+    def forward(self, hidden, attention_mask=None, cache=None):  # hidden: (T, B, L, D) membrane
+        return membrane_shortcut_layer(
+            hidden,
+            attention_mask,
+            cache,
+            self.self_attn_layer_norm,
+            self.attn_input_neuron,
+            self.self_attn,
+            self.final_layer_norm,
+            self.mlp_input_neuron,
+            self.mlp,
+        )
+
+
+class BiSpikCLMPreTrainedModel(SpikingModelMixin, PreTrainedModel):
+    config_class = BiSpikCLMConfig
+    config: BiSpikCLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BiSpikCLMDecoderLayer"]
+
+
+class BiSpikCLMDecoder(SpikingDecoderMixin, BiSpikCLMPreTrainedModel):
+    """Token + learned position embeddings, repeated over T, through the spiking blocks, read out over T."""
+
+    position_offset = OPT_POSITION_OFFSET
+    final_norm_name = "final_layer_norm"
+
+    def __init__(self, config: BiSpikCLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + OPT_POSITION_OFFSET, config.hidden_size)
+        self.layers = nn.ModuleList(BiSpikCLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_layer_norm = build_norm(config)
+        self.post_init()
+
+
+class BiSpikCLMModel(BiSpikCLMPreTrainedModel):
+    """The bare decoder (``model.decoder``), returning the time-averaged, normalized last hidden state."""
+
+    def __init__(self, config: BiSpikCLMConfig):
+        super().__init__(config)
+        self.decoder = BiSpikCLMDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.decoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.decoder.embed_tokens = value
+
+    def forward(self, input_ids=None, **kwargs):
+        return self.decoder(input_ids=input_ids, **kwargs)
+
+
+class BiSpikCLMForCausalLM(SpikingCausalLMMixin, BiSpikCLMPreTrainedModel, GenerationMixin):
+    """BiSpikCLM with a language-model head (tied to the token embeddings by default)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
+
+    def __init__(self, config: BiSpikCLMConfig):
+        super().__init__(config)
+        self.model = BiSpikCLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+__all__ = ["BiSpikCLMForCausalLM", "BiSpikCLMModel", "BiSpikCLMPreTrainedModel"]

@@ -1,0 +1,157 @@
+"""WD-Spikingformer: spiking decoder with causal winner-take-all spiking attention (CWSSA), SPEC §2–3.
+
+Parameter names follow Llama/Qwen2 (``model.embed_tokens``, ``layers.N.self_attn.{q,k,v,o}_proj``,
+``input_layernorm``, ``post_attention_layernorm``, ``mlp.{up,down}_proj``, ``model.norm``, ``lm_head``), so such a
+teacher's weights load by name (`from_teacher`). Llama's gate_proj has no counterpart: the spiking MLP is
+MLP(s) = Norm(down(SN(Norm(up(s))))).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+from spiking_lm.nn.layers import (
+    SpikingSelfAttention,
+    build_norm,
+    membrane_shortcut_layer,
+    neuron_from_config,
+    spiking_mlp,
+)
+from spiking_lm.nn.modeling_utils import (
+    SpikingCausalLMMixin,
+    SpikingDecoderMixin,
+    SpikingModelMixin,
+    sequence_classification_loss,
+)
+
+from .configuration_wd_spikingformer import WDSpikingformerConfig
+
+AUTO_MAP = {
+    "AutoModel": "WDSpikingformerModel",
+    "AutoModelForCausalLM": "WDSpikingformerForCausalLM",
+    "AutoModelForSequenceClassification": "WDSpikingformerForSequenceClassification",
+}
+
+
+class WDSpikingformerMLP(nn.Module):
+    def __init__(self, config: WDSpikingformerConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_norm = build_norm(config, config.intermediate_size)
+        self.act_neuron = neuron_from_config(config)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.down_norm = build_norm(config)
+
+    def forward(self, spikes, source_neuron):
+        return spiking_mlp(
+            spikes, source_neuron, self.up_proj, self.up_norm, self.act_neuron, self.down_proj, self.down_norm
+        )
+
+
+class WDSpikingformerDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: WDSpikingformerConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = build_norm(config, enabled=config.pre_neuron_norm)
+        self.attn_input_neuron = neuron_from_config(config)
+        self.self_attn = SpikingSelfAttention(
+            config, layer_idx, ("q_proj", "k_proj", "v_proj", "o_proj"), bias=config.attention_bias, causal=True
+        )
+        self.post_attention_layernorm = build_norm(config, enabled=config.pre_neuron_norm)
+        self.mlp_input_neuron = neuron_from_config(config)
+        self.mlp = WDSpikingformerMLP(config)
+
+    def forward(self, hidden, attention_mask=None, cache=None):  # hidden: (T, B, L, D) membrane
+        return membrane_shortcut_layer(
+            hidden,
+            attention_mask,
+            cache,
+            self.input_layernorm,
+            self.attn_input_neuron,
+            self.self_attn,
+            self.post_attention_layernorm,
+            self.mlp_input_neuron,
+            self.mlp,
+        )
+
+
+class WDSpikingformerPreTrainedModel(SpikingModelMixin, PreTrainedModel):
+    config_class = WDSpikingformerConfig
+    config: WDSpikingformerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WDSpikingformerDecoderLayer"]
+
+
+class WDSpikingformerModel(SpikingDecoderMixin, WDSpikingformerPreTrainedModel):
+    """The bare decoder, returning the time-averaged, normalized last hidden state."""
+
+    def __init__(self, config: WDSpikingformerConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = None
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.layers = nn.ModuleList(WDSpikingformerDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = build_norm(config)
+        self.post_init()
+
+
+class WDSpikingformerForCausalLM(SpikingCausalLMMixin, WDSpikingformerPreTrainedModel, GenerationMixin):
+    """WD-Spikingformer with a language-model head."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: WDSpikingformerConfig):
+        super().__init__(config)
+        self.model = WDSpikingformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+class WDSpikingformerForSequenceClassification(WDSpikingformerPreTrainedModel):
+    """Classification from the last non-padding token (needs ``pad_token_id`` for batches with padding)."""
+
+    def __init__(self, config: WDSpikingformerConfig):
+        super().__init__(config)
+        self.model = WDSpikingformerModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def _last_token_index(self, input_ids, batch_size, length, device):
+        if input_ids is None or self.config.pad_token_id is None:
+            if batch_size > 1 and input_ids is None:
+                raise ValueError("batched inputs_embeds need input_ids to find each sequence's last token")
+            return torch.full((batch_size,), length - 1, device=device)
+        not_pad = (input_ids != self.config.pad_token_id).int() * torch.arange(length, device=device)
+        return not_pad.argmax(-1)  # the rightmost token that is not padding (left or right padding)
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, **kwargs):
+        kwargs.pop("return_dict", None)
+        kwargs["use_cache"] = False
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        logits = self.score(outputs.last_hidden_state)  # (B, L, labels)
+        batch_size, length = logits.shape[:2]
+        last = self._last_token_index(input_ids, batch_size, length, logits.device)
+        pooled = logits[torch.arange(batch_size, device=logits.device), last]
+        loss = None if labels is None else sequence_classification_loss(self.config, pooled, labels)
+        return SequenceClassifierOutputWithPast(
+            loss=loss, logits=pooled, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "WDSpikingformerForCausalLM",
+    "WDSpikingformerForSequenceClassification",
+    "WDSpikingformerModel",
+    "WDSpikingformerPreTrainedModel",
+]

@@ -1,0 +1,138 @@
+"""Spiking self-attention (SPEC §2): WSSA / CWSSA (winner-take-all), SFSA (softmax-free), SSA (baseline).
+
+Q, K and V are spike values ``(T, B, H, L, d)``. A = Q Kᵀ are overlap counts. What differs is how A selects
+values:
+
+- ``wssa`` / ``cwssa``: M = WTA(A) over the keys allowed to each query (padding and, for ``cwssa``, future keys
+  are removed before the competition); O = M V. ``hard`` keeps the arg-max (first index wins ties), ``topk``
+  keeps the k largest, ``sparsemax`` gives sparse weights. Backward of ``hard``/``topk`` is straight-through
+  softmax(A/τ).
+- ``sfsa``: A_s = SN_attn(A ⊙ mask) binary, O = A_s V (integer counts), scaled by c. No softmax, no exp.
+- ``ssa``: O = (Q Kᵀ ⊙ mask) V · 0.125, re-spiked by the caller.
+
+This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "ATTENTION_TYPES",
+    "SFSA_SCALES",
+    "WTA_MODES",
+    "allowed_keys",
+    "softmax_free_attention",
+    "sparsemax",
+    "spikformer_attention",
+    "winner_take_all",
+]
+
+ATTENTION_TYPES = ("wssa", "cwssa", "sfsa", "ssa")
+WTA_MODES = ("hard", "topk", "sparsemax")
+SFSA_SCALES = ("sqrt_d", "causal_count")
+
+
+def allowed_keys(
+    attention_mask: torch.Tensor | None,
+    query_length: int,
+    key_length: int,
+    causal: bool,
+    device: torch.device,
+    batch_size: int = 1,
+) -> torch.Tensor:
+    """Boolean ``(B, 1, Lq, Lk)``: may query i (the last ``query_length`` positions) look at key j?
+
+    ``attention_mask`` is the usual ``(B, Lk)`` padding mask (1 = token, 0 = padding) covering the cached keys
+    and the new ones.
+    """
+    allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=device)
+    if causal:
+        past = key_length - query_length
+        positions = torch.arange(query_length, device=device).unsqueeze(1) + past
+        allowed = torch.arange(key_length, device=device).unsqueeze(0) <= positions
+    allowed = allowed.view(1, 1, query_length, key_length)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != key_length:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions, but there are {key_length} keys"
+            )
+        allowed = allowed & attention_mask.bool().view(attention_mask.shape[0], 1, 1, key_length)
+    return allowed.expand(max(batch_size, allowed.shape[0]), 1, query_length, key_length)
+
+
+def sparsemax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Euclidean projection of ``scores`` onto the simplex (Martins & Astudillo, 2016); differentiable."""
+    ordered, _ = torch.sort(scores, dim=dim, descending=True)
+    cumulative = ordered.cumsum(dim) - 1
+    ranks = torch.arange(1, scores.shape[dim] + 1, device=scores.device, dtype=scores.dtype)
+    ranks = ranks.view([-1 if i == (dim % scores.dim()) else 1 for i in range(scores.dim())])
+    support = (ranks * ordered > cumulative).sum(dim, keepdim=True)
+    threshold = cumulative.gather(dim, support - 1) / support.to(scores.dtype)
+    return torch.clamp(scores - threshold, min=0)
+
+
+def winner_take_all(
+    scores: torch.Tensor, allowed: torch.Tensor, mode: str = "hard", k: int = 1, temperature: float = 1.0
+) -> torch.Tensor:
+    """Selection weights over the last axis of ``scores`` among ``allowed`` keys.
+
+    Rows without any allowed key get all-zero weights. For ``hard``/``topk`` the forward values are 0/1 and,
+    when ``scores`` requires grad, the backward is that of softmax(scores/τ) over the allowed keys.
+    """
+    any_allowed = allowed.any(-1, keepdim=True)
+    if mode == "sparsemax":
+        floor = torch.finfo(scores.dtype).min / 4
+        return sparsemax(scores.masked_fill(~allowed, floor) / temperature) * any_allowed
+    masked = scores.masked_fill(~allowed, float("-inf"))
+    if mode == "hard":
+        winners = masked.argmax(-1, keepdim=True)  # first index wins ties
+        hard = torch.zeros_like(scores).scatter_(-1, winners, 1.0)
+    elif mode == "topk":
+        order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
+        hard = torch.zeros_like(scores).scatter_(-1, order, 1.0) * allowed
+    else:
+        raise ValueError(f"wta mode must be one of {WTA_MODES}, got {mode!r}")
+    hard = hard * any_allowed
+    if not scores.requires_grad:
+        return hard
+    soft = torch.softmax(masked / temperature, dim=-1).nan_to_num(0.0)
+    return hard + soft - soft.detach()
+
+
+def softmax_free_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    attn_neuron,
+    score_scale: float,
+    output_scale: str = "sqrt_d",
+):
+    """SFSA: ``(O·c, A_s)`` with A_s = SN_attn(score_scale · (Q Kᵀ ⊙ mask)) and O = A_s V.
+
+    Shapes: Q ``(T, B, H, Lq, d)``, K/V ``(T, B, H, Lk, d)``, ``allowed`` ``(B, 1, Lq, Lk)``. ``output_scale``
+    picks c: ``"sqrt_d"`` → 1/√d, ``"causal_count"`` → 1/(number of allowed keys of each query).
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * allowed  # (T, B, H, Lq, Lk), integer overlaps
+    attention_spikes = attn_neuron(scores * score_scale)  # binary; masked pairs get 0 input and never fire
+    output = torch.matmul(attention_spikes, value)
+    if output_scale == "sqrt_d":
+        output = output / math.sqrt(query.shape[-1])
+    else:
+        output = output / allowed.sum(-1, keepdim=True).clamp_min(1)
+    return output, attention_spikes
+
+
+def spikformer_attention(query, key, value, allowed, scale: float = 0.125):
+    """SSA baseline: (Q Kᵀ ⊙ mask) V · scale, and the attention counts for inspection."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * allowed
+    return torch.matmul(scores, value) * scale, scores
+
+
+def row_normalized(weights: torch.Tensor) -> torch.Tensor:
+    """Mean over T of a ``(T, B, H, Lq, Lk)`` map, each row scaled to sum to 1 (all-zero rows stay zero)."""
+    averaged = weights.mean(0)
+    return averaged / averaged.sum(-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,240 @@
+"""Building blocks shared by every spiking architecture (SPEC §3).
+
+Residual stream = membrane values ``(T, B, L, D)``. Every sublayer starts with a neuron (membrane shortcut):
+x = x + Attn(SN(x)); x = x + MLP(SN(x)), MLP(s) = Norm(Linear₂(SN(Norm(Linear₁(s))))). Every Linear here is
+fed spikes; `linear_on_spikes` makes that exact when the producing neuron runs in binary spike mode.
+
+Module *names* are checkpoint keys and follow each teacher family, so the generic modules here take the
+names of their projections as arguments rather than fixing them.
+
+This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .attention import allowed_keys, row_normalized, softmax_free_attention, spikformer_attention, winner_take_all
+from .neurons import build_neuron
+from .spike_coding import binary_to_integer
+
+__all__ = [
+    "SpikingSelfAttention",
+    "allowed_keys",
+    "build_norm",
+    "expand_time",
+    "linear_on_spikes",
+    "mean_over_time",
+    "neuron_from_config",
+    "spike_values",
+    "spiking_mlp",
+]
+
+
+def in_binary_mode(neuron) -> bool:
+    return neuron is not None and getattr(neuron, "spike_mode", "integer") == "binary"
+
+
+def spike_values(spikes: torch.Tensor, neuron) -> torch.Tensor:
+    """The neuron's output in its own units, ``(T, ...)``: a binary train is folded back into counts."""
+    if not in_binary_mode(neuron):
+        return spikes
+    return binary_to_integer(spikes, neuron.spike_max) * neuron.spike_scale + neuron.spike_offset
+
+
+def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:
+    """``linear`` applied to the output of ``neuron``, always returning ``(T, ..., out)``.
+
+    In binary mode the Linear sees only 0/1 virtual steps; their results are summed per step, scaled, and the
+    constant offset of the adaptive-shift neurons is folded in as W·offset: exactly W·S + b.
+    """
+    if not in_binary_mode(neuron):
+        return linear(spikes)
+    output = binary_to_integer(F.linear(spikes, linear.weight), neuron.spike_max) * neuron.spike_scale
+    offset = neuron.spike_offset
+    if torch.is_tensor(offset) or offset != 0:
+        output = output + linear.weight.sum(1) * offset
+    return output if linear.bias is None else output + linear.bias
+
+
+def build_norm(config, size: int | None = None, enabled: bool = True) -> nn.Module:
+    """``config.norm_type`` (``layernorm``/``rmsnorm``) over ``size`` (default hidden size); Identity if disabled."""
+    if not enabled:
+        return nn.Identity()
+    size = size or config.hidden_size
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(size, eps=config.layer_norm_eps)
+
+
+def neuron_from_config(config, **overrides) -> nn.Module:
+    """A fresh neuron of ``config.neuron_type`` with the config's shared options (overridable)."""
+    options = {
+        "beta": config.beta,
+        "v_threshold": config.v_threshold,
+        "surrogate": config.surrogate,
+        "detach_reset": config.detach_reset,
+        "spike_max": config.spike_max,
+        "time_steps": config.time_steps,
+        "backend": config.neuron_backend,
+    }
+    neuron_type = overrides.pop("neuron_type", config.neuron_type)
+    options.update(overrides)
+    return build_neuron(neuron_type, strict=False, **options)
+
+
+def expand_time(embeddings: torch.Tensor, time_steps: int) -> torch.Tensor:
+    """``(B, L, D)`` → ``(T, B, L, D)``, the same real-valued input at every step (a view, no copy)."""
+    return embeddings.unsqueeze(0).expand(time_steps, *embeddings.shape)
+
+
+def mean_over_time(membrane: torch.Tensor) -> torch.Tensor:
+    """Readout: ``(T, B, L, D)`` → ``(B, L, D)``."""
+    return membrane.mean(0)
+
+
+def spiking_mlp(spikes, source_neuron, fc1, norm1, neuron, fc2, norm2) -> torch.Tensor:
+    """MLP(s) = Norm₂(Linear₂(SN(Norm₁(Linear₁(s))))), a membrane value for the residual stream."""
+    hidden = neuron(norm1(linear_on_spikes(fc1, spikes, source_neuron)))
+    return norm2(linear_on_spikes(fc2, hidden, neuron))
+
+
+class SpikingSelfAttention(nn.Module):
+    """Spiking self-attention of ``config.attention_type`` with teacher-family parameter names.
+
+    Args:
+        config: a spiking model config (hidden size, heads, neuron and attention options).
+        layer_idx (`int`): index of the layer, for the cache.
+        projection_names (`tuple[str, str, str, str | None]`): names of the q, k, v and output Linear layers;
+            `None` for the output means the caller owns the output projection (BERT's ``attention.output``).
+        output_norm_name (`str`, *optional*): name of the norm after the output projection.
+        bias (`bool`): whether the projections have biases.
+        causal (`bool`): whether queries may only see earlier keys.
+
+    Forward returns ``(output, producer, attention_map)``: with an output projection, ``output`` is the membrane
+    for the residual stream and ``producer`` is `None`; without, ``output`` is what the output projection must
+    consume and ``producer`` the neuron that produced it (for binary-mode folding).
+    """
+
+    def __init__(self, config, layer_idx, projection_names, output_norm_name="o_norm", bias=False, causal=False):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.kind = config.attention_type
+        self.causal = causal
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.names = projection_names
+        for name in projection_names[:3]:
+            self.add_module(name, nn.Linear(config.hidden_size, config.hidden_size, bias=bias))
+        self.q_norm, self.k_norm, self.v_norm = (build_norm(config) for _ in range(3))
+        self.q_neuron, self.k_neuron, self.v_neuron = (neuron_from_config(config) for _ in range(3))
+        if self.kind == "sfsa":
+            self.attn_neuron = build_neuron(
+                "lif", beta=config.beta, v_threshold=config.attn_threshold, surrogate=config.surrogate
+            )
+        elif self.kind == "ssa":
+            self.output_neuron = build_neuron("lif", beta=config.beta, v_threshold=0.5, surrogate=config.surrogate)
+        else:
+            self.output_neuron = neuron_from_config(config)
+        self.output_norm_name = None
+        if projection_names[3] is not None:
+            self.add_module(projection_names[3], nn.Linear(config.hidden_size, config.hidden_size, bias=bias))
+            self.output_norm_name = output_norm_name
+            self.add_module(output_norm_name, build_norm(config))
+
+    def _split_heads(self, values: torch.Tensor) -> torch.Tensor:
+        steps, batch, length, _ = values.shape  # (T, B, L, D) -> (T, B, H, L, d)
+        return values.view(steps, batch, length, self.num_heads, self.head_dim).transpose(2, 3)
+
+    def _project(self, index: int, spikes, source_neuron, norm, neuron) -> torch.Tensor:
+        membrane = norm(linear_on_spikes(getattr(self, self.names[index]), spikes, source_neuron))
+        return self._split_heads(spike_values(neuron(membrane), neuron))
+
+    def _cached(self, key, value, cache):
+        """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, d)``, and return all of them."""
+        steps, batch = key.shape[:2]
+
+        def fold(x):
+            return x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)
+
+        def unfold(x):
+            return x.view(batch, steps, self.num_heads, -1, self.head_dim).permute(1, 0, 2, 3, 4)
+
+        keys, values = cache.update(fold(key), fold(value), self.layer_idx)
+        return unfold(keys), unfold(values)
+
+    def forward(self, spikes, source_neuron, attention_mask=None, cache=None):
+        query = self._project(0, spikes, source_neuron, self.q_norm, self.q_neuron)
+        key = self._project(1, spikes, source_neuron, self.k_norm, self.k_neuron)
+        value = self._project(2, spikes, source_neuron, self.v_norm, self.v_neuron)
+        if cache is not None:
+            key, value = self._cached(key, value, cache)
+        steps, batch, _, query_length, _ = query.shape
+        allowed = allowed_keys(attention_mask, query_length, key.shape[-2], self.causal, query.device, batch)
+        context, producer, weights = self._attend(query, key, value, allowed)
+        context = context.transpose(2, 3).reshape(steps, batch, query_length, -1)  # (T, B, L, D)
+        if producer is not None:
+            # Counted in the units the neuron fires in: re-spiking a selected row of V is then the identity.
+            context = producer(context / getattr(self.v_neuron, "spike_scale", 1.0))
+        attention_map = row_normalized(weights)
+        if self.output_norm_name is None:
+            return context, producer, attention_map
+        output = linear_on_spikes(getattr(self, self.names[3]), context, producer)
+        return getattr(self, self.output_norm_name)(output), None, attention_map
+
+    def _attend(self, query, key, value, allowed):
+        """``(context (T,B,H,L,d), neuron that re-spikes it or None, attention weights)``."""
+        if self.kind == "sfsa":
+            scale = 1 / math.sqrt(self.head_dim) if self.config.attn_score_scale == "sqrt_d" else 1.0
+            output, spikes = softmax_free_attention(
+                query, key, value, allowed, self.attn_neuron, scale, self.config.sfsa_output_scale
+            )
+            return output, None, spikes
+        if self.kind == "ssa":
+            output, scores = spikformer_attention(query, key, value, allowed)
+            return output, self.output_neuron, scores
+        scores = torch.matmul(query, key.transpose(-1, -2))
+        config = self.config
+        weights = winner_take_all(scores, allowed, config.wta_mode, config.wta_k, config.wta_temperature)
+        return torch.matmul(weights, value), self.output_neuron, weights
+
+
+def membrane_shortcut_layer(
+    hidden, attention_mask, cache, attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp
+):
+    """One block: x = x + Attn(SN(Norm(x))); x = x + MLP(SN(Norm(x))). Returns ``(x, attention_map)``.
+
+    ``attention(spikes, neuron, attention_mask, cache)`` returns ``(membrane, _, map)``;
+    ``mlp(spikes, neuron)`` returns a membrane.
+    """
+    spikes = attn_neuron(attn_norm(hidden))
+    attention_output, _, attention_map = attention(spikes, attn_neuron, attention_mask, cache)
+    hidden = hidden + attention_output
+    spikes = mlp_neuron(mlp_norm(hidden))
+    return hidden + mlp(spikes, mlp_neuron), attention_map
+
+
+def run_layers(layers, hidden, attention_mask, cache, output_hidden_states: bool, output_attentions: bool):
+    """Run the blocks; collect time-averaged hidden states (embeddings first) and attention maps if asked."""
+    all_hidden = (mean_over_time(hidden),) if output_hidden_states else None
+    all_attentions = () if output_attentions else None
+    for layer in layers:
+        hidden, attention_map = layer(hidden, attention_mask=attention_mask, cache=cache)
+        if output_hidden_states:
+            all_hidden += (mean_over_time(hidden),)
+        if output_attentions:
+            all_attentions += (attention_map,)
+    return hidden, all_hidden, all_attentions
+
+
+def positions_from_mask(attention_mask, query_length: int, past_length: int, device) -> torch.Tensor:
+    """Position ids ``(B, L)`` of the last ``query_length`` tokens; left padding does not shift real tokens."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + query_length, device=device).unsqueeze(0)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    return positions[:, -query_length:]

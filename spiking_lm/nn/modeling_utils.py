@@ -1,0 +1,293 @@
+"""What every spiking `PreTrainedModel` adds to the Hugging Face contract.
+
+- `SpikingModelMixin.set_spike_mode("binary" | "integer")`: the exact integer-training → spike-inference switch.
+- Firing-rate recording for the energy report.
+- `from_teacher(teacher)`: a student shaped like an ANN teacher, with every matching weight copied.
+- `save_pretrained` writes the config's ``auto_map`` for every Auto class the model supports and copies the
+  model code with the `spiking_lm.nn` modules it needs beside it, so the folder loads with
+  ``trust_remote_code=True`` where `spiking_lm` is not installed.
+
+This module imports only `torch`, `transformers` and same-folder modules so that it can travel too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .layers import expand_time, mean_over_time, positions_from_mask, run_layers
+from .neurons import SpikingNeuron
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "REMOTE_CODE_MODULES",
+    "SpikingCausalLMMixin",
+    "SpikingDecoderMixin",
+    "SpikingModelMixin",
+    "copy_matching_weights",
+    "export_remote_code",
+    "sequence_classification_loss",
+]
+
+# The spiking_lm.nn modules a saved model's code needs, copied flat beside the modeling file.
+REMOTE_CODE_MODULES = (
+    "surrogate",
+    "kernels",
+    "neurons",
+    "functional",
+    "spike_coding",
+    "attention",
+    "layers",
+    "configuration_utils",
+    "modeling_utils",
+)
+_PACKAGE_IMPORT = re.compile(r"^from spiking_lm\.nn\.(\w+) import", flags=re.MULTILINE)
+
+
+def _module_file(module_name: str) -> str:
+    return sys.modules[module_name].__file__
+
+
+def export_remote_code(save_directory: str, model_module: str, config_module: str) -> list[str]:
+    """Copy the modeling and configuration files and the `REMOTE_CODE_MODULES` into ``save_directory``.
+
+    Imports of ``spiking_lm.nn.<module>`` become same-folder imports (``from .<module> import``), the only
+    kind `trust_remote_code` can follow. Returns the written file names.
+    """
+    nn_folder = os.path.dirname(_module_file(__name__))
+    sources = [_module_file(model_module), _module_file(config_module)]
+    sources += [os.path.join(nn_folder, f"{name}.py") for name in REMOTE_CODE_MODULES]
+    written = []
+    for source in sources:
+        with open(source, encoding="utf-8") as handle:
+            text = _PACKAGE_IMPORT.sub(r"from .\1 import", handle.read())
+        target = os.path.join(save_directory, os.path.basename(source))
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        written.append(os.path.basename(source))
+    return written
+
+
+def _candidate_keys(key: str, student_prefix: str, teacher_prefix: str) -> list[str]:
+    candidates = [key]
+    if student_prefix and key.startswith(student_prefix + "."):
+        inner = key[len(student_prefix) + 1 :]
+        candidates += [inner, f"{teacher_prefix}.{inner}" if teacher_prefix else inner]
+    return candidates
+
+
+@torch.no_grad()
+def copy_matching_weights(student: nn.Module, teacher: nn.Module) -> dict[str, list[str]]:
+    """Copy every teacher tensor whose key (modulo the base-model prefix) and shape match a student tensor.
+
+    Returns ``{"copied": [...], "shape_mismatch": [...], "not_in_teacher": [...]}`` of student keys.
+    """
+    teacher_state = teacher.state_dict()
+    student_prefix = getattr(student, "base_model_prefix", "")
+    teacher_prefix = getattr(teacher, "base_model_prefix", "")
+    report = {"copied": [], "shape_mismatch": [], "not_in_teacher": []}
+    for key, tensor in student.state_dict().items():
+        match = next((k for k in _candidate_keys(key, student_prefix, teacher_prefix) if k in teacher_state), None)
+        if match is None:
+            report["not_in_teacher"].append(key)
+        elif teacher_state[match].shape != tensor.shape:
+            report["shape_mismatch"].append(key)
+        else:
+            tensor.copy_(teacher_state[match].to(tensor.dtype))
+            report["copied"].append(key)
+    return report
+
+
+class SpikingModelMixin:
+    """Spike-mode switch, firing rates, teacher initialization and portable saving for spiking models."""
+
+    def spiking_neurons(self) -> list[tuple[str, SpikingNeuron]]:
+        """Every neuron of the model with its module name."""
+        return [(name, module) for name, module in self.named_modules() if isinstance(module, SpikingNeuron)]
+
+    def set_spike_mode(self, mode: str):
+        """Switch every integer neuron to ``"binary"`` spike inference or back to ``"integer"``; returns self.
+
+        Binary mode is exact: logits equal integer mode up to float rounding. A no-op for binary neurons.
+        """
+        if mode not in ("integer", "binary"):
+            raise ValueError(f"spike mode must be 'integer' or 'binary', got {mode!r}")
+        for _, neuron in self.spiking_neurons():
+            if hasattr(neuron, "set_spike_mode"):
+                neuron.set_spike_mode(mode)
+        return self
+
+    def record_firing_rates(self, enabled: bool = True):
+        """Start (or stop) recording firing rates in every neuron, from zero; returns self."""
+        for _, neuron in self.spiking_neurons():
+            neuron.record_firing_rate = enabled
+            neuron.reset_firing_stats()
+        return self
+
+    def firing_rates(self) -> dict[str, float]:
+        """Recorded firing rate of every neuron that saw input since `record_firing_rates`."""
+        return {name: neuron.firing_rate for name, neuron in self.spiking_neurons() if neuron.recorded_elements}
+
+    @classmethod
+    def from_teacher(cls, teacher: nn.Module, return_report: bool = False, **overrides):
+        """Build a student shaped like ``teacher`` (an HF ANN) and copy every weight whose key and shape match.
+
+        Args:
+            teacher: a `transformers` model of the family this architecture mirrors (or any with the same keys).
+            return_report (`bool`, *optional*, defaults to `False`): also return what was and was not copied.
+            **overrides: config fields to set on the student (``time_steps``, ``neuron_type``, ...).
+        """
+        config = cls.config_class.from_teacher_config(teacher.config, **overrides)
+        student = cls(config)
+        report = copy_matching_weights(student, teacher)
+        logger.info(
+            "from_teacher: copied %d tensors; %d not in the teacher (%s); %d with other shapes (%s)",
+            len(report["copied"]),
+            len(report["not_in_teacher"]),
+            ", ".join(report["not_in_teacher"][:8]),
+            len(report["shape_mismatch"]),
+            ", ".join(report["shape_mismatch"][:8]),
+        )
+        return (student, report) if return_report else student
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` plus a complete ``auto_map`` and the code to load it remotely."""
+        model_module = type(self).__module__
+        config_module = type(self.config).__module__
+        auto_map = {"AutoConfig": f"{config_module.rsplit('.', 1)[-1]}.{type(self.config).__name__}"}
+        for auto_class, class_name in sys.modules[model_module].AUTO_MAP.items():
+            auto_map[auto_class] = f"{model_module.rsplit('.', 1)[-1]}.{class_name}"
+        self.config.auto_map = auto_map
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            export_remote_code(str(save_directory), model_module, config_module)
+
+
+class SpikingDecoderMixin:
+    """`forward` of a causal spiking decoder stack: token (+ learned position) embeddings → T steps → blocks →
+    readout over T → final norm. Subclasses define ``embed_tokens``, ``embed_positions`` (or `None`),
+    ``position_offset``, ``layers`` and name their final norm in ``final_norm_name``."""
+
+    position_offset = 0
+    final_norm_name = "norm"
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = positions_from_mask(
+                attention_mask, inputs_embeds.shape[1], past_length, inputs_embeds.device
+            )
+        if self.embed_positions is not None:
+            inputs_embeds = inputs_embeds + self.embed_positions(position_ids + self.position_offset)
+        hidden = expand_time(inputs_embeds, self.config.time_steps)  # (T, B, L, D)
+        hidden, all_hidden, all_attentions = run_layers(
+            self.layers, hidden, attention_mask, cache, output_hidden_states, output_attentions
+        )
+        last_hidden = getattr(self, self.final_norm_name)(mean_over_time(hidden))
+        return BaseModelOutputWithPast(
+            last_hidden_state=last_hidden,
+            cache=cache if use_cache else None,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+        )
+
+
+class SpikingCausalLMMixin:
+    """`forward` of a causal LM head over ``self.model``: logits from ``self.lm_head``, next-token loss."""
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
+        kwargs.pop("return_dict", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Regression (one label, MSE), single-label (cross-entropy) or multi-label (BCE), as `transformers` does."""
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+    if config.problem_type == "single_label_classification":
+        return nn.functional.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
