@@ -63,7 +63,10 @@ class SpikingConfig(PreTrainedConfig):
         wta_mode (`str`, *optional*, defaults to `"hard"`): winner-take-all rule, `hard`, `topk` or `sparsemax`.
         wta_k (`int`, *optional*, defaults to 1): winners per query for `topk`.
         wta_temperature (`float`, *optional*, defaults to 1.0): τ of the straight-through softmax.
-        attn_threshold (`float`, *optional*, defaults to 1.0): threshold of SFSA's attention neuron.
+        attn_threshold (`float`, *optional*, defaults to 0.25): threshold of SFSA's attention neuron. With scores
+            divided by √d, a query-key pair fires once its spike overlap exceeds √d/4. At initialization Q and K
+            fire at ~0.2, so the expected overlap d·0.04 stays far below √d: a threshold of 1 left SFSA silent
+            (no gradient to V) in tiny models, while 0.25 lets a useful share of pairs fire.
         attn_score_scale (`str`, *optional*, defaults to `"sqrt_d"`): SFSA scores are divided by √d before the
             attention neuron (`"none"` feeds the raw overlap counts).
         sfsa_output_scale (`str`, *optional*, defaults to `"sqrt_d"`): c in O·c, `sqrt_d` (1/√d) or
@@ -97,7 +100,7 @@ class SpikingConfig(PreTrainedConfig):
         wta_mode: str = "hard",
         wta_k: int = 1,
         wta_temperature: float = 1.0,
-        attn_threshold: float = 1.0,
+        attn_threshold: float = 0.25,
         attn_score_scale: str = "sqrt_d",
         sfsa_output_scale: str = "sqrt_d",
         norm_type: str = "layernorm",

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from . import functional as F
+from .functional import ceil_ste, integer_lif, lif, masked_psn, psn, sliding_psn, tlif
 from .kernels import check_backend
 from .spike_coding import integer_to_binary
 from .surrogate import build_surrogate
@@ -138,7 +138,7 @@ class LIFNeuron(SpikingNeuron):
         self.detach_reset = bool(detach_reset)
 
     def fire(self, x):
-        return F.lif(x, self.beta, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset, self.backend)
+        return lif(x, self.beta, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset, self.backend)
 
     def extra_repr(self):
         reset = "soft" if self.v_reset is None else f"hard to {self.v_reset}"
@@ -208,11 +208,9 @@ class IntegerLIFNeuron(SpikingNeuron):
     def fire(self, x):
         lower = self.lower_bound()
         if self.spike_mode == "integer":
-            return F.integer_lif(
-                x, lower, self.spike_max, self.spike_scale, self.beta, self.detach_reset, self.backend
-            )
+            return integer_lif(x, lower, self.spike_max, self.spike_scale, self.beta, self.detach_reset, self.backend)
         with torch.no_grad():
-            counts = F.integer_lif(x, lower, self.spike_max, 1.0, self.beta, self.detach_reset, self.backend)
+            counts = integer_lif(x, lower, self.spike_max, 1.0, self.beta, self.detach_reset, self.backend)
             return integer_to_binary(counts - lower, self.spike_max)
 
     def extra_repr(self):
@@ -248,7 +246,7 @@ class ASNNeuron(IntegerLIFNeuron):
         self.alpha = nn.Parameter(torch.tensor(_check_number("alpha", alpha, -math.inf)))
 
     def lower_bound(self):
-        return F.ceil_ste(self.alpha)
+        return ceil_ste(self.alpha)
 
 
 class NormalizedASNNeuron(ASNNeuron):
@@ -300,7 +298,7 @@ class TernaryLIFNeuron(SpikingNeuron):
             raise ValueError(f"tlif was built for time_steps={self.scale.numel()}, got input with T={x.shape[0]}")
         if not bool(self.scale_initialized):
             self._initialize_scale(x)
-        return F.tlif(x, self.scale, self.beta, self.detach_reset)
+        return tlif(x, self.scale, self.beta, self.detach_reset)
 
     def count_spikes(self, spikes):
         return (spikes != 0).sum()
@@ -330,7 +328,7 @@ class ParallelSpikingNeuron(SpikingNeuron):
 
     def fire(self, x):
         self._check_steps(x)
-        return F.psn(x, self.weight, self.bias, self.surrogate)
+        return psn(x, self.weight, self.bias, self.surrogate)
 
     def extra_repr(self):
         return f"time_steps={self.time_steps}"
@@ -367,7 +365,7 @@ class MaskedParallelSpikingNeuron(ParallelSpikingNeuron):
 
     def fire(self, x):
         self._check_steps(x)
-        return F.masked_psn(x, self.weight, self.bias, self.order, self.mask_lambda, self.surrogate)
+        return masked_psn(x, self.weight, self.bias, self.order, self.mask_lambda, self.surrogate)
 
     def extra_repr(self):
         return f"time_steps={self.time_steps}, order={self.order}, mask_lambda={self.mask_lambda}"
@@ -396,7 +394,7 @@ class SlidingParallelSpikingNeuron(SpikingNeuron):
         self.threshold = nn.Parameter(torch.tensor(threshold))
 
     def fire(self, x):
-        return F.sliding_psn(x, self.weight, self.threshold, self.surrogate)
+        return sliding_psn(x, self.weight, self.threshold, self.surrogate)
 
     def extra_repr(self):
         return f"order={self.order}"

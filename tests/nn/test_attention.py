@@ -1,0 +1,88 @@
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import spiking_lm
+from spiking_lm.nn.attention import allowed_keys, sparsemax, winner_take_all
+
+ALL_KEYS = torch.ones(1, 1, 1, 5, dtype=torch.bool)
+
+
+def test_hard_wta_picks_the_argmax_and_the_first_index_wins_ties():
+    scores = torch.tensor([[[[1.0, 3.0, 2.0, 3.0, 0.0]]]])
+    assert winner_take_all(scores, ALL_KEYS).flatten().tolist() == [0, 1, 0, 0, 0]
+
+
+def test_padded_keys_never_win():
+    scores = torch.tensor([[[[1.0, 9.0, 2.0, 9.0, 0.0]]]])
+    mask = torch.tensor([[1, 0, 1, 0, 1]])
+    allowed = allowed_keys(mask, 1, 5, causal=False, device=scores.device)
+    assert winner_take_all(scores, allowed).flatten().tolist() == [0, 0, 1, 0, 0]
+    assert winner_take_all(scores, allowed, "topk", k=2).flatten().tolist() == [1, 0, 1, 0, 0]
+    weights = winner_take_all(scores, allowed, "sparsemax")
+    assert weights[..., 1].item() == 0 and weights[..., 3].item() == 0
+    assert weights.sum().item() == pytest.approx(1.0)
+
+
+def test_causal_mask_removes_future_keys_before_the_competition():
+    allowed = allowed_keys(None, 3, 3, causal=True, device=torch.device("cpu"))
+    scores = torch.tensor([[[[0.0, 5.0, 9.0], [0.0, 5.0, 9.0], [0.0, 5.0, 9.0]]]])
+    winners = winner_take_all(scores, allowed).argmax(-1).flatten().tolist()
+    assert winners == [0, 1, 2]
+
+
+def test_topk_keeps_the_k_largest_with_stable_ties():
+    scores = torch.tensor([[[[2.0, 5.0, 2.0, 4.0, 1.0]]]])
+    assert winner_take_all(scores, ALL_KEYS, "topk", k=3).flatten().tolist() == [1, 1, 0, 1, 0]
+
+
+def test_sparsemax_is_a_sparse_distribution():
+    probabilities = sparsemax(torch.tensor([3.0, 1.0, 0.2, 2.9]))
+    assert probabilities.sum().item() == pytest.approx(1.0)
+    assert probabilities[1].item() == 0 and probabilities[2].item() == 0
+    torch.testing.assert_close(probabilities[[0, 3]], torch.tensor([0.55, 0.45]))
+
+
+def test_wta_backward_is_straight_through_softmax():
+    scores = torch.randn(1, 1, 2, 5, requires_grad=True)
+    allowed = torch.ones(1, 1, 2, 5, dtype=torch.bool)
+    grad = torch.randn(1, 1, 2, 5)
+    (hard_grad,) = torch.autograd.grad(winner_take_all(scores, allowed, temperature=0.5), scores, grad)
+    (soft_grad,) = torch.autograd.grad(torch.softmax(scores / 0.5, -1), scores, grad)
+    torch.testing.assert_close(hard_grad, soft_grad)
+
+
+class OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_sfsa_forward_uses_no_softmax_and_no_exponent():
+    config = spiking_lm.BiSpikCLMConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=64, time_steps=2, neuron_backend="torch",
+    )  # fmt: skip
+    model = spiking_lm.BiSpikCLMForCausalLM(config).eval()
+    recorder = OpRecorder()
+    with torch.no_grad(), recorder:
+        model(torch.randint(3, 99, (2, 6)))
+    assert "mm" in recorder.ops or "bmm" in recorder.ops  # the trace saw the matmuls
+    forbidden = {op for op in recorder.ops if "softmax" in op or op in ("exp", "exp2", "expm1", "sigmoid", "tanh")}
+    assert not forbidden, forbidden
+
+
+def test_wssa_model_in_training_uses_softmax_only_for_the_straight_through_gradient():
+    config = spiking_lm.WDSpikingformerConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    model = spiking_lm.WDSpikingformerForCausalLM(config).eval()
+    recorder = OpRecorder()
+    with torch.no_grad(), recorder:
+        model(torch.randint(3, 99, (1, 6)))
+    assert not {op for op in recorder.ops if "softmax" in op}
