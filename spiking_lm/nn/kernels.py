@@ -79,6 +79,22 @@ def run_kernel(kernel, backend: str, x: torch.Tensor, *args):
         return kernel(x, *args)
 
 
+def run_differentiable(function, backend: str, x: torch.Tensor, *args):
+    """Like `run_kernel`, for a function autograd differentiates (compiled forward and backward via AOTAutograd)."""
+    if backend == "torch" or torch.compiler.is_compiling():
+        return function(x, *args)
+    if backend == "auto" and (function in _broken_kernels or x.numel() < AUTO_COMPILE_MIN_NUMEL):
+        return function(x, *args)
+    if backend == "inductor":
+        return _compiled(function)(x, *args)
+    try:
+        return _compiled(function)(x, *args)
+    except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
+        _broken_kernels.add(function)
+        logger.warning("torch.compile of %s failed (%s); it runs eagerly from now on", function.__name__, error)
+        return function(x, *args)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # LIF: U[t] = H[t-1] + X[t];  S[t] = Θ(U[t] - V_th);  H[t] = β (U[t] - S[t] V_th)  (soft reset)
 #                                                     H[t] = β (U[t](1 - S[t]) + S[t] V_reset)  (hard reset)
@@ -152,8 +168,10 @@ def integer_forward(x: torch.Tensor, lower, spike_max, scale, beta):
 
 
 def integer_forward_single_step(x: torch.Tensor, lower, spike_max, scale):
-    """T = 1 case of `integer_forward`: no membrane."""
-    return torch.clamp(torch.round(x), lower, lower + spike_max) * scale
+    """T = 1 case of `integer_forward`: no membrane. Also returns the straight-through window as a bool mask,
+    which is all the backward pass needs (1 byte per element instead of the 4-byte input)."""
+    inside = (x >= lower) & (x <= lower + spike_max)
+    return torch.clamp(torch.round(x), lower, lower + spike_max) * scale, inside
 
 
 def integer_backward(grad_spikes, x, lower, spike_max, scale, beta, detach_reset: bool):
@@ -172,9 +190,8 @@ def integer_backward(grad_spikes, x, lower, spike_max, scale, beta, detach_reset
     return torch.stack(grads[::-1]), outside_grads.sum()
 
 
-def integer_backward_single_step(grad_spikes: torch.Tensor, x: torch.Tensor, lower, spike_max, scale):
-    """T = 1 case of `integer_backward`, without the dL/dlo reduction (use the general one for ASN)."""
-    inside = (x >= lower) & (x <= lower + spike_max)
+def integer_backward_single_step(grad_spikes: torch.Tensor, inside: torch.Tensor, scale):
+    """T = 1 case of `integer_backward` from the saved window mask, without the dL/dlo reduction."""
     return torch.where(inside, grad_spikes * scale, 0.0)
 
 
@@ -219,14 +236,17 @@ class MultiStepIntegerLIF(torch.autograd.Function):
     def forward(ctx, x, lower, spike_max, scale, beta, detach_reset, backend):
         flat = _flatten_time(x)
         lower_value = lower.detach() if torch.is_tensor(lower) else lower
-        if flat.shape[0] == 1:
-            spikes = run_kernel(integer_forward_single_step, backend, flat, lower_value, spike_max, scale)
-        else:
-            spikes = run_kernel(integer_forward, backend, flat, lower_value, spike_max, scale, beta)
-        ctx.save_for_backward(flat)
         ctx.options = (lower_value, spike_max, scale)
         ctx.beta, ctx.detach_reset, ctx.backend = beta, detach_reset, backend
         ctx.lower_is_tensor = torch.is_tensor(lower)
+        # The mask suffices unless ASN's offset needs its gradient (that sums over the outside of the window).
+        ctx.saved_mask = flat.shape[0] == 1 and not (ctx.lower_is_tensor and lower.requires_grad)
+        if flat.shape[0] == 1:
+            spikes, inside = run_kernel(integer_forward_single_step, backend, flat, lower_value, spike_max, scale)
+            ctx.save_for_backward(inside if ctx.saved_mask else flat)
+        else:
+            spikes = run_kernel(integer_forward, backend, flat, lower_value, spike_max, scale, beta)
+            ctx.save_for_backward(flat)
         return spikes.view(x.shape)
 
     @staticmethod
@@ -235,8 +255,8 @@ class MultiStepIntegerLIF(torch.autograd.Function):
         flat = grad_spikes.reshape(inputs.shape)
         needs_lower_grad = ctx.lower_is_tensor and ctx.needs_input_grad[1]
         grad_lower = None
-        if flat.shape[0] == 1 and not needs_lower_grad:
-            grad_x = run_kernel(integer_backward_single_step, ctx.backend, flat, inputs, *ctx.options)
+        if ctx.saved_mask:
+            grad_x = run_kernel(integer_backward_single_step, ctx.backend, flat, inputs, ctx.options[2])
         else:
             grad_x, grad_lower = run_kernel(
                 integer_backward, ctx.backend, flat, inputs, *ctx.options, ctx.beta, ctx.detach_reset

@@ -87,6 +87,7 @@ class SpikingNeuron(nn.Module):
         raise NotImplementedError
 
     virtual_steps_per_output = 1
+    binary_output = True  # spikes are 0/1 (the integer and ternary neurons override this)
 
     def count_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
         """Number of binary spikes represented by ``spikes`` (a 0-d tensor)."""
@@ -159,6 +160,7 @@ class IntegerLIFNeuron(SpikingNeuron):
     """
 
     normalized = False
+    binary_output = False
 
     def __init__(
         self,
@@ -280,6 +282,7 @@ class TernaryLIFNeuron(SpikingNeuron):
         self.beta = _check_number("beta", beta, 0.0, 1.0)
         self.detach_reset = bool(detach_reset)
         self.scale = nn.Parameter(torch.ones(time_steps or 1))
+        self.binary_output = False
         self.register_buffer("scale_initialized", torch.tensor(False))
 
     @torch.no_grad()

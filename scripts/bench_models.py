@@ -1,0 +1,154 @@
+"""Spiking models against same-shape HF ANNs, measured in one run.
+
+    python scripts/bench_models.py [--threads 2] [--rounds 7] [--pairs wd bispikclm we]
+
+Shape (issue 3): batch 8 x 128 tokens, hidden 256, 4 layers, 4 heads, FFN 1024, vocab 8192, fp32.
+- training: forward + backward + AdamW step, tokens/s; spiking and ANN steps alternate round by round and the
+  table reports the median of the per-round ratios (spiking speed / ANN speed);
+- generation: greedy decoding with the cache, batch 1, prompt 32, 64 new tokens, tokens/s, same alternation;
+- memory: bytes of activations autograd keeps for backward in one training step (saved-tensor hooks,
+  parameters excluded, storages counted once), spiking / ANN.
+Targets: WD-Spikingformer (nilif) training >= 0.9x Llama, memory <= 1.2x; BiSpikCLM (lif, T=4) training
+>= 0.5x OPT, memory <= 2.5x; generation >= 0.5x the ANN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
+
+import spiking_lm
+
+SHAPE = {"vocab_size": 8192, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
+BATCH, LENGTH = 8, 128
+
+
+def build_pairs(names):
+    """name -> (label, spiking model, ANN model, is causal)."""
+    pairs = {}
+    if "wd" in names:
+        llama = LlamaForCausalLM(
+            LlamaConfig(**SHAPE, intermediate_size=1024, num_key_value_heads=4, max_position_embeddings=512)
+        )
+        wd = spiking_lm.WDSpikingformerForCausalLM.from_teacher(llama, max_position_embeddings=512)
+        pairs["wd"] = ("WD-Spikingformer nilif 1x4 vs Llama", wd, llama, True)
+    if "bispikclm" in names:
+        opt = OPTForCausalLM(OPTConfig(**SHAPE, ffn_dim=1024, word_embed_proj_dim=256, max_position_embeddings=512))
+        student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(opt, time_steps=4)
+        pairs["bispikclm"] = ("BiSpikCLM lif T=4 vs OPT", student, opt, True)
+    if "we" in names:
+        bert = BertForMaskedLM(BertConfig(**SHAPE, intermediate_size=1024, max_position_embeddings=512))
+        pairs["we"] = (
+            "WE-Spikingformer nilif 1x4 vs BERT (MLM)",
+            spiking_lm.WESpikingformerForMaskedLM.from_teacher(bert),
+            bert,
+            False,
+        )
+    return pairs
+
+
+def train_step_seconds(model, optimizer, input_ids) -> float:
+    start = time.perf_counter()
+    loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def generate_seconds(model, prompt, new_tokens) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    return time.perf_counter() - start
+
+
+def alternate(measure_spiking, measure_ann, rounds: int, warmup: int = 2):
+    for _ in range(warmup):
+        measure_spiking()
+        measure_ann()
+    ratios, spiking_times, ann_times = [], [], []
+    for _ in range(rounds):
+        ann = measure_ann()
+        spiking = measure_spiking()
+        ratios.append(ann / spiking)
+        spiking_times.append(spiking)
+        ann_times.append(ann)
+    return statistics.median(ratios), statistics.median(spiking_times), statistics.median(ann_times)
+
+
+def saved_activation_bytes(model, input_ids) -> int:
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--pairs", nargs="+", default=["wd", "bispikclm", "we"], choices=["wd", "bispikclm", "we"])
+    parser.add_argument("--skip-generation", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, SHAPE["vocab_size"], (BATCH, LENGTH))
+    prompt = torch.randint(3, SHAPE["vocab_size"], (1, 32))
+    print(f"torch {torch.__version__}, {args.threads} threads, fp32, batch {BATCH}x{LENGTH}, median of {args.rounds}")
+    header = f"{'pair':<44} {'train tok/s (snn / ann)':>24} {'x ANN':>6} {'gen tok/s (snn / ann)':>22} {'x ANN':>6}"
+    print(header + f" {'act. MB (snn / ann)':>20} {'x ANN':>6}")
+    for label, spiking, ann, causal in build_pairs(args.pairs).values():
+        print(f"{label:<44} {measure_pair(spiking, ann, causal, args, input_ids, prompt)}", flush=True)
+
+
+def measure_pair(spiking, ann, causal, args, input_ids, prompt) -> str:
+    """One table row: training speed, generation speed (causal models) and saved activations."""
+    spiking.train()
+    ann.train()
+    spiking_opt = torch.optim.AdamW(spiking.parameters(), lr=1e-4)
+    ann_opt = torch.optim.AdamW(ann.parameters(), lr=1e-4)
+    ratio, spiking_s, ann_s = alternate(
+        lambda: train_step_seconds(spiking, spiking_opt, input_ids),
+        lambda: train_step_seconds(ann, ann_opt, input_ids),
+        args.rounds,
+    )
+    tokens = BATCH * LENGTH
+    train_text = f"{tokens / spiking_s:>10.0f} / {tokens / ann_s:<10.0f} {ratio:>6.2f}"
+    memory_snn = saved_activation_bytes(spiking, input_ids) / 2**20
+    memory_ann = saved_activation_bytes(ann, input_ids) / 2**20
+    gen_text = f"{'-':>22} {'-':>6}"
+    if causal and not args.skip_generation:
+        spiking.eval()
+        ann.eval()
+        gen_ratio, gen_spiking, gen_ann = alternate(
+            lambda: generate_seconds(spiking, prompt, 64), lambda: generate_seconds(ann, prompt, 64), args.rounds
+        )
+        gen_text = f"{64 / gen_spiking:>9.1f} / {64 / gen_ann:<10.1f} {gen_ratio:>6.2f}"
+    memory_text = f"{memory_snn:>8.1f} / {memory_ann:<9.1f} {memory_snn / memory_ann:>6.2f}"
+    return f"{train_text} {gen_text} {memory_text}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from spiking_lm.nn import build_neuron
+from spiking_lm.nn.layers import RMSNorm, SpikeLinearFunction, linear_on_spikes, spike_coding
+
+
+@pytest.mark.parametrize(
+    "name,kwargs", [("lif", {}), ("nilif", {}), ("ilif", {"spike_max": 8}), ("asn", {"alpha": -1.3})]
+)
+def test_spike_linear_saves_counts_and_gives_the_same_gradients(name, kwargs):
+    neuron = build_neuron(name, **kwargs).double()
+    linear = torch.nn.Linear(12, 5, dtype=torch.float64)
+    x = (torch.randn(3, 4, 12, dtype=torch.float64) * 3).requires_grad_()
+    grad = torch.randn(3, 4, 5, dtype=torch.float64)
+
+    spikes = neuron(x)
+    out = linear_on_spikes(linear, spikes, neuron)
+    assert out.grad_fn.name().startswith("SpikeLinearFunction")
+    saved_counts = out.grad_fn.saved_tensors[0]
+    assert saved_counts.dtype == torch.uint8
+    got = torch.autograd.grad(out, [x, linear.weight, linear.bias], grad)
+
+    expected_out = torch.nn.functional.linear(neuron(x), linear.weight, linear.bias)
+    expected = torch.autograd.grad(expected_out, [x, linear.weight, linear.bias], grad)
+    assert torch.equal(out, expected_out)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_ternary_spikes_are_not_coded_and_use_a_plain_linear():
+    neuron = build_neuron("tlif")
+    assert spike_coding(neuron) is None
+    linear = torch.nn.Linear(6, 3)
+    out = linear_on_spikes(linear, neuron(torch.randn(2, 6)), neuron)
+    assert not out.grad_fn.name().startswith("SpikeLinearFunction")
+    assert SpikeLinearFunction is not None
+
+
+@pytest.mark.slow
+def test_compiled_rmsnorm_matches_eager():
+    x = torch.randn(512, 512, requires_grad=True)
+    grad = torch.randn(512, 512)
+    weight = torch.empty(512).uniform_(0.5, 1.5)
+    results = []
+    for backend in ("torch", "inductor"):
+        norm = RMSNorm(512, eps=1e-6, backend=backend)
+        norm.weight.data.copy_(weight)
+        out = norm(x)
+        results.append((out, *torch.autograd.grad(out, [x, norm.weight], grad)))
+    for eager, compiled in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(eager, compiled, rtol=1e-5, atol=1e-4)
+
+
+def test_single_step_integer_neuron_keeps_only_a_mask_for_backward():
+    neuron = build_neuron("nilif", backend="torch")
+    x = torch.randn(1, 4, 8, requires_grad=True)
+    out = neuron(x)
+    (saved,) = out.grad_fn.saved_tensors
+    assert saved.dtype == torch.bool
+    out.sum().backward()
+    inside = (x >= 0) & (x <= 4)
+    assert torch.equal(x.grad, inside.float() / 4)
