@@ -27,6 +27,10 @@ from .neurons import SpikingNeuron
 
 logger = logging.get_logger(__name__)
 
+# transformers renamed the cache argument and output field from `past_key_values` to `cache` during 5.x;
+# both are accepted as arguments and the output uses the installed version's field name.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 __all__ = [
     "REMOTE_CODE_MODULES",
     "SpikingCausalLMMixin",
@@ -195,10 +199,12 @@ class SpikingDecoderMixin:
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
+        past_key_values=None,
         **kwargs,
     ):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -222,9 +228,9 @@ class SpikingDecoderMixin:
         last_hidden = getattr(self, self.final_norm_name)(mean_over_time(hidden))
         return BaseModelOutputWithPast(
             last_hidden_state=last_hidden,
-            cache=cache if use_cache else None,
             hidden_states=all_hidden,
             attentions=all_attentions,
+            **{CACHE_FIELD: cache if use_cache else None},
         )
 
 
@@ -249,9 +255,11 @@ class SpikingCausalLMMixin:
         output_attentions=None,
         output_hidden_states=None,
         logits_to_keep=0,
+        past_key_values=None,
         **kwargs,
     ):
         kwargs.pop("return_dict", None)
+        cache = cache if cache is not None else past_key_values
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -271,9 +279,9 @@ class SpikingCausalLMMixin:
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
 
