@@ -61,3 +61,26 @@ def test_single_step_integer_neuron_keeps_only_a_mask_for_backward():
     out.sum().backward()
     inside = (x >= 0) & (x <= 4)
     assert torch.equal(x.grad, inside.float() / 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm_class", [torch.nn.LayerNorm, RMSNorm])
+@pytest.mark.parametrize("name", ["lif", "nilif"])
+def test_fused_norm_and_neuron_match_the_separate_modules(norm_class, name):
+    from spiking_lm.nn.layers import normalize_and_fire
+
+    norm = norm_class(256, eps=1e-5) if norm_class is torch.nn.LayerNorm else RMSNorm(256, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(2, 512, 256) * 2).requires_grad_()
+    grad = torch.randn(2, 512, 256)
+    fused_neuron = build_neuron(name, backend="inductor")
+    fused = normalize_and_fire(norm, fused_neuron, x)
+    assert fused.grad_fn.name() != build_neuron(name, backend="torch")(x).grad_fn.name()  # took the fused path
+    separate = build_neuron(name, backend="torch")(norm(x))
+    assert torch.equal(fused, separate)
+    params = [x, norm.weight]
+    for a, b in zip(
+        torch.autograd.grad(fused, params, grad), torch.autograd.grad(separate, params, grad), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
