@@ -1,0 +1,41 @@
+"""`SpADConfig`: the training arguments of spike-aware alignment distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+LOSS_TERMS = ("ea", "saa", "sfa", "sta", "hta")
+
+
+@dataclass
+class SpADConfig(TrainingArguments):
+    """`TrainingArguments` plus the SpAD loss weights (SPEC §4). Every field maps one-to-one to a recipe key."""
+
+    teacher_name_or_path: str | None = field(
+        default=None, metadata={"help": "HF ANN teacher (hub name or local folder); the trainer may also get one."}
+    )
+    ea_weight: float = field(default=0.2, metadata={"help": "weight of embedding alignment (EA)"})
+    saa_weight: float = field(default=0.1, metadata={"help": "weight of attention-map alignment (SAA)"})
+    sfa_weight: float = field(default=0.1, metadata={"help": "weight of hidden-feature alignment (SFA)"})
+    sta_weight: float = field(default=0.3, metadata={"help": "weight of soft-target alignment (STA, KL)"})
+    hta_weight: float = field(default=0.3, metadata={"help": "weight of the hard-target task loss (HTA)"})
+    temperature: float = field(default=2.0, metadata={"help": "softmax temperature of STA (the loss is scaled by τ²)"})
+    rate_gamma: float = field(default=0.5, metadata={"help": "γ, weight of RateMSE inside SFA"})
+    layer_map: list[int] | None = field(
+        default=None, metadata={"help": "teacher layer for each student layer; default round(l·(L_T−1)/(L_S−1))"}
+    )
+
+    def __post_init__(self):
+        for term in LOSS_TERMS:
+            value = getattr(self, f"{term}_weight")
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{term}_weight={value!r} is invalid: must be a number >= 0")
+        if sum(getattr(self, f"{term}_weight") for term in LOSS_TERMS) <= 0:
+            raise ValueError("at least one of ea/saa/sfa/sta/hta_weight must be > 0")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature!r} is invalid: must be > 0")
+        if self.rate_gamma < 0:
+            raise ValueError(f"rate_gamma={self.rate_gamma!r} is invalid: must be >= 0")
+        super().__post_init__()

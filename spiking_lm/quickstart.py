@@ -1,0 +1,227 @@
+"""The quickstart: Shakespeare → BPE tokenizer → OPT teacher → SpAD-distilled BiSpikCLM → a Hub-ready folder.
+
+Everything runs offline on the corpus shipped in `spiking_lm/data/corpora/shakespeare`. Training phases run
+for a fixed time budget: the number of steps is set from the measured speed of the first steps, so the
+learning-rate schedule completes on any machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import OPTConfig, OPTForCausalLM, Trainer, TrainingArguments, set_seed
+from transformers.utils import logging
+
+from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
+from .distill import SpADConfig, SpADTrainer
+from .distill.calibration import calibrate_output_norms
+from .models.bispikclm import BiSpikCLMForCausalLM
+
+logger = logging.get_logger(__name__)
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "quickstart.md.j2"
+SAMPLE_PROMPT = "ROMEO.\n"
+
+
+@dataclass
+class QuickstartSettings:
+    """Sizes and time budgets of one quickstart run."""
+
+    vocab_size: int = 4096
+    block_size: int = 128
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    ffn_size: int = 1024
+    batch_size: int = 16
+    teacher_seconds: float = 210.0
+    student_seconds: float = 270.0
+    teacher_learning_rate: float = 1e-3
+    student_learning_rate: float = 5e-4
+    neuron_type: str = "nilif"
+    time_steps: int = 1
+    eval_blocks: int = 64
+    sample_tokens: int = 40
+
+
+FULL = QuickstartSettings()
+SMOKE = QuickstartSettings(
+    vocab_size=512, block_size=64, hidden_size=64, num_layers=2, num_heads=4, ffn_size=128, batch_size=8,
+    teacher_seconds=12.0, student_seconds=15.0, eval_blocks=8, sample_tokens=12,
+)  # fmt: skip
+
+
+def _seconds_per_step(model, dataset, batch_size: int, make_loss) -> float:
+    """Time three optimizer steps on a copy of the model (the first one is warm-up)."""
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    batch = {key: torch.stack([dataset[i][key] for i in range(batch_size)]) for key in ("input_ids", "labels")}
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        make_loss(probe, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        timings.append(time.perf_counter() - start)
+    # The Trainer adds data loading, clipping, logging and the loss terms: keep 15% of the budget for them.
+    return max(min(timings[1:]), 1e-3) * 1.15
+
+
+def _training_arguments(cls, output_dir: Path, settings, steps: int, learning_rate: float, seed: int, **extra):
+    return cls(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=learning_rate,
+        max_steps=steps,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.01,
+        logging_steps=max(1, steps // 10),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=seed,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
+    """exp(mean next-token loss) over ``blocks``."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        batch = blocks[start : start + batch_size]
+        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+        tokens = batch.numel() - batch.shape[0]
+        total += loss.item() * tokens
+        count += tokens
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompt: str, new_tokens: int) -> str:
+    model.eval()
+    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    output = model.generate(input_ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+def _teacher(settings: QuickstartSettings, tokenizer) -> OPTForCausalLM:
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        ffn_dim=settings.ffn_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        max_position_embeddings=settings.block_size,
+        word_embed_proj_dim=settings.hidden_size,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+    return OPTForCausalLM(config)
+
+
+def _causal_loss(model, batch):
+    return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+
+
+def _distillation_step_loss(teacher):
+    """A stand-in for one SpAD step's work: the teacher's forward with hidden states and attention maps, and
+    the student's with the same outputs, so the speed probe times what distillation really does."""
+
+    def loss(student, batch):
+        with torch.no_grad():
+            teacher(input_ids=batch["input_ids"], output_hidden_states=True, output_attentions=True)
+        outputs = student(
+            input_ids=batch["input_ids"], labels=batch["labels"], output_hidden_states=True, output_attentions=True
+        )
+        return outputs.loss
+
+    return loss
+
+
+def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: bool = True) -> dict:
+    """Run the whole pipeline; returns the results written to ``output_dir/results.json``.
+
+    ``output_dir/model`` is the Hub-ready student: weights, remote code, tokenizer and a model card.
+    """
+    settings = SMOKE if smoke else FULL
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(seed)
+    started = time.perf_counter()
+    train_files, held_out_files = shakespeare_files()
+    train_texts, held_out_texts = load_texts(train_files), load_texts(held_out_files)
+    tokenizer = train_bpe_tokenizer(train_texts, settings.vocab_size)
+    train_set = BlockDataset(pack_blocks(train_texts, tokenizer, settings.block_size))
+    eval_blocks = pack_blocks(held_out_texts, tokenizer, settings.block_size)[: settings.eval_blocks]
+    timings = {"data_seconds": round(time.perf_counter() - started, 1)}
+
+    teacher = _teacher(settings, tokenizer)
+    probe = _seconds_per_step(teacher, train_set, settings.batch_size, _causal_loss)
+    steps = max(2, int(settings.teacher_seconds / probe))
+    args = _training_arguments(
+        TrainingArguments, output_dir / "teacher_run", settings, steps, settings.teacher_learning_rate, seed,
+        disable_tqdm=not progress,
+    )  # fmt: skip
+    phase = time.perf_counter()
+    Trainer(model=teacher, args=args, train_dataset=train_set).train()
+    timings.update(teacher_seconds=round(time.perf_counter() - phase, 1), teacher_steps=steps)
+    teacher.set_attn_implementation("eager")  # SAA compares against the teacher's attention probabilities
+
+    student = BiSpikCLMForCausalLM.from_teacher(
+        teacher, neuron_type=settings.neuron_type, time_steps=settings.time_steps
+    )
+    calibrate_output_norms(student, teacher, train_set.blocks[: settings.batch_size])
+    probe = _seconds_per_step(student, train_set, settings.batch_size, _distillation_step_loss(teacher))
+    steps = max(2, int(settings.student_seconds / probe))
+    args = _training_arguments(
+        SpADConfig, output_dir / "student_run", settings, steps, settings.student_learning_rate, seed,
+        disable_tqdm=not progress,
+    )  # fmt: skip
+    phase = time.perf_counter()
+    SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=train_set).train()
+    timings.update(student_seconds=round(time.perf_counter() - phase, 1), student_steps=steps)
+
+    results = {
+        "teacher_perplexity": round(perplexity(teacher, eval_blocks), 2),
+        "student_perplexity": round(perplexity(student, eval_blocks), 2),
+        "teacher_sample": sample(teacher, tokenizer, SAMPLE_PROMPT, settings.sample_tokens),
+        "student_sample": sample(student, tokenizer, SAMPLE_PROMPT, settings.sample_tokens),
+        "settings": asdict(settings),
+        "smoke": smoke,
+        "seed": seed,
+        "held_out": [f.name for f in held_out_files],
+        "timings": timings,
+    }
+    results["perplexity_ratio"] = round(results["student_perplexity"] / results["teacher_perplexity"], 3)
+    results["timings"]["total_seconds"] = round(time.perf_counter() - started, 1)
+    _write_folder(output_dir, student, tokenizer, results)
+    return results
+
+
+def _write_folder(output_dir: Path, student, tokenizer, results: dict) -> None:
+    model_dir = output_dir / "model"
+    student.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (model_dir / "README.md").write_text(render_model_card(results, student.config))
+
+
+def render_model_card(results: dict, config) -> str:
+    """Fill `model_cards/quickstart.md.j2` with the run's results and the student's configuration."""
+    import jinja2
+
+    template = jinja2.Template(MODEL_CARD_TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
+    return template.render(results=results, config=config.to_dict())

@@ -1,0 +1,95 @@
+"""Run a recipe: `distill` (SpAD from an HF teacher) or `train` (task loss only, no teacher)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging
+
+from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
+from .distill import SpADTrainer
+from .recipes import Recipe, resolve_teacher
+
+logger = logging.get_logger(__name__)
+
+
+def _documents(data) -> list[str]:
+    if data.source == "shakespeare":
+        return load_texts(shakespeare_files()[0])
+    texts = load_texts(data.source, data.split, data.text_column, data.streaming)
+    if isinstance(texts, list):
+        return texts[: data.max_documents]
+    documents = []
+    for row in texts:
+        documents.append(row[data.text_column])
+        if data.max_documents is not None and len(documents) >= data.max_documents:
+            break
+    if not documents:
+        raise ValueError(f"dataset {data.source!r} ({data.split}) has no documents: the dataset is empty")
+    return documents
+
+
+def _dataset_and_collator(recipe: Recipe, tokenizer, masked: bool):
+    blocks = pack_blocks(_documents(recipe.data), tokenizer, recipe.data.block_size)
+    if not masked:
+        return BlockDataset(blocks), None
+    if tokenizer.mask_token is None:
+        raise ValueError("a masked-LM student needs a tokenizer with a mask token")
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=recipe.data.mlm_probability)
+    return [{"input_ids": block} for block in blocks], collator
+
+
+def _finish(trainer, student, tokenizer, output_dir: str) -> Path:
+    final = Path(output_dir) / "final"
+    if trainer.is_world_process_zero():
+        student.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+    return final
+
+
+def run_distill(recipe: Recipe, resume: bool = False) -> Path:
+    """Distill ``recipe.teacher`` into a student of ``recipe.student``; returns the saved student folder."""
+    if recipe.teacher is None:
+        raise ValueError("a distillation recipe needs a 'teacher'")
+    teacher_path = resolve_teacher(recipe.teacher)
+    args = recipe.training_config()
+    masked = recipe.student["architecture"] == "we_spikingformer"
+    auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+    options = {"attn_implementation": "eager"} if args.saa_weight > 0 else {}
+    teacher = auto.from_pretrained(teacher_path, **options)
+    tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer or teacher_path)
+    student = recipe.student_class.from_teacher(teacher, **recipe.student_overrides())
+    dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
+    trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=dataset, data_collator=collator)
+    trainer.train(resume_from_checkpoint=resume or None)
+    return _finish(trainer, student, tokenizer, args.output_dir)
+
+
+def run_train(recipe: Recipe, resume: bool = False) -> Path:
+    """Train a spiking model from its config with the task loss alone (no teacher)."""
+    config = recipe.student_class.config_class(**recipe.student_overrides())
+    if recipe.data.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer)
+    else:
+        tokenizer = train_bpe_tokenizer(_documents(recipe.data), recipe.data.vocab_size)
+    if config.vocab_size != len(tokenizer):
+        logger.warning("setting student vocab_size=%d to match the tokenizer", len(tokenizer))
+        config.vocab_size = len(tokenizer)
+    student = recipe.student_class(config)
+    distillation_only = sorted(key for key in recipe.training if not hasattr(TrainingArguments, key))
+    if distillation_only:
+        raise ValueError(f"training keys {distillation_only} only apply to distillation; remove them for 'train'")
+    args = TrainingArguments(**recipe.training)
+    masked = recipe.student["architecture"] == "we_spikingformer"
+    dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
+    trainer = Trainer(model=student, args=args, train_dataset=dataset, data_collator=collator)
+    trainer.train(resume_from_checkpoint=resume or None)
+    return _finish(trainer, student, tokenizer, args.output_dir)

@@ -1,0 +1,116 @@
+"""SpADTrainer with the real transformers Trainer, a tiny OPT teacher and a BiSpikCLM student."""
+
+import pytest
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+import spiking_lm
+from spiking_lm.data import BlockDataset
+from spiking_lm.distill import SpADConfig, SpADTrainer
+
+
+def tiny_opt(vocab=64, attn="eager"):
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                       max_position_embeddings=32, word_embed_proj_dim=32, dropout=0.0)  # fmt: skip
+    model = OPTForCausalLM(config)
+    model.set_attn_implementation(attn)
+    return model
+
+
+def blocks(vocab=64, count=64, length=16):
+    generator = torch.Generator().manual_seed(0)
+    # a learnable pattern: each block counts upward modulo the vocabulary
+    starts = torch.randint(3, vocab, (count, 1), generator=generator)
+    return BlockDataset((starts + torch.arange(length)) % (vocab - 3) + 3)
+
+
+def config(tmp_path, **overrides):
+    options = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=30, learning_rate=3e-3,
+                   logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
+                   disable_tqdm=True)  # fmt: skip
+    return SpADConfig(**{**options, **overrides})
+
+
+def test_distillation_lowers_the_loss_and_logs_every_term(tmp_path):
+    teacher = tiny_opt()
+    student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(teacher, time_steps=2)
+    trainer = SpADTrainer(model=student, args=config(tmp_path), teacher=teacher, train_dataset=blocks())
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    for term in ("hta", "sta", "ea", "sfa", "saa"):
+        assert f"spad/{term}" in logged[0], term
+    assert all(not p.requires_grad for p in trainer.teacher.parameters())
+    assert not trainer.teacher.training
+
+
+def test_vocabulary_mismatch_is_a_clear_error(tmp_path):
+    teacher = tiny_opt(vocab=64)
+    student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(tiny_opt(vocab=80))
+    with pytest.raises(ValueError, match=r"teacher vocabulary \(64\) differs from the student's \(80\)"):
+        SpADTrainer(model=student, args=config(tmp_path), teacher=teacher, train_dataset=blocks())
+
+
+def test_teacher_without_attention_maps_is_rejected_when_saa_is_on(tmp_path):
+    teacher = tiny_opt(attn="sdpa")
+    student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(teacher)
+    with pytest.raises(ValueError, match="needs the teacher's attention maps, but it runs 'sdpa'"):
+        SpADTrainer(model=student, args=config(tmp_path), teacher=teacher, train_dataset=blocks())
+    SpADTrainer(model=student, args=config(tmp_path, saa_weight=0.0), teacher=teacher, train_dataset=blocks())
+
+
+def test_layer_map_out_of_range_is_rejected_before_training(tmp_path):
+    teacher = tiny_opt()
+    student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(teacher)
+    with pytest.raises(ValueError, match="out of range for a teacher with 2 layers"):
+        SpADTrainer(model=student, args=config(tmp_path, layer_map=[0, 2]), teacher=teacher, train_dataset=blocks())
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [("sta_weight", -1.0, "sta_weight=-1.0 is invalid"), ("temperature", 0.0, "temperature=0.0 is invalid"),
+     ("rate_gamma", -0.1, "rate_gamma=-0.1 is invalid")],
+)  # fmt: skip
+def test_config_validation(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **{field: value})
+
+
+def test_width_mismatch_trains_a_projection(tmp_path):
+    teacher = tiny_opt()
+    student = spiking_lm.BiSpikCLMForCausalLM(
+        spiking_lm.BiSpikCLMConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            time_steps=1,
+        )  # fmt: skip
+    )
+    trainer = SpADTrainer(model=student, args=config(tmp_path, max_steps=3), teacher=teacher, train_dataset=blocks())
+    before = trainer.projection[0].weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, trainer.projection[0].weight)
+
+
+def test_output_norm_calibration_matches_the_teacher_sublayer_statistics():
+    from spiking_lm.distill import calibrate_output_norms
+
+    teacher = tiny_opt()
+    student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(teacher, time_steps=2)
+    input_ids = blocks().blocks[:4]
+    captured = {}
+    handle = teacher.model.decoder.layers[1].fc2.register_forward_hook(lambda m, i, o: captured.update(fc2=o))
+    assert calibrate_output_norms(student, teacher, input_ids) == 4  # attention and MLP output of 2 layers
+    handle.remove()
+    norm = student.model.decoder.layers[1].fc2_norm
+    outputs = captured["fc2"].flatten(0, -2)
+    torch.testing.assert_close(norm.weight, outputs.std(0))
+    torch.testing.assert_close(norm.bias, outputs.mean(0))
+    with pytest.raises(ValueError, match="no output-norm calibration for model_type 'we_spikingformer'"):
+        calibrate_output_norms(spiking_lm.WESpikingformerForMaskedLM(spiking_lm.WESpikingformerConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8)),
+            teacher, input_ids)  # fmt: skip

@@ -1,0 +1,83 @@
+"""The `spiking-lm` command line on a local tiny teacher (the hub cannot be reached)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+
+from spiking_lm.cli import main
+from spiking_lm.data import train_bpe_tokenizer
+
+TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 60
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher")
+    tokenizer = train_bpe_tokenizer([TEXT], vocab_size=320)
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    OPTForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "corpus.txt").write_text(TEXT)
+    return folder
+
+
+def recipe(tmp_path, teacher_folder, training="max_steps: 4"):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"teacher: {teacher_folder}\nstudent: {{architecture: bispikclm, time_steps: 2}}\n"
+        f"data: {{source: {teacher_folder / 'corpus.txt'}, block_size: 32}}\n"
+        f"training: {{output_dir: {tmp_path / 'run'}, per_device_train_batch_size: 4, {training}, "
+        "report_to: none, use_cpu: true, disable_tqdm: true, logging_steps: 1}\n"
+    )
+    return path
+
+
+def test_help_lists_every_subcommand():
+    result = subprocess.run([sys.executable, "-m", "spiking_lm.cli", "--help"], capture_output=True, text=True)
+    for command in ("quickstart", "distill", "train", "neurons"):
+        assert command in result.stdout
+
+
+def test_distill_saves_a_loadable_student(tmp_path, teacher_folder):
+    assert main(["distill", str(recipe(tmp_path, teacher_folder)), "--training.max_steps", "3"]) == 0
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert student.config.model_type == "bispikclm" and student.config.time_steps == 2
+    assert (tmp_path / "run" / "final" / "tokenizer.json").exists()
+
+
+def test_distill_resumes_from_its_last_checkpoint(tmp_path, teacher_folder):
+    path = recipe(tmp_path, teacher_folder, training="max_steps: 4, save_steps: 2")
+    assert main(["distill", str(path)]) == 0
+    assert (tmp_path / "run" / "checkpoint-4" / "model.safetensors").exists()
+    assert main(["distill", str(path), "--training.max_steps", "6", "--resume"]) == 0
+    assert (tmp_path / "run" / "checkpoint-6").exists()
+
+
+def test_train_without_teacher_trains_its_own_tokenizer(tmp_path, teacher_folder):
+    path = tmp_path / "train.yaml"
+    path.write_text(
+        "student: {architecture: wd_spikingformer, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 4,"
+        " intermediate_size: 64, max_position_embeddings: 64}\n"
+        f"data: {{source: {teacher_folder / 'corpus.txt'}, block_size: 32, vocab_size: 300}}\n"
+        f"training: {{output_dir: {tmp_path / 'run'}, max_steps: 2, report_to: none, use_cpu: true}}\n"
+    )
+    assert main(["train", str(path)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert model.config.vocab_size == 300
+
+
+def test_bad_input_is_a_clear_error(tmp_path, teacher_folder):
+    with pytest.raises(FileNotFoundError, match="recipe not found"):
+        main(["distill", str(tmp_path / "nope.yaml")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    path = recipe(tmp_path, teacher_folder)
+    path.write_text(path.read_text().replace(str(teacher_folder / "corpus.txt"), str(empty)))
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        main(["distill", str(path)])
