@@ -57,7 +57,7 @@ def test_single_step_integer_neuron_keeps_only_a_mask_for_backward():
     x = torch.randn(1, 4, 8, requires_grad=True)
     out = neuron(x)
     (saved,) = out.grad_fn.saved_tensors
-    assert saved.dtype == torch.bool
+    assert saved.dtype == torch.uint8
     out.sum().backward()
     inside = (x >= 0) & (x <= 4)
     assert torch.equal(x.grad, inside.float() / 4)
