@@ -8,6 +8,7 @@ learning-rate schedule completes on any machine.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -41,7 +42,7 @@ class QuickstartSettings:
     ffn_size: int = 1024
     batch_size: int = 16
     teacher_seconds: float = 210.0
-    student_seconds: float = 270.0
+    student_seconds: float = 300.0
     teacher_learning_rate: float = 1e-3
     student_learning_rate: float = 5e-4
     neuron_type: str = "nilif"
@@ -132,6 +133,21 @@ def _teacher(settings: QuickstartSettings, tokenizer) -> OPTForCausalLM:
     return OPTForCausalLM(config)
 
 
+def _train_phase(name, trainer_class, arguments_class, model, train_set, probe_loss, overhead, run) -> None:
+    """Train ``model`` for the phase's time budget: the step count comes from a timed probe."""
+    settings = run["settings"]
+    probe = _seconds_per_step(model, train_set, settings.batch_size, probe_loss, overhead)
+    steps = max(2, int(getattr(settings, f"{name}_seconds") / probe))
+    learning_rate = getattr(settings, f"{name}_learning_rate")
+    args = _training_arguments(
+        arguments_class, run["output_dir"] / f"{name}_run", settings, steps, learning_rate, run["seed"],
+        disable_tqdm=not run["progress"],
+    )  # fmt: skip
+    started = time.perf_counter()
+    trainer_class(model=model, args=args, train_dataset=train_set).train()
+    run["timings"].update({f"{name}_seconds": round(time.perf_counter() - started, 1), f"{name}_steps": steps})
+
+
 def _causal_loss(model, batch):
     return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
 
@@ -169,31 +185,17 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     timings = {"data_seconds": round(time.perf_counter() - started, 1)}
 
     teacher = _teacher(settings, tokenizer)
-    probe = _seconds_per_step(teacher, train_set, settings.batch_size, _causal_loss)
-    steps = max(2, int(settings.teacher_seconds / probe))
-    args = _training_arguments(
-        TrainingArguments, output_dir / "teacher_run", settings, steps, settings.teacher_learning_rate, seed,
-        disable_tqdm=not progress,
-    )  # fmt: skip
-    phase = time.perf_counter()
-    Trainer(model=teacher, args=args, train_dataset=train_set).train()
-    timings.update(teacher_seconds=round(time.perf_counter() - phase, 1), teacher_steps=steps)
+    run = {"output_dir": output_dir, "settings": settings, "seed": seed, "progress": progress, "timings": timings}
+    _train_phase("teacher", Trainer, TrainingArguments, teacher, train_set, _causal_loss, 1.0, run)
     teacher.set_attn_implementation("eager")  # SAA compares against the teacher's attention probabilities
 
     student = BiSpikCLMForCausalLM.from_teacher(
         teacher, neuron_type=settings.neuron_type, time_steps=settings.time_steps
     )
     calibrate_output_norms(student, teacher, train_set.blocks[: settings.batch_size])
-    # Measured: a SpAD step costs ~1.3x the probe (loss terms, RateMSE hooks, clipping, logging).
-    probe = _seconds_per_step(student, train_set, settings.batch_size, _distillation_step_loss(teacher), 1.3)
-    steps = max(2, int(settings.student_seconds / probe))
-    args = _training_arguments(
-        SpADConfig, output_dir / "student_run", settings, steps, settings.student_learning_rate, seed,
-        disable_tqdm=not progress,
-    )  # fmt: skip
-    phase = time.perf_counter()
-    SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=train_set).train()
-    timings.update(student_seconds=round(time.perf_counter() - phase, 1), student_steps=steps)
+    # Measured: a SpAD step costs 1.1-1.4x the probe (loss terms, RateMSE hooks, clipping, logging).
+    trainer = functools.partial(SpADTrainer, teacher=teacher)
+    _train_phase("student", trainer, SpADConfig, student, train_set, _distillation_step_loss(teacher), 1.2, run)
 
     results = {
         "teacher_perplexity": round(perplexity(teacher, eval_blocks), 2),
