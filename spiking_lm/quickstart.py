@@ -1,8 +1,9 @@
 """The quickstart: Shakespeare → BPE tokenizer → OPT teacher → SpAD-distilled BiSpikCLM → a Hub-ready folder.
 
-Everything runs offline on the corpus shipped in `spiking_lm/data/corpora/shakespeare`. Training phases run
-for a fixed time budget: the number of steps is set from the measured speed of the first steps, so the
-learning-rate schedule completes on any machine.
+Everything runs offline on the corpus shipped in `spiking_lm/data/corpora/shakespeare`. The full run's
+training phases have time budgets: the number of steps is set from the measured speed of the first steps, so
+the learning-rate schedule completes on any machine. The smoke run uses fixed step counts instead, so its
+results do not depend on the machine's speed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class QuickstartSettings:
     batch_size: int = 16
     teacher_seconds: float = 210.0
     student_seconds: float = 300.0
+    teacher_steps: int | None = None  # fixed step counts replace the time budgets (the smoke run: reproducible)
+    student_steps: int | None = None
     teacher_learning_rate: float = 1e-3
     student_learning_rate: float = 5e-4
     neuron_type: str = "nilif"
@@ -54,7 +57,7 @@ class QuickstartSettings:
 FULL = QuickstartSettings()
 SMOKE = QuickstartSettings(
     vocab_size=512, block_size=64, hidden_size=64, num_layers=2, num_heads=4, ffn_size=128, batch_size=8,
-    teacher_seconds=12.0, student_seconds=15.0, eval_blocks=8, sample_tokens=12,
+    teacher_steps=400, student_steps=200, eval_blocks=8, sample_tokens=12,
 )  # fmt: skip
 
 
@@ -136,8 +139,10 @@ def _teacher(settings: QuickstartSettings, tokenizer) -> OPTForCausalLM:
 def _train_phase(name, trainer_class, arguments_class, model, train_set, probe_loss, overhead, run) -> None:
     """Train ``model`` for the phase's time budget: the step count comes from a timed probe."""
     settings = run["settings"]
-    probe = _seconds_per_step(model, train_set, settings.batch_size, probe_loss, overhead)
-    steps = max(2, int(getattr(settings, f"{name}_seconds") / probe))
+    steps = getattr(settings, f"{name}_steps")
+    if steps is None:
+        probe = _seconds_per_step(model, train_set, settings.batch_size, probe_loss, overhead)
+        steps = max(2, int(getattr(settings, f"{name}_seconds") / probe))
     learning_rate = getattr(settings, f"{name}_learning_rate")
     args = _training_arguments(
         arguments_class, run["output_dir"] / f"{name}_run", settings, steps, learning_rate, run["seed"],
