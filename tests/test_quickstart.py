@@ -23,6 +23,8 @@ def test_quickstart_smoke_writes_a_loadable_hub_folder(tmp_path):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import spiking_lm  # noqa: F401 - registers the architectures with the Auto classes, as the card says
+
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     output = model.generate(**tokenizer("ROMEO.\n", return_tensors="pt"), max_new_tokens=5, do_sample=False)
