@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -28,7 +29,8 @@ def _run_recipe(args: argparse.Namespace, overrides: list[str]) -> int:
 
     recipe = load_recipe(args.recipe, overrides)
     folder = (run_distill if args.command == "distill" else run_train)(recipe, resume=args.resume)
-    print(f"saved the student to {folder}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+        print(f"saved the student to {folder}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -16,6 +17,7 @@ from transformers.utils import logging
 
 from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADTrainer
+from .distill.calibration import OUTPUT_NORMS, calibrate_output_norms
 from .recipes import Recipe, resolve_teacher
 
 logger = logging.get_logger(__name__)
@@ -68,6 +70,9 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer or teacher_path)
     student = recipe.student_class.from_teacher(teacher, **recipe.student_overrides())
     dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
+    if student.config.model_type in OUTPUT_NORMS:  # start from the teacher's sublayer output scale (SPEC §3)
+        calibration = [dataset[i]["input_ids"] for i in range(min(len(dataset), args.per_device_train_batch_size))]
+        calibrate_output_norms(student, teacher, torch.stack(calibration))
     trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=dataset, data_collator=collator)
     trainer.train(resume_from_checkpoint=resume or None)
     return _finish(trainer, student, tokenizer, args.output_dir)
