@@ -18,6 +18,7 @@ from transformers.utils import logging
 from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADTrainer
 from .distill.calibration import OUTPUT_NORMS, calibrate_output_norms
+from .distill.trainer import CompleteCheckpointMixin, last_complete_checkpoint
 from .recipes import Recipe, resolve_teacher
 
 logger = logging.get_logger(__name__)
@@ -49,6 +50,20 @@ def _dataset_and_collator(recipe: Recipe, tokenizer, masked: bool):
     return [{"input_ids": block} for block in blocks], collator
 
 
+class SpikingTrainer(CompleteCheckpointMixin, Trainer):
+    """The plain `Trainer` with completion-marked checkpoints."""
+
+
+def _resume_point(resume: bool, output_dir: str) -> str | None:
+    if not resume:
+        return None
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        raise ValueError(f"--resume: no complete checkpoint in {output_dir}")
+    logger.info("resuming from %s", checkpoint)
+    return checkpoint
+
+
 def _finish(trainer, student, tokenizer, output_dir: str) -> Path:
     final = Path(output_dir) / "final"
     if trainer.is_world_process_zero():
@@ -74,7 +89,7 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
         calibration = [dataset[i]["input_ids"] for i in range(min(len(dataset), args.per_device_train_batch_size))]
         calibrate_output_norms(student, teacher, torch.stack(calibration))
     trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=dataset, data_collator=collator)
-    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.train(resume_from_checkpoint=_resume_point(resume, args.output_dir))
     return _finish(trainer, student, tokenizer, args.output_dir)
 
 
@@ -95,6 +110,6 @@ def run_train(recipe: Recipe, resume: bool = False) -> Path:
     args = TrainingArguments(**recipe.training)
     masked = recipe.student["architecture"] == "we_spikingformer"
     dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
-    trainer = Trainer(model=student, args=args, train_dataset=dataset, data_collator=collator)
-    trainer.train(resume_from_checkpoint=resume or None)
+    trainer = SpikingTrainer(model=student, args=args, train_dataset=dataset, data_collator=collator)
+    trainer.train(resume_from_checkpoint=_resume_point(resume, args.output_dir))
     return _finish(trainer, student, tokenizer, args.output_dir)

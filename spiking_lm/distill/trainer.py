@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +24,27 @@ from .losses import (
 
 logger = logging.get_logger(__name__)
 TEACHER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+
+
+def last_complete_checkpoint(output_dir) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` whose writing finished (it holds `COMPLETE_MARKER`)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists() and p.name[11:].isdigit()]
+    return str(max(complete, key=lambda p: int(p.name[11:]))) if complete else None
+
+
+class CompleteCheckpointMixin:
+    """Marks a checkpoint complete only after the Trainer wrote all of it, so that a crash mid-save leaves the
+    previous checkpoint as the one to resume from (the Trainer writes ``checkpoint-N`` in place)."""
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            (folder / COMPLETE_MARKER).write_text(f"{self.state.global_step}\n")
 
 
 def load_teacher(name_or_path: str, student, need_attentions: bool):
@@ -60,7 +82,7 @@ def check_pair(student, teacher, args: SpADConfig) -> None:
     layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers, args.layer_map)
 
 
-class SpADTrainer(Trainer):
+class SpADTrainer(CompleteCheckpointMixin, Trainer):
     """Spike-aware alignment distillation: L = w_EA·EA + w_SAA·SAA + w_SFA·SFA + w_STA·STA + w_HTA·HTA.
 
     Args:

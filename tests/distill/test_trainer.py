@@ -114,3 +114,51 @@ def test_output_norm_calibration_matches_the_teacher_sublayer_statistics():
         calibrate_output_norms(spiking_lm.WESpikingformerForMaskedLM(spiking_lm.WESpikingformerConfig(
             vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8)),
             teacher, input_ids)  # fmt: skip
+
+
+class StopAt:
+    """Stops training after a given step, as if the process had been killed right after saving it."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):  # every other TrainerCallback hook is a no-op
+        return lambda *args, **kwargs: None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def run_losses(tmp_path, name, callbacks=(), resume=None):
+    teacher = tiny_opt()
+    torch.manual_seed(0)
+    student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(teacher, time_steps=2)
+    args = config(tmp_path / name, max_steps=8, save_strategy="steps", save_steps=4, logging_steps=1)
+    trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=blocks(), callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=resume)
+    return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+
+
+def test_killed_and_resumed_run_reaches_the_same_losses(tmp_path):
+    from spiking_lm.distill.trainer import last_complete_checkpoint
+
+    uninterrupted = run_losses(tmp_path, "a")
+    run_losses(tmp_path, "b", callbacks=[StopAt(4)])
+    checkpoint = last_complete_checkpoint(tmp_path / "b")
+    assert checkpoint.endswith("checkpoint-4")
+    resumed = run_losses(tmp_path, "b", resume=checkpoint)
+    for step in range(5, 9):  # tolerance: 1e-6 relative (same data order, RNG, optimizer and scheduler state)
+        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-6), step
+
+
+def test_a_checkpoint_without_its_completion_marker_is_never_resumed(tmp_path):
+    from spiking_lm.distill.trainer import COMPLETE_MARKER, last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for step in (4, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-4" / COMPLETE_MARKER).write_text("4\n")
+    # checkpoint-8 was being written when the process died
+    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-4")
