@@ -6,8 +6,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     Trainer,
@@ -18,7 +16,7 @@ from transformers.utils import logging
 from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADTrainer
 from .distill.calibration import OUTPUT_NORMS, calibrate_output_norms
-from .distill.trainer import CompleteCheckpointMixin, last_complete_checkpoint
+from .distill.trainer import CompleteCheckpointMixin, last_complete_checkpoint, load_teacher
 from .recipes import Recipe, resolve_teacher
 
 logger = logging.get_logger(__name__)
@@ -79,9 +77,7 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
     teacher_path = resolve_teacher(recipe.teacher)
     args = recipe.training_config()
     masked = recipe.student["architecture"] == "we_spikingformer"
-    auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
-    options = {"attn_implementation": "eager"} if args.saa_weight > 0 else {}
-    teacher = auto.from_pretrained(teacher_path, **options)
+    teacher = load_teacher(teacher_path, masked, args.saa_weight > 0)
     tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer or teacher_path)
     student = recipe.student_class.from_teacher(teacher, **recipe.student_overrides())
     dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)

@@ -4,27 +4,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import AutoModelForCausalLM
 
 from spiking_lm.cli import main
-from spiking_lm.data import train_bpe_tokenizer
-
-TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 60
-
-
-@pytest.fixture(scope="module")
-def teacher_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teacher")
-    tokenizer = train_bpe_tokenizer([TEXT], vocab_size=320)
-    torch.manual_seed(0)
-    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
-                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    OPTForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "corpus.txt").write_text(TEXT)
-    return folder
 
 
 def recipe(tmp_path, teacher_folder, training="max_steps: 4"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 
@@ -47,13 +47,12 @@ class CompleteCheckpointMixin:
             (folder / COMPLETE_MARKER).write_text(f"{self.state.global_step}\n")
 
 
-def load_teacher(name_or_path: str, student, need_attentions: bool):
-    """Load an HF teacher of the student's kind (causal LM or masked LM), with eager attention if SAA needs maps."""
-    config = AutoConfig.from_pretrained(name_or_path)
-    auto = AutoModelForMaskedLM if getattr(student.config, "model_type", "") == "we_spikingformer" else None
-    auto = auto or AutoModelForCausalLM
+def load_teacher(name_or_path: str, masked: bool, need_attentions: bool):
+    """Load an HF teacher, a masked LM for encoder students, else a causal LM; with eager attention if SAA needs
+    its maps."""
+    auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
     options = {"attn_implementation": "eager"} if need_attentions else {}
-    return auto.from_pretrained(name_or_path, config=config, **options)
+    return auto.from_pretrained(name_or_path, **options)
 
 
 def spiking_layers(model: nn.Module) -> nn.ModuleList:
@@ -100,7 +99,8 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
         if teacher is None:
             if args.teacher_name_or_path is None:
                 raise ValueError("no teacher: pass teacher= or set teacher_name_or_path")
-            teacher = load_teacher(args.teacher_name_or_path, model, args.saa_weight > 0)
+            masked = model.config.model_type == "we_spikingformer"
+            teacher = load_teacher(args.teacher_name_or_path, masked, args.saa_weight > 0)
         check_pair(model, teacher, args)
         super().__init__(model=model, args=args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
@@ -130,7 +130,7 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
             neuron.register_forward_hook(record)
 
     def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        optimizer = super().create_optimizer(model)
         if self.projection is not None:
             optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0})
         return optimizer

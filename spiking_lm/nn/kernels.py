@@ -62,37 +62,32 @@ def _as_graph_inputs(args, like: torch.Tensor) -> tuple:
     return tuple(converted)
 
 
-def run_kernel(kernel, backend: str, x: torch.Tensor, *args):
-    """Run ``kernel(x, *args)`` on the chosen backend (see the module docstring for the rule)."""
-    if backend == "torch" or torch.compiler.is_compiling():
-        return kernel(x, *args)
-    if backend == "auto" and (kernel in _broken_kernels or x.numel() < AUTO_COMPILE_MIN_NUMEL):
-        return kernel(x, *args)
-    compiled_args = _as_graph_inputs((x, *args), x)
-    if backend == "inductor":
-        return _compiled(kernel)(*compiled_args)
-    try:
-        return _compiled(kernel)(*compiled_args)
-    except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
-        _broken_kernels.add(kernel)
-        logger.warning("torch.compile of %s failed (%s); it runs eagerly from now on", kernel.__name__, error)
-        return kernel(x, *args)
-
-
-def run_differentiable(function, backend: str, x: torch.Tensor, *args):
-    """Like `run_kernel`, for a function autograd differentiates (compiled forward and backward via AOTAutograd)."""
+def _run(function, backend: str, x: torch.Tensor, args: tuple, graph_inputs):
+    """The backend rule of the module docstring; ``graph_inputs`` prepares the arguments of a compiled call."""
     if backend == "torch" or torch.compiler.is_compiling():
         return function(x, *args)
     if backend == "auto" and (function in _broken_kernels or x.numel() < AUTO_COMPILE_MIN_NUMEL):
         return function(x, *args)
+    compiled_args = graph_inputs((x, *args), x)
     if backend == "inductor":
-        return _compiled(function)(x, *args)
+        return _compiled(function)(*compiled_args)
     try:
-        return _compiled(function)(x, *args)
+        return _compiled(function)(*compiled_args)
     except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
         _broken_kernels.add(function)
         logger.warning("torch.compile of %s failed (%s); it runs eagerly from now on", function.__name__, error)
         return function(x, *args)
+
+
+def run_kernel(kernel, backend: str, x: torch.Tensor, *args):
+    """Run the no-grad kernel ``kernel(x, *args)`` on the chosen backend."""
+    return _run(kernel, backend, x, args, _as_graph_inputs)
+
+
+def run_differentiable(function, backend: str, x: torch.Tensor, *args):
+    """Like `run_kernel`, for a function autograd differentiates (compiled forward and backward via AOTAutograd);
+    its tensors keep their autograd history."""
+    return _run(function, backend, x, args, lambda arguments, _: arguments)
 
 
 # ----------------------------------------------------------------------------------------------------------

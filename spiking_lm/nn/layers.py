@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from .attention import allowed_keys, row_normalized, softmax_free_attention, spikformer_attention, winner_take_all
 from .functional import integer_lif, lif
-from .kernels import AUTO_COMPILE_MIN_NUMEL, run_differentiable
+from .kernels import run_differentiable
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron, build_neuron
 from .spike_coding import binary_to_integer
 
@@ -158,11 +158,11 @@ def _fusable_neuron(neuron):
 
 def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor) -> torch.Tensor:
     """``neuron(norm(x))``; for LayerNorm/RMSNorm feeding a parameter-free neuron, one compiled region (forward
-    and backward fused, the norm output recomputed rather than stored) when the tensor is large enough to
-    compile and no wider than `FUSED_NORM_MAX_WIDTH`."""
+    and backward fused, the norm output recomputed rather than stored) when no wider than
+    `FUSED_NORM_MAX_WIDTH`; below the compile threshold the same composition runs eagerly."""
     is_rms = isinstance(norm, nn.RMSNorm)
     fusable = (is_rms or isinstance(norm, nn.LayerNorm)) and neuron.backend != "torch"
-    fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH and x.numel() >= AUTO_COMPILE_MIN_NUMEL
+    fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
     form = _fusable_neuron(neuron) if fusable else None
     if form is None:
         return neuron(norm(x))

@@ -269,6 +269,8 @@ class TernaryLIFNeuron(SpikingNeuron):
         detach_reset (`bool`, *optional*, defaults to `False`): no gradient through the reset.
     """
 
+    binary_output = False
+
     def __init__(
         self,
         time_steps: int | None = None,
@@ -282,7 +284,6 @@ class TernaryLIFNeuron(SpikingNeuron):
         self.beta = _check_number("beta", beta, 0.0, 1.0)
         self.detach_reset = bool(detach_reset)
         self.scale = nn.Parameter(torch.ones(time_steps or 1))
-        self.binary_output = False
         self.register_buffer("scale_initialized", torch.tensor(False))
 
     @torch.no_grad()

@@ -7,26 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
-
-from spiking_lm.data import train_bpe_tokenizer
+from transformers import AutoModelForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
-TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 80
 
 
 @pytest.mark.slow
-def test_two_process_ddp_distillation_lowers_the_loss_and_saves_a_loadable_student(tmp_path):
-    teacher = tmp_path / "teacher"
-    tokenizer = train_bpe_tokenizer([TEXT], vocab_size=320)
-    torch.manual_seed(0)
-    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
-                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    OPTForCausalLM(config).save_pretrained(teacher)
-    tokenizer.save_pretrained(teacher)
-    (teacher / "corpus.txt").write_text(TEXT)
+def test_two_process_ddp_distillation_lowers_the_loss_and_saves_a_loadable_student(tmp_path, teacher_folder):
+    teacher = teacher_folder
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"teacher: {teacher}\nstudent: {{architecture: bispikclm, time_steps: 2}}\n"

@@ -28,7 +28,7 @@ def test_text_classification_pipeline(word_tokenizer):
     model = tiny_model(spiking_lm.WESpikingformerForSequenceClassification, num_labels=2)
     classify = pipeline("text-classification", model=model, tokenizer=word_tokenizer)
     result = classify(["binary spikes make every product an accumulation", "the threshold"])
-    assert [r["label"] for r in result] == [r["label"] for r in result if r["label"] in ("LABEL_0", "LABEL_1")]
+    assert len(result) == 2 and all(r["label"] in ("LABEL_0", "LABEL_1") for r in result)
     with torch.no_grad():
         encoded = word_tokenizer("the threshold", return_tensors="pt")
         expected = model(**encoded).logits.softmax(-1).max().item()
