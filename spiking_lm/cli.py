@@ -90,13 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave_launched_process(code: int) -> None:
+    """End a process started by `accelerate launch` / `torchrun` once its work is saved.
+
+    gloo (and DeepSpeed's ZeRO-3 threads) can abort interpreter shutdown with "terminate called without an
+    active exception", which the launcher reports as a failed run although everything was written. So the
+    ranks meet, the process group is closed, output is flushed and the process exits without the teardown.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     if getattr(args, "takes_overrides", False):
-        return args.handler(args, extra)
-    if extra:
+        code = args.handler(args, extra)
+    elif extra:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.handler(args)
+    else:
+        code = args.handler(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_launched_process(code)
+    return code
 
 
 if __name__ == "__main__":
