@@ -24,13 +24,14 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _run_recipe(args: argparse.Namespace, overrides: list[str]) -> int:
+    from spiking_lm.distributed import describe_backend
     from spiking_lm.recipes import load_recipe
     from spiking_lm.run import run_distill, run_train
 
     recipe = load_recipe(args.recipe, overrides)
     folder = (run_distill if args.command == "distill" else run_train)(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
-        print(f"saved the student to {folder}")
+        print(f"saved the student to {folder} (trained with {describe_backend()})")
     return 0
 
 

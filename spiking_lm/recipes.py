@@ -62,8 +62,9 @@ class Recipe:
     def student_overrides(self) -> dict:
         return {key: value for key, value in self.student.items() if key != "architecture"}
 
-    def training_config(self) -> SpADConfig:
-        return SpADConfig(**self.training)
+    def training_config(self, training: dict | None = None) -> SpADConfig:
+        """The training section as `SpADConfig` (``training`` replaces the section's keys when given)."""
+        return SpADConfig(**(self.training if training is None else training))
 
 
 def resolve_teacher(name: str) -> str:

@@ -17,6 +17,7 @@ from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, trai
 from .distill import SpADTrainer
 from .distill.calibration import OUTPUT_NORMS, calibrate_output_norms
 from .distill.trainer import CompleteCheckpointMixin, last_complete_checkpoint, load_teacher
+from .distributed import configure_backend, gathered
 from .recipes import Recipe, resolve_teacher
 
 logger = logging.get_logger(__name__)
@@ -62,11 +63,14 @@ def _resume_point(resume: bool, output_dir: str) -> str | None:
     return checkpoint
 
 
-def _finish(trainer, student, tokenizer, output_dir: str) -> Path:
+def _finish(trainer, tokenizer, output_dir: str) -> Path:
+    """Save the trained model and tokenizer to ``output_dir/final`` (every rank calls it: under ZeRO-3 the
+    weights are gathered from all ranks before rank 0 writes them)."""
     final = Path(output_dir) / "final"
+    trainer.save_model(final)
     if trainer.is_world_process_zero():
-        student.save_pretrained(final)
         tokenizer.save_pretrained(final)
+        (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the folder is meant to be shared
     return final
 
 
@@ -75,18 +79,19 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
     if recipe.teacher is None:
         raise ValueError("a distillation recipe needs a 'teacher'")
     teacher_path = resolve_teacher(recipe.teacher)
-    args = recipe.training_config()
+    args = recipe.training_config(configure_backend(recipe.training))
     masked = recipe.student["architecture"] == "we_spikingformer"
-    teacher = load_teacher(teacher_path, masked, args.saa_weight > 0)
+    teacher = load_teacher(teacher_path, masked, args.saa_weight > 0)  # ZeRO-3: loaded already partitioned
     tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer or teacher_path)
-    student = recipe.student_class.from_teacher(teacher, **recipe.student_overrides())
     dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
-    if student.config.model_type in OUTPUT_NORMS:  # start from the teacher's sublayer output scale (SPEC §3)
-        calibration = [dataset[i]["input_ids"] for i in range(min(len(dataset), args.per_device_train_batch_size))]
-        calibrate_output_norms(student, teacher, torch.stack(calibration))
+    with gathered(teacher):
+        student = recipe.student_class.from_teacher(teacher, **recipe.student_overrides())
+        if student.config.model_type in OUTPUT_NORMS:  # start from the teacher's sublayer output scale (SPEC §3)
+            count = min(len(dataset), args.per_device_train_batch_size)
+            calibrate_output_norms(student, teacher, torch.stack([dataset[i]["input_ids"] for i in range(count)]))
     trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=dataset, data_collator=collator)
     trainer.train(resume_from_checkpoint=_resume_point(resume, args.output_dir))
-    return _finish(trainer, student, tokenizer, args.output_dir)
+    return _finish(trainer, tokenizer, args.output_dir)
 
 
 def run_train(recipe: Recipe, resume: bool = False) -> Path:
@@ -103,9 +108,9 @@ def run_train(recipe: Recipe, resume: bool = False) -> Path:
     distillation_only = sorted(key for key in recipe.training if not hasattr(TrainingArguments, key))
     if distillation_only:
         raise ValueError(f"training keys {distillation_only} only apply to distillation; remove them for 'train'")
-    args = TrainingArguments(**recipe.training)
+    args = TrainingArguments(**configure_backend(recipe.training))
     masked = recipe.student["architecture"] == "we_spikingformer"
     dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
     trainer = SpikingTrainer(model=student, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train(resume_from_checkpoint=_resume_point(resume, args.output_dir))
-    return _finish(trainer, student, tokenizer, args.output_dir)
+    return _finish(trainer, tokenizer, args.output_dir)

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 
+from ..distributed import prepare_teacher
 from ..nn.neurons import SpikingNeuron
 from .config import SpADConfig
 from .losses import (
@@ -103,10 +104,16 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
             teacher = load_teacher(args.teacher_name_or_path, masked, args.saa_weight > 0)
         check_pair(model, teacher, args)
         super().__init__(model=model, args=args, **kwargs)
-        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher = prepare_teacher(teacher, self.accelerator, self.args.device)
         self.layer_map = layer_map(model.config.num_hidden_layers, teacher.config.num_hidden_layers, args.layer_map)
         self.projection = None
         if model.config.hidden_size != teacher.config.hidden_size:
+            if self.is_deepspeed_enabled:
+                raise ValueError(
+                    f"student width {model.config.hidden_size} differs from the teacher's "
+                    f"{teacher.config.hidden_size}: the SFA projection is not supported under DeepSpeed; "
+                    "use DDP or a student of the teacher's width"
+                )
             self.projection = nn.Sequential(
                 nn.Linear(model.config.hidden_size, teacher.config.hidden_size),
                 nn.LayerNorm(teacher.config.hidden_size),

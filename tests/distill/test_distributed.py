@@ -1,4 +1,5 @@
-"""The real distributed engine: `accelerate launch` with two processes over gloo on this CPU machine."""
+"""The real distributed engine: `accelerate launch` with two processes over gloo on this CPU machine, as DDP and
+as DeepSpeed ZeRO-2 / ZeRO-3 (the launch configs shipped in recipes/accelerate/)."""
 
 import json
 import os
@@ -7,13 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
+LAUNCHES = {
+    "ddp": ("cpu_ddp.yaml", None),
+    "zero2": ("deepspeed_zero2.yaml", 2),
+    "zero3": ("deepspeed_zero3.yaml", 3),
+}
 
 
 @pytest.mark.slow
-def test_two_process_ddp_distillation_lowers_the_loss_and_saves_a_loadable_student(tmp_path, teacher_folder):
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_two_process_distillation_lowers_the_loss_and_saves_a_loadable_student(tmp_path, teacher_folder, launch):
+    config_name, zero_stage = LAUNCHES[launch]
+    if zero_stage is not None:
+        pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
     teacher = teacher_folder
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -23,16 +34,24 @@ def test_two_process_ddp_distillation_lowers_the_loss_and_saves_a_loadable_stude
         "learning_rate: 3.0e-3, logging_steps: 2, save_steps: 16, report_to: none, use_cpu: true, "
         "disable_tqdm: true}\n"
     )
-    config_file = str(REPO / "recipes/accelerate/cpu_ddp.yaml")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
-    launch += ["-m", "spiking_lm.cli", "distill", str(recipe)]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    command += [str(REPO / "recipes/accelerate" / config_name), "--num_processes", "2"]
+    command += ["-m", "spiking_lm.cli", "distill", str(recipe)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[rank1]" in result.stderr  # two processes really ran
+    engine = "DDP" if zero_stage is None else f"DeepSpeed ZeRO-{zero_stage}"
+    assert f"(trained with {engine}, 2 processes over gloo)" in result.stdout
     state = json.loads((tmp_path / "run" / "checkpoint-16" / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(losses) >= 4 and losses[-1] < losses[0]
     assert result.stdout.count("saved the student") == 1
-    student = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    final = tmp_path / "run" / "final"
+    assert not (final / "training_args.bin").exists()
+    student, info = AutoModelForCausalLM.from_pretrained(final, output_loading_info=True)
     assert student.config.model_type == "bispikclm"
+    assert not info["missing_keys"] and not info["mismatched_keys"]  # ZeRO-3 saved full, gathered weights
+    teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
+    embeddings = student.get_input_embeddings().weight
+    assert embeddings.shape == teacher_model.get_input_embeddings().weight.shape
+    assert not torch.equal(embeddings, teacher_model.get_input_embeddings().weight)  # trained, not the copy
