@@ -133,6 +133,12 @@ def spikformer_attention(query, key, value, allowed, scale: float = 0.125):
 
 
 def row_normalized(weights: torch.Tensor) -> torch.Tensor:
-    """Mean over T of a ``(T, B, H, Lq, Lk)`` map, each row scaled to sum to 1 (all-zero rows stay zero)."""
+    """Mean over T of a ``(T, B, H, Lq, Lk)`` map, each row scaled to sum to 1 (all-zero rows stay zero).
+
+    An all-zero row (a query whose attention neuron never fired) is divided by 1, not by a tiny epsilon: the
+    forward value is the same, and its surrogate gradient is not multiplied by 1/epsilon (which once blew
+    SAA gradients up to ~1e9).
+    """
     averaged = weights.mean(0)
-    return averaged / averaged.sum(-1, keepdim=True).clamp_min(1e-12)
+    totals = averaged.sum(-1, keepdim=True)
+    return averaged / torch.where(totals > 0, totals, torch.ones_like(totals))

@@ -86,3 +86,19 @@ def test_wssa_model_in_training_uses_softmax_only_for_the_straight_through_gradi
     with torch.no_grad(), recorder:
         model(torch.randint(3, 99, (1, 6)))
     assert not {op for op in recorder.ops if "softmax" in op}
+
+
+def test_row_normalized_keeps_gradients_of_silent_rows_bounded():
+    # A query whose attention neuron never fired has an all-zero row: its value stays zero, and the gradient
+    # reaching its entries is the upstream gradient itself (divided by 1), not 1/epsilon times it.
+    from spiking_lm.nn.attention import row_normalized
+
+    weights = torch.zeros(2, 1, 1, 2, 3, dtype=torch.float64)
+    weights[:, 0, 0, 0] = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    weights.requires_grad_(True)
+    maps = row_normalized(weights)
+    assert torch.equal(maps[0, 0, 0].detach(), torch.tensor([0.5, 0.0, 0.5], dtype=torch.float64))
+    assert torch.equal(maps[0, 0, 1].detach(), torch.zeros(3, dtype=torch.float64))
+    maps[0, 0, 1].sum().backward()
+    assert torch.equal(weights.grad[:, 0, 0, 1], torch.full((2, 3), 0.5, dtype=torch.float64))  # mean over T=2
+    assert torch.equal(weights.grad[:, 0, 0, 0], torch.zeros(2, 3, dtype=torch.float64))
