@@ -64,6 +64,28 @@ def _neurons(args: argparse.Namespace) -> int:
     return 0
 
 
+def _energy(args: argparse.Namespace) -> int:
+    from spiking_lm.evaluation.commands import run_energy
+
+    run_energy(args.model, args.data, args.sequences, args.length, args.baseline, args.output_dir, args.results,
+               args.trust_remote_code)  # fmt: skip
+    return 0
+
+
+def _perplexity(args: argparse.Namespace) -> int:
+    from spiking_lm.evaluation.commands import run_perplexity
+
+    run_perplexity(args.model, args.data, args.split, args.text_column, args.window, args.stride, args.results,
+                   args.trust_remote_code)  # fmt: skip
+    return 0
+
+
+def _add_model_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("model", help="a saved model folder or Hub id")
+    command.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
+    command.add_argument("--trust-remote-code", action="store_true", help="load with the folder's own code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spiking-lm", description="Spiking language models for Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -85,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("recipe", help="a YAML recipe (see recipes/)")
         command.add_argument("--resume", action="store_true", help="resume from the last checkpoint in output_dir")
         command.set_defaults(handler=_run_recipe, takes_overrides=True)
+    energy = commands.add_parser(
+        "energy", help="count MACs/ACs on real text: energy table, firing-rate plot, JSON (SPEC §5)"
+    )
+    _add_model_arguments(energy)
+    energy.add_argument("--data", help="text file(s) or dataset name (default: the shipped held-out play)")
+    energy.add_argument("--sequences", type=int, default=4, help="sequences to count on")
+    energy.add_argument("--length", type=int, default=128, help="tokens per sequence")
+    energy.add_argument("--baseline", help="an HF ANN (e.g. the teacher) to compare with; default: same shape")
+    energy.add_argument("--output-dir", help="where energy.json and firing_rates.png go (default: MODEL)")
+    energy.set_defaults(handler=_energy)
+    perplexity = commands.add_parser("perplexity", help="sliding-window perplexity of a causal LM on text")
+    _add_model_arguments(perplexity)
+    perplexity.add_argument("--data", help="text file(s) or dataset name (default: the shipped held-out play)")
+    perplexity.add_argument("--split", default="test", help="dataset split (for dataset names)")
+    perplexity.add_argument("--text-column", default="text")
+    perplexity.add_argument("--window", type=int, help="tokens per pass (default: max_position_embeddings)")
+    perplexity.add_argument("--stride", type=int, help="tokens between window starts (default: window / 2)")
+    perplexity.set_defaults(handler=_perplexity)
     neurons = commands.add_parser("neurons", help="show every neuron on one input and the integer->binary equivalence")
     neurons.add_argument("--seed", type=int, default=0)
     neurons.set_defaults(handler=_neurons)

@@ -33,3 +33,18 @@ def teacher_folder(tmp_path_factory):
     tokenizer.save_pretrained(folder)
     (folder / "corpus.txt").write_text(TEACHER_TEXT)
     return folder
+
+
+@pytest.fixture(scope="session")
+def student_folder(teacher_folder, tmp_path_factory):
+    """A saved tiny BiSpikCLM student built from the teacher (weights copied), with the teacher's tokenizer."""
+    from transformers import AutoTokenizer, OPTForCausalLM
+
+    from spiking_lm import BiSpikCLMForCausalLM
+
+    folder = tmp_path_factory.mktemp("student")
+    torch.manual_seed(0)
+    student = BiSpikCLMForCausalLM.from_teacher(OPTForCausalLM.from_pretrained(teacher_folder), time_steps=2)
+    student.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(teacher_folder).save_pretrained(folder)
+    return folder

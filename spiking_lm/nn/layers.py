@@ -37,6 +37,11 @@ __all__ = [
 ]
 
 
+OPERATION_RECORDERS: list = []
+"""Operation counters listening to this forward pass (`spiking_lm.energy` adds one while it counts); empty
+otherwise, so the checks below cost one list test."""
+
+
 def in_binary_mode(neuron) -> bool:
     return neuron is not None and getattr(neuron, "spike_mode", "integer") == "binary"
 
@@ -104,6 +109,8 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
     constant offset of the adaptive-shift neurons is folded in as W·offset: exactly W·S + b. When training, the
     spikes are kept for backward as uint8 counts (`SpikeLinearFunction`).
     """
+    for recorder in OPERATION_RECORDERS:
+        recorder.spike_fed_linear(linear, spikes, neuron)
     if not in_binary_mode(neuron):
         coding = spike_coding(neuron) if torch.is_grad_enabled() and linear.weight.requires_grad else None
         if coding is None:
@@ -163,7 +170,7 @@ def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor) -> torch.Tensor
     is_rms = isinstance(norm, nn.RMSNorm)
     fusable = (is_rms or isinstance(norm, nn.LayerNorm)) and neuron.backend != "torch"
     fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
-    form = _fusable_neuron(neuron) if fusable else None
+    form = _fusable_neuron(neuron) if fusable and not OPERATION_RECORDERS else None
     if form is None:
         return neuron(norm(x))
     bias = None if is_rms else norm.bias
@@ -286,6 +293,8 @@ class SpikingSelfAttention(nn.Module):
         steps, batch, _, query_length, _ = query.shape
         allowed = allowed_keys(attention_mask, query_length, key.shape[-2], self.causal, query.device, batch)
         context, producer, weights = self._attend(query, key, value, allowed)
+        for recorder in OPERATION_RECORDERS:
+            recorder.spiking_attention(self, query, key, value, weights, allowed)
         context = context.transpose(2, 3).reshape(steps, batch, query_length, -1)  # (T, B, L, D)
         if producer is not None:
             # Counted in the units the neuron fires in: re-spiking a selected row of V is then the identity.

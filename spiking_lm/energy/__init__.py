@@ -1,0 +1,27 @@
+"""Energy and operation counting for spiking models (SPEC §5): `estimate_energy`, `energy_mj` and the
+45 nm constants `E_MAC_PJ` / `E_AC_PJ`."""
+
+from .counting import (
+    E_AC_PJ,
+    E_MAC_PJ,
+    EnergyReport,
+    LayerOperations,
+    OperationCounter,
+    count_operations,
+    energy_mj,
+    estimate_energy,
+)
+from .report import format_table, plot_firing_rates
+
+__all__ = [
+    "E_AC_PJ",
+    "E_MAC_PJ",
+    "EnergyReport",
+    "LayerOperations",
+    "OperationCounter",
+    "count_operations",
+    "energy_mj",
+    "estimate_energy",
+    "format_table",
+    "plot_firing_rates",
+]

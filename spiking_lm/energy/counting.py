@@ -1,0 +1,303 @@
+"""Operation counting and the energy estimate of SPEC §5.
+
+E = E_MAC · #MAC + E_AC · #AC. A layer fed real values does multiply-accumulates (MACs); a layer fed spikes
+only adds the weight columns its spikes select (accumulates, ACs): for a Linear with ``out`` outputs that is
+(number of spikes, counted in binary virtual steps) × ``out``. Spike × spike attention products count one AC
+for every pair of spikes that meet. Everything is counted from the spikes this forward pass produced (hooks),
+never from an assumed rate. Norm and neuron work is reported separately and is not in the energy.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..nn import layers as spiking_layers
+from ..nn.neurons import SpikingNeuron
+
+E_MAC_PJ = 4.6
+"""Energy of one 32-bit floating-point multiply-accumulate in 45 nm CMOS, picojoules (Horowitz, ISSCC 2014),
+the constant this paper family uses."""
+E_AC_PJ = 0.9
+"""Energy of one 32-bit floating-point add in 45 nm CMOS, picojoules (same source)."""
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)(?:\.|$)")
+
+
+def energy_mj(macs: float, acs: float, mac_pj: float = E_MAC_PJ, ac_pj: float = E_AC_PJ) -> float:
+    """Energy in millijoules of ``macs`` multiply-accumulates and ``acs`` accumulates.
+
+    The constants default to `E_MAC_PJ` / `E_AC_PJ`; pass others for another process node. Example:
+    ``energy_mj(0.3473e9, 6.5175e9)`` ≈ 7.46 mJ.
+    """
+    if macs < 0 or acs < 0:
+        raise ValueError(f"operation counts must be >= 0, got macs={macs}, acs={acs}")
+    return (macs * mac_pj + acs * ac_pj) * 1e-9  # 1 pJ = 1e-9 mJ
+
+
+@dataclass
+class LayerOperations:
+    """What one layer (a block, or a top-level module such as ``lm_head``) did in the counted pass."""
+
+    name: str
+    macs: int = 0
+    acs: int = 0
+    ann_macs: int = 0
+    spikes: int = 0
+    spike_slots: int = 0
+    neuron_updates: int = 0
+    norm_elements: int = 0
+
+    @property
+    def firing_rate(self) -> float:
+        """Spikes per neuron per (virtual) time step; NaN for a layer without neurons."""
+        return self.spikes / self.spike_slots if self.spike_slots else float("nan")
+
+
+@dataclass
+class EnergyReport:
+    """Operation counts and energy of one forward pass, per sequence and per token (see `to_dict`)."""
+
+    layers: list[LayerOperations]
+    sequences: int
+    tokens: int
+    ann_macs: int
+    ann_baseline: str
+    mac_pj: float = E_MAC_PJ
+    ac_pj: float = E_AC_PJ
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def acs(self) -> int:
+        return sum(layer.acs for layer in self.layers)
+
+    @property
+    def snn_energy_mj(self) -> float:
+        return energy_mj(self.macs, self.acs, self.mac_pj, self.ac_pj)
+
+    @property
+    def ann_energy_mj(self) -> float:
+        return energy_mj(self.ann_macs, 0, self.mac_pj, self.ac_pj)
+
+    @property
+    def firing_rate(self) -> float:
+        """Spikes per neuron per (virtual) time step over the whole model."""
+        slots = sum(layer.spike_slots for layer in self.layers)
+        return sum(layer.spikes for layer in self.layers) / slots if slots else float("nan")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: totals, per-sequence and per-token figures, constants and per-layer counts."""
+
+        def scaled(count):
+            return {
+                "macs": self.macs / count,
+                "acs": self.acs / count,
+                "ann_macs": self.ann_macs / count,
+                "snn_energy_mj": self.snn_energy_mj / count,
+                "ann_energy_mj": self.ann_energy_mj / count,
+            }
+
+        ratio = self.snn_energy_mj / self.ann_energy_mj if self.ann_energy_mj else float("nan")
+        layers = []
+        for layer in self.layers:
+            entry = asdict(layer)
+            entry["firing_rate"] = _json_float(layer.firing_rate)
+            entry["snn_energy_mj"] = energy_mj(layer.macs, layer.acs, self.mac_pj, self.ac_pj)
+            layers.append(entry)
+        return {
+            "snn_energy_mj": self.snn_energy_mj,
+            "ann_energy_mj": self.ann_energy_mj,
+            "ratio": _json_float(ratio),
+            "macs": self.macs,
+            "acs": self.acs,
+            "ann_macs": self.ann_macs,
+            "ann_baseline": self.ann_baseline,
+            "firing_rate": _json_float(self.firing_rate),
+            "neuron_updates": sum(layer.neuron_updates for layer in self.layers),
+            "norm_elements": sum(layer.norm_elements for layer in self.layers),
+            "sequences": self.sequences,
+            "tokens": self.tokens,
+            "per_sequence": scaled(self.sequences),
+            "per_token": scaled(self.tokens),
+            "constants": {"mac_pj": self.mac_pj, "ac_pj": self.ac_pj},
+            "layers": layers,
+            **self.extra,
+        }
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _unit_counts(values: torch.Tensor, neuron) -> torch.Tensor:
+    """Per-element binary spike counts of a neuron's output in its own units (0/1, 0..D_max, |±1|)."""
+    if neuron is None:
+        return values.abs()
+    offset = getattr(neuron, "spike_offset", 0.0)
+    scale = getattr(neuron, "spike_scale", 1.0)
+    return ((values - offset) / scale).abs()
+
+
+class OperationCounter:
+    """Context manager that counts the operations of the forward passes run inside it.
+
+    Every `nn.Linear` (and `transformers`' GPT-2 ``Conv1D``) fed real values counts MACs; the spiking layers
+    report spike-fed Linears and spiking attention through `spiking_lm.nn.layers.OPERATION_RECORDERS`; neuron
+    and norm hooks add firing rates and the separately reported norm/neuron work. While counting, norm + neuron
+    fusion is off so that each neuron's own output is observed.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.names = {module: name for name, module in model.named_modules()}
+        self.layers: dict[str, LayerOperations] = {}
+        self._spike_fed: set[int] = set()
+        self._pending_counts: torch.Tensor | None = None
+        self._pending_rescale = False
+        self._handles = []
+
+    def layer(self, module: nn.Module) -> LayerOperations:
+        name = self.names.get(module, type(module).__name__)
+        match = _LAYER_INDEX.search(name)
+        key = f"layer {int(match.group(1))}" if match else name
+        if key not in self.layers:
+            self.layers[key] = LayerOperations(key)
+        return self.layers[key]
+
+    def __enter__(self):
+        from transformers.pytorch_utils import Conv1D
+
+        for module in self.model.modules():
+            if isinstance(module, (nn.Linear, Conv1D)):
+                self._handles.append(module.register_forward_pre_hook(self._dense_linear))
+            elif isinstance(module, SpikingNeuron):
+                self._handles.append(module.register_forward_hook(self._neuron))
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                self._handles.append(module.register_forward_pre_hook(self._norm))
+        spiking_layers.OPERATION_RECORDERS.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        spiking_layers.OPERATION_RECORDERS.remove(self)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    # ---- hooks -------------------------------------------------------------------------------------------
+    def _dense_linear(self, module, inputs):
+        if id(module) in self._spike_fed:  # counted by `spike_fed_linear`
+            self._spike_fed.discard(id(module))
+            return
+        weight = module.weight
+        in_features, out_features = (
+            (weight.shape[1], weight.shape[0]) if isinstance(module, nn.Linear) else weight.shape
+        )
+        rows = inputs[0].numel() // in_features
+        layer = self.layer(module)
+        layer.macs += rows * in_features * out_features
+        layer.ann_macs += rows * in_features * out_features
+
+    def _neuron(self, module, inputs, output):
+        layer = self.layer(module)
+        layer.spikes += int(module.count_spikes(output).round().item())
+        layer.spike_slots += output.numel() * module.virtual_steps_per_output
+        layer.neuron_updates += inputs[0].numel()
+
+    def _norm(self, module, inputs):
+        self.layer(module).norm_elements += inputs[0].numel()
+
+    # ---- reported by the spiking layers ------------------------------------------------------------------
+    def spike_fed_linear(self, linear: nn.Linear, spikes: torch.Tensor, neuron) -> None:
+        self._spike_fed.add(id(linear))
+        in_features, out_features = linear.in_features, linear.out_features
+        rows = spikes.numel() // in_features
+        layer = self.layer(linear)
+        layer.ann_macs += rows // spikes.shape[0] * in_features * out_features  # once per token, as an ANN
+        if neuron is not None:
+            layer.acs += int(neuron.count_spikes(spikes).round().item()) * out_features
+        elif self._pending_counts is not None and self._pending_counts.numel() == spikes.numel():
+            # A softmax-free attention context: integer counts (spikes of A_s meeting spikes of V) times a
+            # constant that folds into the weights; a per-query rescale costs one multiply per output.
+            layer.acs += int(self._pending_counts.sum().round().item()) * out_features
+            if self._pending_rescale:
+                layer.macs += rows * out_features
+        else:
+            layer.macs += rows * in_features * out_features
+        self._pending_counts = None
+
+    def spiking_attention(self, attention, query, key, value, weights, allowed) -> None:
+        layer = self.layer(attention)
+        q = _unit_counts(query, attention.q_neuron)
+        k = _unit_counts(key, attention.k_neuron)
+        v = _unit_counts(value, attention.v_neuron)
+        steps, batch, heads, query_length, head_dim = q.shape
+        pairs = allowed.to(q.dtype)
+        layer.acs += int((torch.matmul(q, k.transpose(-1, -2)) * pairs).sum().round().item())
+        selected = (weights != 0).to(q.dtype) * pairs
+        context_counts = torch.matmul(selected, v)
+        layer.acs += int(context_counts.sum().round().item())
+        layer.ann_macs += 2 * batch * heads * query_length * key.shape[-2] * head_dim  # QKᵀ and AV, once
+        if attention.kind == "sfsa":
+            self._pending_counts = context_counts
+            self._pending_rescale = attention.config.sfsa_output_scale != "sqrt_d"
+
+
+def count_operations(model: nn.Module, input_ids: torch.Tensor, attention_mask=None, **kwargs) -> OperationCounter:
+    """Run ``model`` once on ``input_ids`` (no gradient, eval mode kept as is) and return the filled counter."""
+    with torch.no_grad(), OperationCounter(model) as counter:
+        model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return counter
+
+
+def _ann_attention_macs(config, batch: int, length: int) -> int:
+    """QKᵀ and attention × V of a dense transformer: 2·B·L²·hidden per layer (not hooked: they are matmuls)."""
+    return 2 * batch * length * length * config.hidden_size * config.num_hidden_layers
+
+
+def estimate_energy(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    ann_baseline: nn.Module | None = None,
+    mac_pj: float = E_MAC_PJ,
+    ac_pj: float = E_AC_PJ,
+) -> EnergyReport:
+    """Energy of one forward pass of a spiking ``model`` on ``input_ids``, against an ANN baseline.
+
+    Args:
+        model: a spiking_lm model (any architecture, neuron and spike mode).
+        input_ids (`torch.LongTensor` of shape `(batch, length)`): the tokens to count on.
+        attention_mask (*optional*): padding mask; tokens are counted from it.
+        ann_baseline (*optional*): an HF ANN (e.g. the teacher) run on the same tokens and counted in MACs
+            (its Linear layers by hooks, its attention matmuls as 2·B·L²·hidden per layer). Without it, the
+            baseline is the same shape as ``model`` run densely once per token (every Linear and attention
+            product a MAC).
+        mac_pj / ac_pj: energy per MAC / AC in picojoules (defaults `E_MAC_PJ`, `E_AC_PJ`).
+
+    Returns:
+        `EnergyReport`; ``report.to_dict()`` holds ``snn_energy_mj``, ``ann_energy_mj``, ``ratio``, MACs, ACs,
+        per-sequence and per-token figures and per-layer firing rates and counts.
+    """
+    if input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    counter = count_operations(model, input_ids, attention_mask)
+    tokens = int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
+    layers = list(counter.layers.values())
+    if ann_baseline is None:
+        ann_macs = sum(layer.ann_macs for layer in layers)
+        description = f"same shape as {type(model).__name__}, dense (MACs)"
+    else:
+        baseline = count_operations(ann_baseline, input_ids, attention_mask)
+        ann_macs = sum(layer.macs for layer in baseline.layers.values())
+        ann_macs += _ann_attention_macs(ann_baseline.config, *input_ids.shape)
+        description = f"{type(ann_baseline).__name__} (MACs)"
+    return EnergyReport(layers, input_ids.shape[0], tokens, ann_macs, description, mac_pj, ac_pj)

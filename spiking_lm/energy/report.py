@@ -1,0 +1,52 @@
+"""Presenting an energy report: a text table and a per-layer firing-rate plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def format_table(report: dict) -> str:
+    """The report (an `EnergyReport.to_dict()`) as an aligned text table, per layer then totals."""
+    lines = [f"{'layer':<34} {'firing rate':>11} {'MACs':>14} {'ACs':>14} {'energy (mJ)':>12}"]
+    for layer in report["layers"]:
+        rate = "-" if layer["firing_rate"] is None else f"{layer['firing_rate']:.4f}"
+        lines.append(
+            f"{layer['name'][:34]:<34} {rate:>11} {layer['macs']:>14,} {layer['acs']:>14,} "
+            f"{layer['snn_energy_mj']:>12.4g}"
+        )
+    per_token = report["per_token"]
+    ratio = "-" if report["ratio"] is None else f"{report['ratio']:.4f}"
+    constants = report["constants"]
+    lines += [
+        "",
+        f"spiking model: {report['macs']:,} MACs + {report['acs']:,} ACs = {report['snn_energy_mj']:.4g} mJ "
+        f"({per_token['snn_energy_mj']:.4g} mJ/token), mean firing rate {report['firing_rate'] or 0:.4f}",
+        f"ANN baseline ({report['ann_baseline']}): {report['ann_macs']:,} MACs = {report['ann_energy_mj']:.4g} mJ "
+        f"({per_token['ann_energy_mj']:.4g} mJ/token)",
+        f"SNN / ANN energy: {ratio}  (E_MAC {constants['mac_pj']} pJ, E_AC {constants['ac_pj']} pJ; "
+        f"{report['sequences']} sequence(s), {report['tokens']} tokens)",
+    ]
+    return "\n".join(lines)
+
+
+def plot_firing_rates(report: dict, path) -> Path:
+    """Bar chart of the per-layer firing rates of ``report`` saved as a PNG at ``path`` (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError as error:
+        raise ImportError("the firing-rate plot needs matplotlib: pip install 'spiking_lm[plot]'") from error
+    layers = [layer for layer in report["layers"] if layer["firing_rate"] is not None]
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.5 * len(layers) + 2), 3.2))
+    axis.bar([layer["name"] for layer in layers], [layer["firing_rate"] for layer in layers], color="#4c72b0")
+    axis.set_ylabel("firing rate (spikes / neuron / step)")
+    axis.set_title(f"per-layer firing rate (mean {report['firing_rate'] or 0:.3f})")
+    axis.tick_params(axis="x", labelrotation=45)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,95 @@
+"""The one results file: every evaluation command records its scores here, beside an energy report, the
+model's configuration and the library versions, so that a model card (and a reader) has one source.
+
+Layout of ``results.json``::
+
+    {"model": {"name_or_path", "class", "config"}, "versions": {...},
+     "evaluations": {"perplexity": {...}, "lm_eval": {...}, "glue/sst2": {...}, "energy": {...}}}
+
+Each evaluation entry holds ``scores``, ``energy`` (an `EnergyReport` dict), ``settings`` and ``timestamp``.
+Keys are sorted and floats are written as computed, so rerunning an evaluation on the same input rewrites
+the same file except for the timestamps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+RESULTS_FILE = "results.json"
+TRACKED_LIBRARIES = ("spiking_lm", "torch", "transformers", "accelerate", "datasets", "evaluate", "lm_eval")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape a result (absent ones are left out)."""
+    versions = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def default_results_path(model_name_or_path: str) -> Path:
+    """``<model folder>/results.json`` for a local model, else ``results/<repo id with __>.json`` here."""
+    folder = Path(model_name_or_path)
+    if folder.is_dir():
+        return folder / RESULTS_FILE
+    return Path("results") / f"{model_name_or_path.replace('/', '__')}.json"
+
+
+def load_results(path) -> dict:
+    """The results file at ``path``, or an empty skeleton if it does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return {"evaluations": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a valid results file: {error}") from error
+
+
+def finite(value):
+    """``value`` with every NaN/±inf float replaced by `None` (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def record_evaluation(path, model, model_name_or_path: str, name: str, scores: dict, energy: dict | None,
+                      settings: dict) -> dict:  # fmt: skip
+    """Add (or replace) evaluation ``name`` in the results file at ``path``; returns the whole file's content.
+
+    The write is atomic (temporary file + rename), so an interrupted run leaves the previous file intact.
+    """
+    path = Path(path)
+    results = load_results(path)
+    results["model"] = {
+        "name_or_path": str(model_name_or_path),
+        "class": type(model).__name__,
+        "config": json.loads(model.config.to_json_string(use_diff=False)),
+    }
+    results["versions"] = library_versions()
+    results.setdefault("evaluations", {})[name] = {
+        "scores": finite(scores),
+        "energy": finite(energy),
+        "settings": finite(settings),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(results, stream, indent=2, sort_keys=True, allow_nan=False)
+        stream.write("\n")
+    os.replace(temporary, path)
+    return results
