@@ -80,6 +80,14 @@ def _perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zero_shot(args: argparse.Namespace) -> int:
+    from spiking_lm.evaluation.commands import run_zero_shot
+
+    run_zero_shot(args.model, args.tasks, args.data_dir, args.batch_size, args.limit, args.num_fewshot,
+                  args.results, args.trust_remote_code)  # fmt: skip
+    return 0
+
+
 def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("model", help="a saved model folder or Hub id")
     command.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
@@ -125,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     perplexity.add_argument("--window", type=int, help="tokens per pass (default: max_position_embeddings)")
     perplexity.add_argument("--stride", type=int, help="tokens between window starts (default: window / 2)")
     perplexity.set_defaults(handler=_perplexity)
+    zero_shot = commands.add_parser(
+        "eval", help="zero-shot suites through lm-evaluation-harness (qa, commonsense or lm-eval task names)"
+    )
+    _add_model_arguments(zero_shot)
+    zero_shot.add_argument("--tasks", default="qa,commonsense",
+                           help="comma-separated lm-eval tasks; shorthands: qa (arc_easy, arc_challenge, boolq, "
+                           "headqa_en, openbookqa), commonsense (hellaswag, piqa, winogrande)")  # fmt: skip
+    zero_shot.add_argument("--data-dir", help="folder of <task>.jsonl files to use instead of the hub datasets")
+    zero_shot.add_argument("--batch-size", type=int, default=8)
+    zero_shot.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
+    zero_shot.add_argument("--num-fewshot", type=int, default=0)
+    zero_shot.set_defaults(handler=_zero_shot)
     neurons = commands.add_parser("neurons", help="show every neuron on one input and the integer->binary equivalence")
     neurons.add_argument("--seed", type=int, default=0)
     neurons.set_defaults(handler=_neurons)

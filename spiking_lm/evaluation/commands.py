@@ -74,11 +74,41 @@ def run_perplexity(model_path: str, data=None, split: str = "test", text_column:
     path = results or default_results_path(model_path)
     record_evaluation(path, model, model_path, "perplexity", scores, energy, settings)
     print(f"perplexity {scores['perplexity']:.4f} over {scores['tokens']} tokens (window {settings['window']}, "
-          f"stride {settings['stride']}); energy/token {energy['per_token']['snn_energy_mj']:.4g} mJ "
-          f"vs ANN {energy['per_token']['ann_energy_mj']:.4g} mJ; results in {path}")  # fmt: skip
+          f"stride {settings['stride']}); {energy_line(energy)}; results in {path}")  # fmt: skip
     return scores
 
 
 def _local_folder(model_path: str) -> Path:
     folder = Path(model_path)
     return folder if folder.is_dir() else Path("results") / model_path.replace("/", "__")
+
+
+def run_zero_shot(model_path: str, tasks: str, data_dir=None, batch_size: int = 8, limit: int | None = None,
+                  num_fewshot: int = 0, results=None, trust_remote_code: bool = False) -> dict:  # fmt: skip
+    """`spiking-lm eval`: lm-eval tasks on the model, a score table, and the energy of the first batch."""
+    from .harness import evaluate_zero_shot
+
+    model, tokenizer = load_model_and_tokenizer(model_path, "causal-lm", trust_remote_code)
+    output = evaluate_zero_shot(model, tokenizer, tasks, data_dir, batch_size, limit, num_fewshot)
+    probe = output["probe_input_ids"]
+    energy = energy_probe(model, probe) if probe is not None else None
+    settings = {"tasks": tasks, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
+                "limit": limit, "num_fewshot": num_fewshot, "samples": output["samples"]}  # fmt: skip
+    path = results or default_results_path(model_path)
+    record_evaluation(path, model, model_path, "lm_eval", output["scores"], energy, settings)
+    print(f"{'task':<16} {'samples':>7} {'acc':>8} {'acc_norm':>9}")
+    for task, metrics in output["scores"].items():
+        norm = metrics.get("acc_norm")
+        print(f"{task:<16} {output['samples'].get(task, 0):>7} {metrics.get('acc', float('nan')):>8.4f} "
+              f"{'-' if norm is None else f'{norm:.4f}':>9}")  # fmt: skip
+    print(f"{energy_line(energy)}; results in {path}")
+    return output["scores"]
+
+
+def energy_line(energy: dict | None) -> str:
+    """One line summarizing an energy report for the console."""
+    if energy is None:
+        return "no energy report (not a spiking model)"
+    per_token = energy["per_token"]
+    return (f"energy/token {per_token['snn_energy_mj']:.4g} mJ vs ANN {per_token['ann_energy_mj']:.4g} mJ "
+            f"(ratio {energy['ratio']:.4f})")  # fmt: skip

@@ -1,0 +1,105 @@
+"""Zero-shot suites through the real lm-evaluation-harness, on local JSONL fixtures in each task's format."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+
+from spiking_lm.evaluation.common import load_model_and_tokenizer  # noqa: E402
+from spiking_lm.evaluation.harness import TASK_SUITES, evaluate_zero_shot, expand_tasks, write_local_tasks  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval"
+ALL_TASKS = TASK_SUITES["qa"] + TASK_SUITES["commonsense"]
+
+
+@pytest.fixture(scope="module")
+def loaded(student_folder):
+    return load_model_and_tokenizer(str(student_folder), "causal-lm")
+
+
+@pytest.fixture(scope="module")
+def suites(loaded):
+    model, tokenizer = loaded
+    return evaluate_zero_shot(model, tokenizer, "qa,commonsense", data_dir=FIXTURES, batch_size=4)
+
+
+def test_every_task_of_both_suites_runs_on_its_own_format(suites):
+    assert list(suites["scores"]) == ALL_TASKS
+    for task in ALL_TASKS:
+        documents = len((FIXTURES / f"{task}.jsonl").read_text().splitlines())
+        assert suites["samples"][task] == documents
+        for metric, value in suites["scores"][task].items():
+            assert metric in ("acc", "acc_norm")
+            assert value * documents == pytest.approx(round(value * documents))  # a fraction of the documents
+    assert suites["probe_input_ids"].dim() == 2
+
+
+def _loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
+    """log p(continuation | context), keeping the last max_position_embeddings tokens as the model's input."""
+    whole = tokenizer(context + continuation)["input_ids"]
+    continuation_ids = whole[len(tokenizer(context)["input_ids"]) :]
+    inputs = whole[-(model.config.max_position_embeddings + 1) :][:-1]
+    with torch.no_grad():
+        log_probs = model(input_ids=torch.tensor([inputs])).logits[0].log_softmax(-1)
+    predictions = log_probs[-len(continuation_ids) :]
+    return sum(predictions[i, token].item() for i, token in enumerate(continuation_ids))
+
+
+def test_piqa_accuracy_equals_direct_scoring_of_each_choice(loaded, suites):
+    model, tokenizer = loaded
+    documents = [json.loads(line) for line in (FIXTURES / "piqa.jsonl").read_text().splitlines()]
+    correct = 0
+    for doc in documents:
+        context = f"Question: {doc['goal']}\nAnswer:"
+        scores = [_loglikelihood(model, tokenizer, context, " " + doc[key]) for key in ("sol1", "sol2")]
+        correct += int(max(range(2), key=scores.__getitem__) == doc["label"])
+    assert suites["scores"]["piqa"]["acc"] == pytest.approx(correct / len(documents))
+
+
+def test_a_request_scores_the_same_alone_or_batched_with_others(loaded):
+    model, tokenizer = loaded
+    pairs = [("Question: what is water?\nAnswer:", " wet"), ("The king", " is dead"), ("To be", " or not to be"),
+             ("Now is the winter", " of our discontent made glorious summer")]  # fmt: skip
+
+    def scores(batch_size, order):
+        wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
+        requests = [Instance("loglikelihood", {}, pairs[i], idx=0) for i in order]
+        return dict(zip(order, (ll for ll, _ in wrapped.loglikelihood(requests, disable_tqdm=True))))
+
+    alone = scores(1, [0, 1, 2, 3])
+    batched = scores(4, [3, 1, 0, 2])
+    for index in range(4):
+        assert batched[index] == pytest.approx(alone[index], rel=1e-5, abs=1e-5)
+
+
+def test_task_names_and_local_data_errors(tmp_path):
+    assert expand_tasks("commonsense,piqa,arc_easy") == ["hellaswag", "piqa", "winogrande", "arc_easy"]
+    with pytest.raises(ValueError, match="no tasks"):
+        expand_tasks(" , ")
+    with pytest.raises(FileNotFoundError, match="piqa.jsonl"):
+        write_local_tasks(["piqa"], tmp_path, tmp_path / "tasks")
+    with pytest.raises(ValueError, match="no task named"):
+        write_local_tasks(["not_a_task"], FIXTURES, tmp_path / "tasks")
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_runs_on_a_saved_folder_through_remote_code(student_folder, tmp_path):
+    tasks = write_local_tasks(["piqa", "arc_easy"], FIXTURES, tmp_path / "tasks")
+    command = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
+               f"pretrained={student_folder},trust_remote_code=True", "--device", "cpu", "--tasks", ",".join(tasks),
+               "--include_path", str(tmp_path / "tasks"), "--batch_size", "2",
+               "--output_path", str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = next((tmp_path / "out").rglob("results_*.json"))
+    results = json.loads(written.read_text())["results"]
+    assert set(results) == {"piqa_local", "arc_easy_local"}
+    assert 0 <= results["piqa_local"]["acc,none"] <= 1
