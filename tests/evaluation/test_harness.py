@@ -72,7 +72,7 @@ def test_a_request_scores_the_same_alone_or_batched_with_others(loaded):
     def scores(batch_size, order):
         wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
         requests = [Instance("loglikelihood", {}, pairs[i], idx=0) for i in order]
-        return dict(zip(order, (ll for ll, _ in wrapped.loglikelihood(requests, disable_tqdm=True))))
+        return dict(zip(order, (ll for ll, _ in wrapped.loglikelihood(requests, disable_tqdm=True)), strict=True))
 
     alone = scores(1, [0, 1, 2, 3])
     batched = scores(4, [3, 1, 0, 2])
