@@ -88,6 +88,16 @@ def _zero_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    from spiking_lm.evaluation.cards import render_card, write_card
+
+    if args.print:
+        print(render_card(args.folder, args.repo_id, args.template))
+    else:
+        print(f"wrote {write_card(args.folder, args.repo_id, args.template)}")
+    return 0
+
+
 def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("model", help="a saved model folder or Hub id")
     command.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
@@ -145,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     zero_shot.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
     zero_shot.add_argument("--num-fewshot", type=int, default=0)
     zero_shot.set_defaults(handler=_zero_shot)
+    card = commands.add_parser("card", help="write FOLDER/README.md, a model card filled from its results.json")
+    card.add_argument("folder", help="a saved model folder")
+    card.add_argument("--repo-id", help="Hub id for the usage snippet (default: the folder's path)")
+    card.add_argument("--template", help="a Jinja template (default: model_cards/spiking_lm.md.j2)")
+    card.add_argument("--print", action="store_true", help="print the card instead of writing README.md")
+    card.set_defaults(handler=_card)
     neurons = commands.add_parser("neurons", help="show every neuron on one input and the integer->binary equivalence")
     neurons.add_argument("--seed", type=int, default=0)
     neurons.set_defaults(handler=_neurons)

@@ -18,6 +18,7 @@ from .distill import SpADTrainer
 from .distill.calibration import OUTPUT_NORMS, calibrate_output_norms
 from .distill.trainer import CompleteCheckpointMixin, last_complete_checkpoint, load_teacher
 from .distributed import configure_backend, gathered
+from .evaluation.results import RESULTS_FILE, record_training
 from .recipes import Recipe, resolve_teacher
 
 logger = logging.get_logger(__name__)
@@ -63,14 +64,17 @@ def _resume_point(resume: bool, output_dir: str) -> str | None:
     return checkpoint
 
 
-def _finish(trainer, tokenizer, output_dir: str) -> Path:
-    """Save the trained model and tokenizer to ``output_dir/final`` (every rank calls it: under ZeRO-3 the
-    weights are gathered from all ranks before rank 0 writes them)."""
-    final = Path(output_dir) / "final"
+def _finish(trainer, tokenizer, recipe: Recipe, method: str) -> Path:
+    """Save the trained model and tokenizer to ``output_dir/final`` with a results file saying how it was made
+    (every rank calls it: under ZeRO-3 the weights are gathered from all ranks before rank 0 writes them)."""
+    final = Path(trainer.args.output_dir) / "final"
     trainer.save_model(final)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(final)
         (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; the folder is meant to be shared
+        training = {"method": method, "teacher": recipe.teacher, "data": str(recipe.data.source),
+                    "steps": trainer.state.global_step, "block_size": recipe.data.block_size}  # fmt: skip
+        record_training(final / RESULTS_FILE, training)
     return final
 
 
@@ -91,7 +95,7 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
             calibrate_output_norms(student, teacher, torch.stack([dataset[i]["input_ids"] for i in range(count)]))
     trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=dataset, data_collator=collator)
     trainer.train(resume_from_checkpoint=_resume_point(resume, args.output_dir))
-    return _finish(trainer, tokenizer, args.output_dir)
+    return _finish(trainer, tokenizer, recipe, "SpAD distillation")
 
 
 def run_train(recipe: Recipe, resume: bool = False) -> Path:
@@ -113,4 +117,4 @@ def run_train(recipe: Recipe, resume: bool = False) -> Path:
     dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
     trainer = SpikingTrainer(model=student, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train(resume_from_checkpoint=_resume_point(resume, args.output_dir))
-    return _finish(trainer, tokenizer, args.output_dir)
+    return _finish(trainer, tokenizer, recipe, "task loss")

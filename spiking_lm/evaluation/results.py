@@ -3,7 +3,7 @@ model's configuration and the library versions, so that a model card (and a read
 
 Layout of ``results.json``::
 
-    {"model": {"name_or_path", "class", "config"}, "versions": {...},
+    {"model": {"name_or_path", "class", "config"}, "versions": {...}, "training": {"teacher", "data", ...},
      "evaluations": {"perplexity": {...}, "lm_eval": {...}, "glue/sst2": {...}, "energy": {...}}}
 
 Each evaluation entry holds ``scores``, ``energy`` (an `EnergyReport` dict), ``settings`` and ``timestamp``.
@@ -66,6 +66,24 @@ def finite(value):
     return value
 
 
+def _write_atomically(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(results, stream, indent=2, sort_keys=True, allow_nan=False)
+        stream.write("\n")
+    os.replace(temporary, path)
+
+
+def record_training(path, training: dict) -> dict:
+    """Record how the model in this folder was made (``teacher``, ``data``, ``method``, ``steps``, ...)."""
+    path = Path(path)
+    results = load_results(path)
+    results["training"] = finite(training)
+    _write_atomically(path, results)
+    return results
+
+
 def record_evaluation(path, model, model_name_or_path: str, name: str, scores: dict, energy: dict | None,
                       settings: dict) -> dict:  # fmt: skip
     """Add (or replace) evaluation ``name`` in the results file at ``path``; returns the whole file's content.
@@ -86,10 +104,5 @@ def record_evaluation(path, model, model_name_or_path: str, name: str, scores: d
         "settings": finite(settings),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(results, stream, indent=2, sort_keys=True, allow_nan=False)
-        stream.write("\n")
-    os.replace(temporary, path)
+    _write_atomically(path, results)
     return results

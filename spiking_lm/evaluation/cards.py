@@ -1,0 +1,174 @@
+"""Model cards filled from a model folder's ``results.json`` (`spiking-lm card DIR`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .results import RESULTS_FILE, load_results
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+DEFAULT_TEMPLATE = "spiking_lm.md.j2"
+INTEGER_NEURONS = ("ilif", "nilif", "asn", "nasn")
+ARCHITECTURES = {
+    "we_spikingformer": "WE-Spikingformer",
+    "wd_spikingformer": "WD-Spikingformer",
+    "bispikclm": "BiSpikCLM",
+}
+ATTENTION = {
+    "wssa": "winner-take-all spiking self-attention (WSSA)",
+    "cwssa": "causal winner-take-all spiking self-attention (CWSSA)",
+    "sfsa": "softmax-free spiking self-attention (SFSA)",
+    "ssa": "spiking self-attention (SSA)",
+}
+HEADS = {  # saved class suffix -> (Auto class, pipeline tag, what the model does, usage lines)
+    "ForCausalLM": ("AutoModelForCausalLM", "text-generation", "causal language model", [
+        'inputs = tokenizer("ROMEO.", return_tensors="pt")',
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20, do_sample=False)[0]))",
+    ]),
+    "ForMaskedLM": ("AutoModelForMaskedLM", "fill-mask", "masked language model", [
+        'inputs = tokenizer(f"The capital of France is {tokenizer.mask_token}.", return_tensors="pt")',
+        "print(model(**inputs).logits.shape)",
+    ]),
+    "ForSequenceClassification": ("AutoModelForSequenceClassification", "text-classification",
+                                  "sequence classifier", [
+        'inputs = tokenizer("a gripping, beautifully made film", return_tensors="pt")',
+        "print(model(**inputs).logits.softmax(-1))",
+    ]),
+}  # fmt: skip
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _count(value) -> str:
+    return f"{value:,.0f}"
+
+
+def _score_rows(evaluations: dict) -> list[dict]:
+    rows = []
+    for name, entry in sorted(evaluations.items()):
+        scores = entry.get("scores") or {}
+        if name == "lm_eval":
+            for task, metrics in scores.items():
+                rows += [{"benchmark": task, "metric": m, "value": _format(v)} for m, v in sorted(metrics.items())]
+        elif name == "perplexity":
+            data = entry["settings"].get("data")
+            rows.append({"benchmark": f"perplexity ({data})", "metric": "perplexity",
+                         "value": _format(scores["perplexity"])})  # fmt: skip
+        else:
+            rows += [{"benchmark": name, "metric": m, "value": _format(v)} for m, v in sorted(scores.items())
+                     if isinstance(v, (int, float))]  # fmt: skip
+    return rows
+
+
+def _energy_summary(evaluations: dict) -> dict | None:
+    """The energy report to show: the dedicated `energy` run if any, else the first evaluation's probe."""
+    ordered = sorted(evaluations.items(), key=lambda item: (item[0] != "energy", item[0]))
+    for name, entry in ordered:
+        report = entry.get("energy")
+        if not report:
+            continue
+        per_token = report["per_token"]
+        rates = ", ".join(f"{layer['name']} {layer['firing_rate']:.3f}" for layer in report["layers"]
+                          if layer.get("firing_rate") is not None)  # fmt: skip
+        return {
+            "source": "`spiking-lm energy`" if name == "energy" else f"the `{name}` inputs",
+            "tokens": report["tokens"],
+            "mac_pj": report["constants"]["mac_pj"],
+            "ac_pj": report["constants"]["ac_pj"],
+            "snn_macs": _count(per_token["macs"]),
+            "snn_acs": _count(per_token["acs"]),
+            "snn_mj": _format(per_token["snn_energy_mj"]),
+            "ann_macs": _count(per_token["ann_macs"]),
+            "ann_mj": _format(per_token["ann_energy_mj"]),
+            "baseline": report["ann_baseline"],
+            "ratio": _format(report["ratio"]) if report["ratio"] is not None else "-",
+            "firing_rate": _format(report["firing_rate"]) if report["firing_rate"] is not None else "-",
+            "layer_rates": rates or "-",
+        }
+    return None
+
+
+def render_card(folder, repo_id: str | None = None, template: str | Path | None = None,
+                license: str = "apache-2.0") -> str:  # fmt: skip
+    """The model card of the saved model in ``folder``, filled from its config and ``results.json``.
+
+    Args:
+        repo_id: the Hub id the usage snippet loads from (default: the folder's absolute path, so that the
+            snippet runs as written on this machine).
+        template: a Jinja template file (default `model_cards/spiking_lm.md.j2`).
+    """
+    import jinja2
+
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a saved model folder: {config_file} is missing")
+    config = json.loads(config_file.read_text())
+    results = load_results(folder / RESULTS_FILE)
+    saved_class = (config.get("architectures") or [""])[0]
+    suffix = next((s for s in HEADS if saved_class.endswith(s)), "ForCausalLM")
+    auto_class, pipeline_tag, description, usage_lines = HEADS[suffix]
+    source = repo_id or str(folder.resolve())
+    usage = "\n".join([
+        f"from transformers import {auto_class}, AutoTokenizer",
+        "",
+        f'model = {auto_class}.from_pretrained("{source}", trust_remote_code=True)',
+        f'tokenizer = AutoTokenizer.from_pretrained("{source}")',
+        *usage_lines,
+    ])  # fmt: skip
+    weights = folder / "model.safetensors"
+    parameters = _parameter_count(weights) if weights.is_file() else "?"
+    training = results.get("training")
+    teacher = (training or {}).get("teacher")
+    base_model = teacher if teacher and not Path(teacher).exists() and teacher.count("/") == 1 else None
+    architecture = ARCHITECTURES.get(config["model_type"], config["model_type"])
+    template_path = Path(template) if template else TEMPLATES / DEFAULT_TEMPLATE
+    if not template_path.is_file():
+        raise FileNotFoundError(f"model card template {template_path} does not exist")
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return environment.from_string(template_path.read_text()).render(
+        config=config,
+        title=f"{architecture} ({config['num_hidden_layers']} layers, T={config['time_steps']}, "
+        f"{config['neuron_type']} neurons)",
+        architecture_name=architecture,
+        attention_name=ATTENTION.get(config.get("attention_type"), config.get("attention_type")),
+        task_description=description,
+        pipeline_tag=pipeline_tag,
+        parameters=parameters,
+        integer_neurons=INTEGER_NEURONS,
+        training=training,
+        base_model=base_model,
+        scores=_score_rows(results.get("evaluations", {})),
+        energy=_energy_summary(results.get("evaluations", {})),
+        usage=usage,
+        license=license,
+    )
+
+
+def _parameter_count(weights: Path) -> str:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(weights), framework="pt") as stream:
+        for name in stream.keys():  # noqa: SIM118 (safe_open is not iterable)
+            total += _numel(stream.get_slice(name).get_shape())
+    return f"{total / 1e6:.1f}M" if total >= 1e5 else f"{total:,}"
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def write_card(folder, repo_id: str | None = None, template=None) -> Path:
+    """Render the card and write it to ``folder/README.md``; returns the path."""
+    path = Path(folder) / "README.md"
+    path.write_text(render_card(folder, repo_id, template))
+    return path

@@ -1,0 +1,53 @@
+"""Model cards from results.json: content, and a usage snippet that runs as written."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from spiking_lm.cli import main
+from spiking_lm.evaluation.cards import render_card
+from spiking_lm.evaluation.results import record_training
+
+
+@pytest.fixture(scope="module")
+def evaluated_folder(student_folder, teacher_folder, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("carded") / "model"
+    shutil.copytree(student_folder, folder)
+    record_training(folder / "results.json", {"method": "SpAD distillation", "teacher": "facebook/opt-125m",
+                                              "data": "HuggingFaceFW/fineweb-edu", "steps": 16})  # fmt: skip
+    corpus = str(teacher_folder / "corpus.txt")
+    assert main(["perplexity", str(folder), "--data", corpus, "--window", "32"]) == 0
+    assert main(["energy", str(folder), "--data", corpus, "--sequences", "1", "--length", "16"]) == 0
+    return folder
+
+
+def test_card_holds_architecture_training_scores_energy_and_limitations(evaluated_folder):
+    card = render_card(evaluated_folder, repo_id="someone/bispikclm-tiny")
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    assert "base_model: facebook/opt-125m" in card
+    for expected in ("**BiSpikCLM** (`bispikclm`)", "| time steps T | 2 |", "| neuron | `lif`",
+                     "softmax-free spiking self-attention (SFSA)", "| teacher | facebook/opt-125m |",
+                     "| data | HuggingFaceFW/fineweb-edu |", "| perplexity (", "E_MAC = 4.6 pJ and E_AC = 0.9 pJ",
+                     "| this model (spiking) |", "SNN / ANN energy: **", "## Limitations",
+                     'AutoModelForCausalLM.from_pretrained("someone/bispikclm-tiny", trust_remote_code=True)'):  # fmt: skip
+        assert expected in card, expected
+
+
+def test_card_command_writes_a_readme_whose_snippet_runs_without_spiking_lm(evaluated_folder):
+    assert main(["card", str(evaluated_folder)]) == 0
+    card = (evaluated_folder / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert str(evaluated_folder.resolve()) in snippet
+    blocked = "import sys; sys.modules['spiking_lm'] = None\n"  # the snippet must not need our package
+    result = subprocess.run([sys.executable, "-c", blocked + snippet], capture_output=True, text=True, timeout=300,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()  # the decoded generation
+
+
+def test_card_of_a_folder_without_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        render_card(tmp_path)
