@@ -98,6 +98,14 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from spiking_lm.evaluation.hub import push_folder
+
+    url = push_folder(args.folder, args.repo_id, args.private, args.token, args.message, not args.keep_card)
+    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+    return 0
+
+
 def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("model", help="a saved model folder or Hub id")
     command.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
@@ -161,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--template", help="a Jinja template (default: model_cards/spiking_lm.md.j2)")
     card.add_argument("--print", action="store_true", help="print the card instead of writing README.md")
     card.set_defaults(handler=_card)
+    push = commands.add_parser("push", help="upload a saved model (weights, code, tokenizer, card) to the Hub")
+    push.add_argument("folder", help="a saved model folder")
+    push.add_argument("repo_id", help="the model repo, owner/name (created if missing)")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", help="Hub token (default: the logged-in one / HF_TOKEN)")
+    push.add_argument("--message", help="commit message")
+    push.add_argument("--keep-card", action="store_true", help="upload README.md as it is (no regeneration)")
+    push.set_defaults(handler=_push)
     neurons = commands.add_parser("neurons", help="show every neuron on one input and the integer->binary equivalence")
     neurons.add_argument("--seed", type=int, default=0)
     neurons.set_defaults(handler=_neurons)

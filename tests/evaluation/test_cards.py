@@ -28,11 +28,12 @@ def test_card_holds_architecture_training_scores_energy_and_limitations(evaluate
     card = render_card(evaluated_folder, repo_id="someone/bispikclm-tiny")
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
     assert "base_model: facebook/opt-125m" in card
+    snippet = 'AutoModelForCausalLM.from_pretrained("someone/bispikclm-tiny", trust_remote_code=True)'
     for expected in ("**BiSpikCLM** (`bispikclm`)", "| time steps T | 2 |", "| neuron | `lif`",
                      "softmax-free spiking self-attention (SFSA)", "| teacher | facebook/opt-125m |",
                      "| data | HuggingFaceFW/fineweb-edu |", "| perplexity (", "E_MAC = 4.6 pJ and E_AC = 0.9 pJ",
                      "| this model (spiking) |", "SNN / ANN energy: **", "## Limitations",
-                     'AutoModelForCausalLM.from_pretrained("someone/bispikclm-tiny", trust_remote_code=True)'):  # fmt: skip
+                     snippet):  # fmt: skip
         assert expected in card, expected
 
 
