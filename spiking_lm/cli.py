@@ -106,6 +106,22 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _glue(args: argparse.Namespace) -> int:
+    from spiking_lm.evaluation.glue import GLUE_TASKS, GlueSettings, run_glue
+
+    tasks = list(GLUE_TASKS) if args.task == "all" else args.task.split(",")
+    settings = GlueSettings(args.data_dir, args.output_dir, args.epochs, args.learning_rate, args.batch_size,
+                            args.max_length, args.max_train_samples, args.seed)  # fmt: skip
+    table = []
+    for task in tasks:
+        scores = run_glue(args.model, task, settings, args.results)
+        table += [(task, split, name, value) for split, metrics in scores.items() for name, value in metrics.items()]
+    print(f"\n{'task':<6} {'split':<22} {'metric':<22} {'score':>8}")
+    for task, split, name, value in table:
+        print(f"{task:<6} {split:<22} {name:<22} {value:>8.4f}")
+    return 0
+
+
 def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("model", help="a saved model folder or Hub id")
     command.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
@@ -163,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     zero_shot.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
     zero_shot.add_argument("--num-fewshot", type=int, default=0)
     zero_shot.set_defaults(handler=_zero_shot)
+    glue = commands.add_parser("glue", help="fine-tune and score a sequence classifier on GLUE tasks")
+    glue.add_argument("model", help="a saved spiking model folder or Hub id (any head; a classifier is added)")
+    glue.add_argument("--task", required=True,
+                      help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; comma-separated, or 'all'")  # fmt: skip
+    glue.add_argument("--data-dir", help="folder with <task>/{train,validation}.jsonl (default: nyu-mll/glue)")
+    glue.add_argument("--output-dir", default="outputs/glue", help="fine-tuned models go to OUTPUT_DIR/<task>/final")
+    glue.add_argument("--epochs", type=float, default=3.0)
+    glue.add_argument("--learning-rate", type=float, default=2e-5)
+    glue.add_argument("--batch-size", type=int, default=32)
+    glue.add_argument("--max-length", type=int, default=128)
+    glue.add_argument("--max-train-samples", type=int, help="train on the first N examples only")
+    glue.add_argument("--seed", type=int, default=42)
+    glue.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
+    glue.set_defaults(handler=_glue)
     card = commands.add_parser("card", help="write FOLDER/README.md, a model card filled from its results.json")
     card.add_argument("folder", help="a saved model folder")
     card.add_argument("--repo-id", help="Hub id for the usage snippet (default: the folder's path)")
