@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import allowed_keys, row_normalized, softmax_free_attention, spikformer_attention, winner_take_all
+from .event import event_linear, uses_event_path
 from .functional import integer_lif, lif
 from .kernels import run_differentiable
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron, build_neuron
@@ -111,6 +112,8 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
     """
     for recorder in OPERATION_RECORDERS:
         recorder.spike_fed_linear(linear, spikes, neuron)
+    if uses_event_path(linear):
+        return event_linear(linear, spikes, neuron)
     if not in_binary_mode(neuron):
         coding = spike_coding(neuron) if torch.is_grad_enabled() and linear.weight.requires_grad else None
         if coding is None:

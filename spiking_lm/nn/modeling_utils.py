@@ -22,6 +22,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
 
+from .event import INFERENCE_BACKENDS, clear_event_cache
 from .layers import expand_time, mean_over_time, positions_from_mask, run_layers
 from .neurons import SpikingNeuron
 
@@ -48,6 +49,7 @@ REMOTE_CODE_MODULES = (
     "neurons",
     "functional",
     "spike_coding",
+    "event",
     "attention",
     "layers",
     "configuration_utils",
@@ -127,6 +129,21 @@ class SpikingModelMixin:
         for _, neuron in self.spiking_neurons():
             if hasattr(neuron, "set_spike_mode"):
                 neuron.set_spike_mode(mode)
+        return self
+
+    def set_inference_backend(self, backend: str):
+        """``"event"``: in eval mode without autograd, every Linear fed spikes reads only the weight columns its
+        spikes select (`spiking_lm.nn.event`); ``"dense"`` (default): plain GEMMs. Returns self.
+
+        Both give the same logits up to fp32 summation order; training always uses the dense path.
+        """
+        if backend not in INFERENCE_BACKENDS:
+            raise ValueError(f"inference backend must be one of {INFERENCE_BACKENDS}, got {backend!r}")
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.inference_backend = backend
+                if backend == "dense":
+                    clear_event_cache(module)
         return self
 
     def record_firing_rates(self, enabled: bool = True):

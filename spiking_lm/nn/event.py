@@ -1,0 +1,91 @@
+"""Event-driven inference for Linear layers fed by spikes: work follows spikes.
+
+A Linear fed spikes computes y = W s + b where most entries of s are zero. The event path reads only the weight
+columns (rows of Wᵀ) whose input spiked and adds them, scaled by the spike value (an integer count times the
+neuron's unit, or a binary 1), with `torch.nn.functional.embedding_bag(..., per_sample_weights=...)`: one
+"bag" per input row, one gathered row of Wᵀ per spike. Bytes read per token scale with the firing rate
+instead of with the layer size.
+
+Rule (per call, from the spikes actually present): gather when the density nnz / (rows · in_features) is at
+most `EVENT_MAX_DENSITY`, else the dense fp32 GEMM. Measured on 2 CPU cores for a 768→3072 layer: gathering
+was 2-7x faster than the dense GEMM at densities 5-20 % for 1-512 rows, and still faster at 20 % for 512 rows
+(13.5 vs 19.5 ms); the dense GEMM wins beyond ~30 %.
+
+Exactness: both paths compute in fp32 with fp32 weights; they differ only in summation order (≤ ~1e-6
+relative). Adaptive-shift neurons (``asn``/``nasn``) emit ``count · unit + offset``: the event path gathers by
+counts and adds the constant ``offset · W·1``, so silent inputs cost nothing there either.
+
+This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .spike_coding import binary_to_integer
+
+EVENT_MAX_DENSITY = 0.3
+INFERENCE_BACKENDS = ("dense", "event")
+
+
+def _cached(linear: nn.Linear, name: str, build):
+    """A tensor derived from ``linear.weight``, rebuilt whenever the weight changes (in place or replaced)."""
+    weight = linear.weight
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    cache = linear.__dict__.setdefault("_event_cache", {})
+    entry = cache.get(name)
+    if entry is None or entry[0] != key:
+        with torch.no_grad():
+            entry = (key, build(weight.detach()))
+        cache[name] = entry
+    return entry[1]
+
+
+def clear_event_cache(linear: nn.Linear) -> None:
+    """Free the transposed weight copy the event path keeps (it is never saved)."""
+    linear.__dict__.pop("_event_cache", None)
+
+
+def gather_rows(values: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """``values @ weight_t`` for a sparse ``values`` ``(R, in)``, reading only the rows of ``weight_t``
+    ``(in, out)`` that a nonzero selects."""
+    rows, columns = values.nonzero(as_tuple=True)
+    per_row = torch.bincount(rows, minlength=values.shape[0])
+    offsets = torch.cumsum(per_row, 0) - per_row
+    return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=values[rows, columns])
+
+
+def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:
+    """``linear`` applied to the output of ``neuron`` (any spike mode), as `linear_on_spikes` defines it,
+    computed from the spikes that are present. Returns ``(T, ..., out)``."""
+    offset = 0.0
+    if neuron is not None and getattr(neuron, "spike_mode", "integer") == "binary":
+        values = binary_to_integer(spikes, neuron.spike_max) * neuron.spike_scale  # fold the virtual steps
+        offset = neuron.spike_offset
+    else:
+        values = spikes
+        silent = getattr(neuron, "spike_offset", 0.0) if neuron is not None else 0.0
+        if torch.is_tensor(silent) or silent != 0:
+            values, offset = spikes - silent, silent  # gather by counts; the constant goes in below
+    flat = values.reshape(-1, linear.in_features)
+    density = torch.count_nonzero(flat).item() / max(flat.numel(), 1)
+    if density <= EVENT_MAX_DENSITY:
+        output = gather_rows(flat, _cached(linear, "weight_t", lambda w: w.t().contiguous()))
+    else:
+        output = F.linear(flat, linear.weight)
+    if torch.is_tensor(offset) or offset != 0:
+        output = output + linear.weight.sum(1) * offset
+    if linear.bias is not None:
+        output = output + linear.bias
+    return output.view(*values.shape[:-1], linear.out_features)
+
+
+def uses_event_path(linear: nn.Linear) -> bool:
+    """Whether this call of ``linear`` should take the event path: asked for, in eval mode, without autograd."""
+    return (
+        getattr(linear, "inference_backend", "dense") == "event"
+        and not linear.training
+        and not torch.is_grad_enabled()
+    )

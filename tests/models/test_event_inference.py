@@ -1,0 +1,58 @@
+"""`set_inference_backend("event")`: every architecture and neuron family gives the dense path's logits and
+generates the same text with the cache."""
+
+import pytest
+import torch
+
+from .conftest import CAUSAL_LM_CLASSES, MODEL_CLASSES, model_inputs, tiny_model
+
+NEURON_FAMILIES = ["lif", "nilif", "asn", "tlif", "psn"]
+IDS = [cls.__name__ for cls, _ in MODEL_CLASSES]
+
+
+def relative_difference(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize(("model_class", "kind"), MODEL_CLASSES, ids=IDS)
+@pytest.mark.parametrize("neuron_type", NEURON_FAMILIES)
+def test_event_logits_equal_dense_logits(model_class, kind, neuron_type):
+    model = tiny_model(model_class, neuron_type=neuron_type)
+    inputs = model_inputs(model_class)
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        event = model.set_inference_backend("event")(**inputs).logits
+    assert relative_difference(event, dense) <= 1e-5
+    if neuron_type in ("nilif", "asn"):  # binary spike inference on the event path too
+        with torch.no_grad():
+            binary = model.set_spike_mode("binary")(**inputs).logits
+        assert relative_difference(binary, dense) <= 1e-5
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
+@pytest.mark.parametrize("neuron_type", ["lif", "nilif"])
+def test_event_backend_generates_the_same_text_with_the_cache(model_class, neuron_type):
+    model = tiny_model(model_class, neuron_type=neuron_type)
+    prompt = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(prompt)
+    mask[0, :2] = 0  # a left-padded row
+    options = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0, "attention_mask": mask}
+    dense = model.generate(prompt, **options)
+    model.set_inference_backend("event")
+    assert torch.equal(model.generate(prompt, **options), dense)
+    assert torch.equal(model.generate(prompt, use_cache=False, **options), dense)
+
+
+def test_training_ignores_the_event_backend_and_keeps_gradients():
+    model_class = CAUSAL_LM_CLASSES[0]
+    model = tiny_model(model_class, neuron_type="nilif").set_inference_backend("event").train()
+    inputs = model_inputs(model_class)
+    loss = model(**inputs, labels=inputs["input_ids"]).loss
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "q_proj.weight" in n)
+
+
+def test_unknown_backend_is_rejected():
+    model = tiny_model(CAUSAL_LM_CLASSES[0])
+    with pytest.raises(ValueError, match="inference backend must be one of"):
+        model.set_inference_backend("sparse")

@@ -1,0 +1,62 @@
+"""The event-driven inference path of spike-fed Linear layers against the dense GEMM."""
+
+import pytest
+import torch
+from torch import nn
+
+from spiking_lm.nn import build_neuron
+from spiking_lm.nn.event import EVENT_MAX_DENSITY, event_linear, gather_rows
+from spiking_lm.nn.layers import linear_on_spikes
+
+
+def sparse_values(rows, width, density, generator, levels=4):
+    keep = torch.rand(rows, width, generator=generator) < density
+    return keep * torch.randint(1, levels + 1, (rows, width), generator=generator).float()
+
+
+@pytest.mark.parametrize("rows", [1, 4, 33])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.25, 0.9])
+def test_gathering_rows_equals_the_matrix_product(rows, density):
+    generator = torch.Generator().manual_seed(rows)
+    values = sparse_values(rows, 48, density, generator)
+    weight_t = torch.randn(48, 20, generator=generator)
+    torch.testing.assert_close(gather_rows(values, weight_t), values @ weight_t, rtol=1e-5, atol=1e-5)
+
+
+INTEGER = ["ilif", "nilif", "asn", "nasn"]
+CASES = [(name, "integer") for name in ["lif", "tlif", "psn", *INTEGER]] + [(name, "binary") for name in INTEGER]
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_event_linear_equals_the_dense_linear_on_every_neuron(name, mode):
+    torch.manual_seed(0)
+    neuron = build_neuron(name, strict=False, time_steps=2, spike_max=4).eval()
+    if mode == "binary":
+        neuron.set_spike_mode("binary")
+    linear = nn.Linear(64, 24).eval()
+    with torch.no_grad():
+        spikes = neuron(torch.randn(2, 3, 5, 64) * 1.5)
+        dense = linear_on_spikes(linear, spikes, neuron)
+        event = event_linear(linear, spikes, neuron)
+    assert event.shape == dense.shape
+    torch.testing.assert_close(event, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_both_sides_of_the_density_rule_are_exercised():
+    linear = nn.Linear(40, 8).eval()
+    generator = torch.Generator().manual_seed(3)
+    for density in (EVENT_MAX_DENSITY / 3, 0.95):
+        spikes = sparse_values(12, 40, density, generator, levels=1).view(2, 6, 40)
+        with torch.no_grad():
+            torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-5, atol=1e-5)
+
+
+def test_the_cached_transposed_weight_follows_weight_updates():
+    linear = nn.Linear(16, 4).eval()
+    spikes = (torch.rand(1, 3, 16) < 0.2).float()
+    with torch.no_grad():
+        event_linear(linear, spikes, None)
+        linear.weight.mul_(2)  # in place: the cache must notice
+        torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
+        linear.weight = nn.Parameter(torch.randn(4, 16))  # replaced
+        torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
