@@ -6,10 +6,14 @@ neuron's unit, or a binary 1), with `torch.nn.functional.embedding_bag(..., per_
 "bag" per input row, one gathered row of Wᵀ per spike. Bytes read per token scale with the firing rate
 instead of with the layer size.
 
-Rule (per call, from the spikes actually present): gather when the density nnz / (rows · in_features) is at
-most `EVENT_MAX_DENSITY`, else the dense fp32 GEMM. Measured on 2 CPU cores for a 768→3072 layer: gathering
-was 2-7x faster than the dense GEMM at densities 5-20 % for 1-512 rows, and still faster at 20 % for 512 rows
-(13.5 vs 19.5 ms); the dense GEMM wins beyond ~30 %.
+Rule (per call, from the spikes actually present): gather when the spikes select fewer weight rows than
+``max(EVENT_MAX_DENSITY · rows, EVENT_MAX_ROWS_READ) · in_features``, else run the dense fp32 GEMM. The first
+term covers many rows (prefill, batches): measured on 2 CPU cores for a 768→3072 layer, gathering was 2-7x
+faster than the GEMM at densities 5-20 % for 1-512 rows, still faster at 20 % for 512 rows (13.5 vs 19.5 ms),
+and the GEMM wins beyond ~30 %. The second covers decoding (a few rows), where the GEMM reads the whole
+matrix whatever the density: gathering up to 70 % of its rows still reads less (at 40 %: 86 vs 186 µs).
+Matrices under `EVENT_MIN_WEIGHT_BYTES` (2 MiB) always take the GEMM: they stay in cache, so reading less of
+them saves nothing and the gather's bookkeeping costs more (a 256→1024 model decoded 15 % slower gathering).
 
 Exactness: both paths compute in fp32 with fp32 weights; they differ only in summation order (≤ ~1e-6
 relative). Adaptive-shift neurons (``asn``/``nasn``) emit ``count · unit + offset``: the event path gathers by
@@ -27,7 +31,17 @@ from torch.nn import functional as F
 from .spike_coding import binary_to_integer
 
 EVENT_MAX_DENSITY = 0.3
+EVENT_MAX_ROWS_READ = 0.7
+EVENT_MIN_WEIGHT_BYTES = 2**21
 INFERENCE_BACKENDS = ("dense", "event")
+WEIGHT_READS = {"gathered_bytes": 0, "dense_bytes": 0, "calls": 0, "gathered_calls": 0}
+"""Running totals of weight bytes the event path read (gathered rows vs whole matrices), for benchmarks;
+reset them with `reset_weight_reads`."""
+
+
+def reset_weight_reads() -> None:
+    for key in WEIGHT_READS:
+        WEIGHT_READS[key] = 0
 
 
 def _cached(linear: nn.Linear, name: str, build):
@@ -70,11 +84,17 @@ def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tenso
         if torch.is_tensor(silent) or silent != 0:
             values, offset = spikes - silent, silent  # gather by counts; the constant goes in below
     flat = values.reshape(-1, linear.in_features)
-    density = torch.count_nonzero(flat).item() / max(flat.numel(), 1)
-    if density <= EVENT_MAX_DENSITY:
+    row_bytes = linear.out_features * linear.weight.element_size()
+    WEIGHT_READS["calls"] += 1
+    large = linear.in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES
+    selected = torch.count_nonzero(flat).item() if large else flat.numel()
+    if large and selected <= max(EVENT_MAX_DENSITY * flat.shape[0], EVENT_MAX_ROWS_READ) * linear.in_features:
         output = gather_rows(flat, _cached(linear, "weight_t", lambda w: w.t().contiguous()))
+        WEIGHT_READS["gathered_calls"] += 1
+        WEIGHT_READS["gathered_bytes"] += selected * row_bytes
     else:
         output = F.linear(flat, linear.weight)
+        WEIGHT_READS["dense_bytes"] += linear.in_features * row_bytes
     if torch.is_tensor(offset) or offset != 0:
         output = output + linear.weight.sum(1) * offset
     if linear.bias is not None:

@@ -4,9 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from spiking_lm.nn import build_neuron
+from spiking_lm.nn import build_neuron, event
 from spiking_lm.nn.event import EVENT_MAX_DENSITY, event_linear, gather_rows
 from spiking_lm.nn.layers import linear_on_spikes
+
+
+@pytest.fixture(autouse=True)
+def gather_even_small_matrices(monkeypatch):
+    """Tiny test layers stay under the size floor that sends cache-resident matrices to the GEMM."""
+    monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 0)
 
 
 def sparse_values(rows, width, density, generator, levels=4):
@@ -60,3 +66,17 @@ def test_the_cached_transposed_weight_follows_weight_updates():
         torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
         linear.weight = nn.Parameter(torch.randn(4, 16))  # replaced
         torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
+
+
+def test_gathering_is_what_runs_below_the_density_limit(monkeypatch):
+    linear = nn.Linear(40, 8).eval()
+    spikes = (torch.rand(1, 2, 40, generator=torch.Generator().manual_seed(0)) < 0.1).float()
+    event.reset_weight_reads()
+    with torch.no_grad():
+        event_linear(linear, spikes, None)
+    assert event.WEIGHT_READS["gathered_calls"] == 1
+    assert event.WEIGHT_READS["gathered_bytes"] == torch.count_nonzero(spikes).item() * 8 * 4
+    monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 10**9)  # small matrices go to the GEMM
+    with torch.no_grad():
+        event_linear(linear, spikes, None)
+    assert event.WEIGHT_READS["gathered_calls"] == 1 and event.WEIGHT_READS["dense_bytes"] == 40 * 8 * 4
