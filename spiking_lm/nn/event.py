@@ -62,12 +62,15 @@ def clear_event_cache(linear: nn.Linear) -> None:
     linear.__dict__.pop("_event_cache", None)
 
 
-def gather_rows(values: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+def gather_rows(values: torch.Tensor, weight_t: torch.Tensor, nonzero=None) -> torch.Tensor:
     """``values @ weight_t`` for a sparse ``values`` ``(R, in)``, reading only the rows of ``weight_t``
-    ``(in, out)`` that a nonzero selects."""
-    rows, columns = values.nonzero(as_tuple=True)
-    per_row = torch.bincount(rows, minlength=values.shape[0])
-    offsets = torch.cumsum(per_row, 0) - per_row
+    ``(in, out)`` that a nonzero selects (``nonzero``: ``values.nonzero(as_tuple=True)`` if already known)."""
+    rows, columns = values.nonzero(as_tuple=True) if nonzero is None else nonzero
+    if values.shape[0] == 1:
+        offsets = torch.zeros(1, dtype=torch.long, device=values.device)
+    else:
+        per_row = torch.bincount(rows, minlength=values.shape[0])
+        offsets = torch.cumsum(per_row, 0) - per_row
     return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=values[rows, columns])
 
 
@@ -86,10 +89,10 @@ def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tenso
     flat = values.reshape(-1, linear.in_features)
     row_bytes = linear.out_features * linear.weight.element_size()
     WEIGHT_READS["calls"] += 1
-    large = linear.in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES
-    selected = torch.count_nonzero(flat).item() if large else flat.numel()
-    if large and selected <= max(EVENT_MAX_DENSITY * flat.shape[0], EVENT_MAX_ROWS_READ) * linear.in_features:
-        output = gather_rows(flat, _cached(linear, "weight_t", lambda w: w.t().contiguous()))
+    nonzero = flat.nonzero(as_tuple=True) if linear.in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES else None
+    selected = flat.numel() if nonzero is None else nonzero[0].numel()
+    if selected <= max(EVENT_MAX_DENSITY * flat.shape[0], EVENT_MAX_ROWS_READ) * linear.in_features:
+        output = gather_rows(flat, _cached(linear, "weight_t", lambda w: w.t().contiguous()), nonzero)
         WEIGHT_READS["gathered_calls"] += 1
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes
     else:

@@ -51,6 +51,8 @@ def lif(
     or H[t] = β(U[t](1 − S[t]) + S[t]V_reset) when ``v_reset`` is given (hard reset)."""
     surrogate = build_surrogate(surrogate)
     check_backend(backend)
+    if x.shape[0] == 1 and not (torch.is_grad_enabled() and x.requires_grad):
+        return (x >= v_threshold).to(x.dtype)  # inference at T = 1: the membrane starts at 0, nothing to carry
     v_reset = None if v_reset is None else float(v_reset)
     return MultiStepLIF.apply(
         x, float(beta), float(v_threshold), v_reset, bool(detach_reset), surrogate.name, surrogate.param, backend
@@ -72,6 +74,9 @@ def integer_lif(
     dq/dlo = 1 outside that window.
     """
     check_backend(backend)
+    if x.shape[0] == 1 and not (torch.is_grad_enabled() and (x.requires_grad or torch.is_tensor(lower))):
+        # Inference at T = 1 has no membrane to carry: two elementwise ops, no autograd or kernel dispatch.
+        return torch.clamp(torch.round(x), lower, lower + int(spike_max)) * float(scale)
     return MultiStepIntegerLIF.apply(x, lower, int(spike_max), float(scale), float(beta), bool(detach_reset), backend)
 
 
