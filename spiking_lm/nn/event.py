@@ -89,9 +89,17 @@ def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tenso
     flat = values.reshape(-1, linear.in_features)
     row_bytes = linear.out_features * linear.weight.element_size()
     WEIGHT_READS["calls"] += 1
-    nonzero = flat.nonzero(as_tuple=True) if linear.in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES else None
-    selected = flat.numel() if nonzero is None else nonzero[0].numel()
-    if selected <= max(EVENT_MAX_DENSITY * flat.shape[0], EVENT_MAX_ROWS_READ) * linear.in_features:
+    limit = max(EVENT_MAX_DENSITY * flat.shape[0], EVENT_MAX_ROWS_READ) * linear.in_features
+    nonzero = None
+    if linear.in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES:
+        if flat.shape[0] == 1:  # decoding: the positions are needed anyway, find them once
+            nonzero = flat.nonzero(as_tuple=True)
+            selected = nonzero[0].numel()
+        else:  # counting is cheaper than locating when the answer may be "use the GEMM"
+            selected = torch.count_nonzero(flat).item()
+    else:
+        selected = flat.numel()
+    if selected <= limit:
         output = gather_rows(flat, _cached(linear, "weight_t", lambda w: w.t().contiguous()), nonzero)
         WEIGHT_READS["gathered_calls"] += 1
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes
