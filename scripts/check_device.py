@@ -6,20 +6,22 @@ Checks, each printed as PASS/FAIL with its measured error:
 1. every neuron's fused kernel compiled for the device (Triton on CUDA) against the eager kernel: identical
    spikes, gradients within 1e-5;
 2. every model class: logits and loss gradients on the device against the CPU;
-3. binary spike inference against integer mode, and cached greedy generation against uncached, on the device.
+3. binary spike inference against integer mode, the event-driven inference backend against the dense one,
+   and cached greedy generation against uncached, on the device.
 Exits non-zero if any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 
 import torch
 
 import spiking_lm
-from spiking_lm.nn import build_neuron
+from spiking_lm.nn import build_neuron, event
 
 TINY = {"vocab_size": 99, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 96, "max_position_embeddings": 64, "pad_token_id": 0}  # fmt: skip
@@ -57,6 +59,17 @@ def check_kernels(device: str) -> None:
         report(f"kernel {name} T={steps}: compiled == eager", same and error < 1e-5, f"grad rel err {error:.1e}")
 
 
+@contextlib.contextmanager
+def gather_everything():
+    """Send every spike-fed Linear through the gather (tiny layers would otherwise take the GEMM)."""
+    saved = event.EVENT_MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY
+    event.EVENT_MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY = 0, 1.0
+    try:
+        yield
+    finally:
+        event.EVENT_MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY = saved
+
+
 def check_model(model_class, device: str) -> None:
     torch.manual_seed(0)
     config = model_class.config_class(**TINY, **({"time_steps": 2} if "BiSpik" in model_class.__name__ else {}))
@@ -87,8 +100,13 @@ def check_model(model_class, device: str) -> None:
         binary = model.set_spike_mode("binary")(input_ids=input_ids.to(device)).logits
     error = relative(binary, integer)
     report(f"{name}: binary spike mode == integer mode", error <= 1e-4, f"rel err {error:.1e}")
+    model.set_spike_mode("integer")
+    with torch.no_grad(), gather_everything():
+        gathered = model.set_inference_backend("event")(input_ids=input_ids.to(device)).logits
+    error = relative(gathered, integer)
+    report(f"{name}: event backend == dense", error <= 1e-5, f"rel err {error:.1e}")
+    model.set_inference_backend("dense")
     if "CausalLM" in name:
-        model.set_spike_mode("integer")
         options = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
         cached = model.generate(input_ids.to(device), **options)
         uncached = model.generate(input_ids.to(device), use_cache=False, **options)
