@@ -1,5 +1,6 @@
-"""Data for spiking_lm: text loading, tokenizer training, packing into blocks."""
+"""Data for spiking_lm: text loading, tokenizer training, packing into blocks, classification examples."""
 
+from .pairs import encode_examples
 from .text import (
     SHAKESPEARE_HELD_OUT,
     BlockDataset,
@@ -12,6 +13,7 @@ from .text import (
 __all__ = [
     "SHAKESPEARE_HELD_OUT",
     "BlockDataset",
+    "encode_examples",
     "load_texts",
     "pack_blocks",
     "shakespeare_files",

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 from transformers.utils import logging
 
+from ..data import encode_examples
 from .common import check_model_reference, energy_probe
 from .results import default_results_path, record_evaluation
 
@@ -92,16 +93,6 @@ def load_glue_splits(task: str, data_dir=None) -> dict:
     return datasets
 
 
-def _encode(dataset, tokenizer, spec: GlueTask, max_length: int):
-    def tokenize(batch):
-        texts = [batch[key] for key in spec.text_keys]
-        encoded = tokenizer(*texts, truncation=True, max_length=max_length)
-        encoded["labels"] = [float(x) for x in batch["label"]] if spec.is_regression else batch["label"]
-        return encoded
-
-    return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
-
-
 def _predictions(logits: np.ndarray, spec: GlueTask) -> np.ndarray:
     return logits.squeeze(-1) if spec.is_regression else logits.argmax(-1)
 
@@ -140,7 +131,18 @@ def run_glue(model_path: str, task: str, settings: GlueSettings | None = None, r
     )
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    encoded = {split: _encode(dataset, tokenizer, spec, settings.max_length) for split, dataset in splits.items()}
+    segments = True if getattr(model.config, "type_vocab_size", 0) > 1 else None  # BERT-style token types
+    encoded = {
+        split: encode_examples(
+            dataset,
+            tokenizer,
+            spec.text_keys,
+            settings.max_length,
+            regression=spec.is_regression,
+            token_type_ids=segments,
+        )  # fmt: skip
+        for split, dataset in splits.items()
+    }
     metric = load_glue_metric(task)
 
     def compute_metrics(prediction):

@@ -78,7 +78,8 @@ def encoder_folder(tmp_path_factory):
 def _direct_predictions(final: Path, rows: list[dict], keys: tuple[str, ...]) -> torch.Tensor:
     model = AutoModelForSequenceClassification.from_pretrained(final).eval()
     tokenizer = AutoTokenizer.from_pretrained(final)
-    batch = tokenizer(*[[row[key] for row in rows] for key in keys], padding=True, return_tensors="pt")
+    texts = [[row[key] for row in rows] for key in keys]
+    batch = tokenizer(*texts, padding=True, return_tensors="pt", return_token_type_ids=True)  # as the run encodes
     with torch.no_grad():
         return model(**batch).logits
 
