@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from transformers.utils import logging
 from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADConfig, SpADTrainer
 from .distill.calibration import calibrate_output_norms
+from .evaluation.perplexity import sliding_window_perplexity
 from .evaluation.results import RESULTS_FILE, record_training
 from .models.bispikclm import BiSpikCLMForCausalLM
 
@@ -97,18 +97,10 @@ def _training_arguments(cls, output_dir: Path, settings, steps: int, learning_ra
     )
 
 
-@torch.no_grad()
-def perplexity(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
-    """exp(mean next-token loss) over ``blocks``."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(blocks), batch_size):
-        batch = blocks[start : start + batch_size]
-        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-        tokens = batch.numel() - batch.shape[0]
-        total += loss.item() * tokens
-        count += tokens
-    return math.exp(total / count)
+def perplexity(model, blocks: torch.Tensor) -> float:
+    """exp(mean next-token loss) over ``blocks``, each block scored on its own (disjoint windows)."""
+    size = blocks.shape[1]
+    return sliding_window_perplexity(model.eval(), blocks.flatten(), size, size, progress=False)["perplexity"]
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -69,7 +69,6 @@ class EnergyReport:
     ann_baseline: str
     mac_pj: float = E_MAC_PJ
     ac_pj: float = E_AC_PJ
-    extra: dict = field(default_factory=dict)
 
     @property
     def macs(self) -> int:
@@ -129,7 +128,6 @@ class EnergyReport:
             "per_token": scaled(self.tokens),
             "constants": {"mac_pj": self.mac_pj, "ac_pj": self.ac_pj},
             "layers": layers,
-            **self.extra,
         }
 
 

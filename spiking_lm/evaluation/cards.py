@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .results import RESULTS_FILE, load_results
@@ -156,15 +157,8 @@ def _parameter_count(weights: Path) -> str:
     total = 0
     with safe_open(str(weights), framework="pt") as stream:
         for name in stream.keys():  # noqa: SIM118 (safe_open is not iterable)
-            total += _numel(stream.get_slice(name).get_shape())
+            total += math.prod(stream.get_slice(name).get_shape())
     return f"{total / 1e6:.1f}M" if total >= 1e5 else f"{total:,}"
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def write_card(folder, repo_id: str | None = None, template=None) -> Path:

@@ -11,7 +11,7 @@ from ..data import load_texts, shakespeare_files
 from ..energy import estimate_energy, format_table, plot_firing_rates
 from .common import energy_probe, load_model_and_tokenizer
 from .perplexity import corpus_token_ids, sliding_window_perplexity
-from .results import default_results_path, finite, record_evaluation
+from .results import default_results_path, finite, model_output_folder, record_evaluation
 
 
 def probe_texts(data: str | None, split: str = "test", text_column: str = "text") -> list[str]:
@@ -49,7 +49,7 @@ def run_energy(model_path: str, data=None, sequences: int = 4, length: int = 128
             )
     report = finite(estimate_energy(model, input_ids, ann_baseline=baseline).to_dict())
     print(format_table(report))
-    output_dir = Path(output_dir) if output_dir else _local_folder(model_path)
+    output_dir = Path(output_dir) if output_dir else model_output_folder(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "energy.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     plot = plot_firing_rates(report, output_dir / "firing_rates.png")
@@ -76,11 +76,6 @@ def run_perplexity(model_path: str, data=None, split: str = "test", text_column:
     print(f"perplexity {scores['perplexity']:.4f} over {scores['tokens']} tokens (window {settings['window']}, "
           f"stride {settings['stride']}); {energy_line(energy)}; results in {path}")  # fmt: skip
     return scores
-
-
-def _local_folder(model_path: str) -> Path:
-    folder = Path(model_path)
-    return folder if folder.is_dir() else Path("results") / model_path.replace("/", "__")
 
 
 def run_zero_shot(model_path: str, tasks: str, data_dir=None, batch_size: int = 8, limit: int | None = None,

@@ -25,7 +25,7 @@ class GlueTask:
     text_keys: tuple[str, ...]  # one sentence or a pair
     num_labels: int  # 1 = regression (STS-B)
     eval_splits: tuple[str, ...]
-    main_metric: str
+    metrics: tuple[str, ...]  # what GLUE reports for the task (the shipped metric module computes them)
 
     @property
     def is_regression(self) -> bool:
@@ -33,14 +33,14 @@ class GlueTask:
 
 
 GLUE_TASKS = {
-    "cola": GlueTask(("sentence",), 2, ("validation",), "matthews_correlation"),
-    "sst2": GlueTask(("sentence",), 2, ("validation",), "accuracy"),
-    "mrpc": GlueTask(("sentence1", "sentence2"), 2, ("validation",), "f1"),
-    "qqp": GlueTask(("question1", "question2"), 2, ("validation",), "f1"),
-    "stsb": GlueTask(("sentence1", "sentence2"), 1, ("validation",), "pearson"),
-    "mnli": GlueTask(("premise", "hypothesis"), 3, ("validation_matched", "validation_mismatched"), "accuracy"),
-    "qnli": GlueTask(("question", "sentence"), 2, ("validation",), "accuracy"),
-    "rte": GlueTask(("sentence1", "sentence2"), 2, ("validation",), "accuracy"),
+    "cola": GlueTask(("sentence",), 2, ("validation",), ("matthews_correlation",)),
+    "sst2": GlueTask(("sentence",), 2, ("validation",), ("accuracy",)),
+    "mrpc": GlueTask(("sentence1", "sentence2"), 2, ("validation",), ("accuracy", "f1")),
+    "qqp": GlueTask(("question1", "question2"), 2, ("validation",), ("accuracy", "f1")),
+    "stsb": GlueTask(("sentence1", "sentence2"), 1, ("validation",), ("pearson", "spearmanr")),
+    "mnli": GlueTask(("premise", "hypothesis"), 3, ("validation_matched", "validation_mismatched"), ("accuracy",)),
+    "qnli": GlueTask(("question", "sentence"), 2, ("validation",), ("accuracy",)),
+    "rte": GlueTask(("sentence1", "sentence2"), 2, ("validation",), ("accuracy",)),
 }
 
 
@@ -160,7 +160,7 @@ def run_glue(model_path: str, task: str, settings: GlueSettings | None = None, r
     scores = {}
     for split in spec.eval_splits:
         metrics = trainer.evaluate(encoded[split], metric_key_prefix="eval")
-        scores[split] = {key[5:]: value for key, value in metrics.items() if key[5:] in _metric_names(task)}
+        scores[split] = {key[5:]: value for key, value in metrics.items() if key[5:] in spec.metrics}
     final = run_dir / "final"
     trainer.save_model(final)
     tokenizer.save_pretrained(final)
@@ -176,8 +176,3 @@ def run_glue(model_path: str, task: str, settings: GlueSettings | None = None, r
     path = results or default_results_path(model_path)
     record_evaluation(path, model, model_path, f"glue/{task}", scores, energy, recorded)
     return scores
-
-
-def _metric_names(task: str) -> tuple[str, ...]:
-    return {"cola": ("matthews_correlation",), "stsb": ("pearson", "spearmanr"), "mrpc": ("accuracy", "f1"),
-            "qqp": ("accuracy", "f1")}.get(task, ("accuracy",))  # fmt: skip

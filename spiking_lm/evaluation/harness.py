@@ -34,12 +34,12 @@ def expand_tasks(tasks: str | list[str]) -> list[str]:
     return expanded
 
 
-@functools.lru_cache(maxsize=4)
-def _task_manager(include_path=None):
-    """lm-eval's task index (built once per include path: it scans every task YAML)."""
+@functools.lru_cache(maxsize=1)
+def _task_manager():
+    """lm-eval's task index (built once: it scans every task YAML)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(include_path) if include_path else None)
+    return TaskManager()
 
 
 def _task_yaml(task: str) -> Path:

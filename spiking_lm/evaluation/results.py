@@ -36,12 +36,15 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def default_results_path(model_name_or_path: str) -> Path:
-    """``<model folder>/results.json`` for a local model, else ``results/<repo id with __>.json`` here."""
+def model_output_folder(model_name_or_path: str) -> Path:
+    """Where reports about a model go: its own folder when local, else ``results/<repo id with __>`` here."""
     folder = Path(model_name_or_path)
-    if folder.is_dir():
-        return folder / RESULTS_FILE
-    return Path("results") / f"{model_name_or_path.replace('/', '__')}.json"
+    return folder if folder.is_dir() else Path("results") / model_name_or_path.replace("/", "__")
+
+
+def default_results_path(model_name_or_path: str) -> Path:
+    """``results.json`` in `model_output_folder`."""
+    return model_output_folder(model_name_or_path) / RESULTS_FILE
 
 
 def load_results(path) -> dict:

@@ -44,17 +44,16 @@ def reset_weight_reads() -> None:
         WEIGHT_READS[key] = 0
 
 
-def _cached(linear: nn.Linear, name: str, build):
-    """A tensor derived from ``linear.weight``, rebuilt whenever the weight changes (in place or replaced)."""
+def _transposed_weight(linear: nn.Linear) -> torch.Tensor:
+    """Wᵀ ``(in, out)``, contiguous so that each input's row is one read; rebuilt whenever the weight changes
+    (in place or replaced). Kept as a plain attribute: never saved, freed by `clear_event_cache`."""
     weight = linear.weight
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-    cache = linear.__dict__.setdefault("_event_cache", {})
-    entry = cache.get(name)
-    if entry is None or entry[0] != key:
-        with torch.no_grad():
-            entry = (key, build(weight.detach()))
-        cache[name] = entry
-    return entry[1]
+    cached = linear.__dict__.get("_event_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().t().contiguous())
+        linear.__dict__["_event_cache"] = cached
+    return cached[1]
 
 
 def clear_event_cache(linear: nn.Linear) -> None:
@@ -100,7 +99,7 @@ def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tenso
     else:
         selected = flat.numel()
     if selected <= limit:
-        output = gather_rows(flat, _cached(linear, "weight_t", lambda w: w.t().contiguous()), nonzero)
+        output = gather_rows(flat, _transposed_weight(linear), nonzero)
         WEIGHT_READS["gathered_calls"] += 1
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes
     else:
