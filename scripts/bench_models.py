@@ -9,7 +9,8 @@ Shape (issue 3): batch 8 x 128 tokens, hidden 256, 4 layers, 4 heads, FFN 1024, 
 - memory: bytes of activations autograd keeps for backward in one training step (saved-tensor hooks,
   parameters excluded, storages counted once), spiking / ANN.
 Targets: WD-Spikingformer (nilif) training >= 0.9x Llama, memory <= 1.2x; BiSpikCLM (lif, T=4) training
->= 0.5x OPT, memory <= 2.5x; generation >= 0.5x the ANN.
+>= 0.5x OPT, memory <= 2.5x; generation >= 0.5x the ANN. ``bispikclm-bf16`` is the same BiSpikCLM trained with
+``train_matmul_dtype="bfloat16"`` (bf16 operands in the spike-fed GEMMs; the ANN stays fp32).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import spiking_lm
 
 SHAPE = {"vocab_size": 8192, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
 BATCH, LENGTH = 8, 128
+PAIRS = ("wd", "bispikclm", "bispikclm-bf16", "we")
 
 
 def build_pairs(names):
@@ -43,10 +45,14 @@ def build_pairs(names):
         )
         wd = spiking_lm.WDSpikingformerForCausalLM.from_teacher(llama, max_position_embeddings=512)
         pairs["wd"] = ("WD-Spikingformer nilif 1x4 vs Llama", wd, llama, True)
-    if "bispikclm" in names:
-        opt = OPTForCausalLM(OPTConfig(**SHAPE, ffn_dim=1024, word_embed_proj_dim=256, max_position_embeddings=512))
-        student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(opt, time_steps=4)
-        pairs["bispikclm"] = ("BiSpikCLM lif T=4 vs OPT", student, opt, True)
+    for name, dtype in (("bispikclm", "float32"), ("bispikclm-bf16", "bfloat16")):
+        if name in names:
+            opt = OPTForCausalLM(
+                OPTConfig(**SHAPE, ffn_dim=1024, word_embed_proj_dim=256, max_position_embeddings=512)
+            )
+            student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(opt, time_steps=4, train_matmul_dtype=dtype)
+            label = "BiSpikCLM lif T=4 vs OPT" + (" (bf16 spike GEMMs)" if dtype == "bfloat16" else "")
+            pairs[name] = (label, student, opt, True)
     if "we" in names:
         bert = BertForMaskedLM(BertConfig(**SHAPE, intermediate_size=1024, max_position_embeddings=512))
         pairs["we"] = (
@@ -109,7 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--pairs", nargs="+", default=["wd", "bispikclm", "we"], choices=["wd", "bispikclm", "we"])
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
     parser.add_argument("--skip-generation", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -25,6 +25,7 @@ __all__ = [
     "WTA_MODES",
     "allowed_keys",
     "softmax_free_attention",
+    "spike_matmul",
     "sparsemax",
     "spikformer_attention",
     "winner_take_all",
@@ -102,6 +103,15 @@ def winner_take_all(
     return hard + soft - soft.detach()
 
 
+def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``a @ b``; while training with ``dtype=torch.bfloat16``, on bf16 operands with an fp32 result (spike
+    operands are exact, the gradients flowing back are rounded). Inference always multiplies in fp32."""
+    training = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+    if dtype == torch.float32 or not training:
+        return torch.matmul(a, b)
+    return torch.matmul(a.to(dtype), b.to(dtype)).float()
+
+
 def softmax_free_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -110,15 +120,17 @@ def softmax_free_attention(
     attn_neuron,
     score_scale: float,
     output_scale: str = "sqrt_d",
+    matmul_dtype: torch.dtype = torch.float32,
 ):
     """SFSA: ``(O·c, A_s)`` with A_s = SN_attn(score_scale · (Q Kᵀ ⊙ mask)) and O = A_s V.
 
     Shapes: Q ``(T, B, H, Lq, d)``, K/V ``(T, B, H, Lk, d)``, ``allowed`` ``(B, 1, Lq, Lk)``. ``output_scale``
     picks c: ``"sqrt_d"`` → 1/√d, ``"causal_count"`` → 1/(number of allowed keys of each query).
+    ``matmul_dtype``: see `spike_matmul`.
     """
-    scores = torch.matmul(query, key.transpose(-1, -2)) * allowed  # (T, B, H, Lq, Lk), integer overlaps
+    scores = spike_matmul(query, key.transpose(-1, -2), matmul_dtype) * allowed  # (T, B, H, Lq, Lk) overlaps
     attention_spikes = attn_neuron(scores * score_scale)  # binary; masked pairs get 0 input and never fire
-    output = torch.matmul(attention_spikes, value)
+    output = spike_matmul(attention_spikes, value, matmul_dtype)
     if output_scale == "sqrt_d":
         output = output / math.sqrt(query.shape[-1])
     else:
@@ -126,10 +138,10 @@ def softmax_free_attention(
     return output, attention_spikes
 
 
-def spikformer_attention(query, key, value, allowed, scale: float = 0.125):
+def spikformer_attention(query, key, value, allowed, scale: float = 0.125, matmul_dtype=torch.float32):
     """SSA baseline: (Q Kᵀ ⊙ mask) V · scale, and the attention counts for inspection."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * allowed
-    return torch.matmul(scores, value) * scale, scores
+    scores = spike_matmul(query, key.transpose(-1, -2), matmul_dtype) * allowed
+    return spike_matmul(scores, value, matmul_dtype) * scale, scores
 
 
 def row_normalized(weights: torch.Tensor) -> torch.Tensor:

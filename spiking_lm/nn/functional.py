@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import MultiStepIntegerLIF, MultiStepLIF, check_backend
+from .kernels import AUTO_COMPILE_MIN_NUMEL, MultiStepIntegerLIF, MultiStepLIF, check_backend
 from .surrogate import SurrogateFunction, build_surrogate
 
 __all__ = [
@@ -51,12 +51,31 @@ def lif(
     or H[t] = β(U[t](1 − S[t]) + S[t]V_reset) when ``v_reset`` is given (hard reset)."""
     surrogate = build_surrogate(surrogate)
     check_backend(backend)
-    if x.shape[0] == 1 and not (torch.is_grad_enabled() and x.requires_grad):
-        return (x >= v_threshold).to(x.dtype)  # inference at T = 1: the membrane starts at 0, nothing to carry
     v_reset = None if v_reset is None else float(v_reset)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        if x.shape[0] == 1:
+            return (x >= v_threshold).to(x.dtype)  # inference at T = 1: the membrane starts at 0, nothing to carry
+        if backend == "torch" or x.numel() < AUTO_COMPILE_MIN_NUMEL:
+            return _lif_inference(x, float(beta), float(v_threshold), v_reset)
     return MultiStepLIF.apply(
         x, float(beta), float(v_threshold), v_reset, bool(detach_reset), surrogate.name, surrogate.param, backend
     )
+
+
+def _lif_inference(x: torch.Tensor, beta: float, v_threshold: float, v_reset: float | None) -> torch.Tensor:
+    """The LIF recurrence without autograd, for small inputs (decoding): written in place into one output,
+    four ops per step, bitwise equal to `kernels.lif_forward` (the same operations in the same order)."""
+    spikes = torch.empty_like(x)
+    membrane = None
+    for t in range(x.shape[0]):
+        potential = x[t] if membrane is None else membrane.add_(x[t])
+        torch.ge(potential, v_threshold, out=spikes[t])
+        if t + 1 < x.shape[0]:
+            if v_reset is None:
+                membrane = torch.sub(potential, spikes[t], alpha=v_threshold).mul_(beta)
+            else:
+                membrane = torch.where(spikes[t].bool(), v_reset, potential).mul_(beta)
+    return spikes
 
 
 def integer_lif(

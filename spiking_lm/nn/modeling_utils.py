@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import logging
 
 from .event import INFERENCE_BACKENDS, clear_event_cache
-from .layers import expand_time, mean_over_time, positions_from_mask, run_layers
+from .layers import MATMUL_DTYPES, expand_time, mean_over_time, positions_from_mask, run_layers
 from .neurons import SpikingNeuron
 
 logger = logging.get_logger(__name__)
@@ -50,6 +50,7 @@ REMOTE_CODE_MODULES = (
     "functional",
     "spike_coding",
     "event",
+    "recompute",
     "attention",
     "layers",
     "configuration_utils",
@@ -144,6 +145,21 @@ class SpikingModelMixin:
                 module.inference_backend = backend
                 if backend == "dense":
                     clear_event_cache(module)
+        return self
+
+    def post_init(self):
+        super().post_init()
+        self.set_train_matmul_dtype(self.config.train_matmul_dtype)
+
+    def set_train_matmul_dtype(self, dtype: str):
+        """GEMM operand dtype of the spike-fed Linears while training, ``"float32"`` or ``"bfloat16"`` (see
+        ``train_matmul_dtype`` in the config, which this updates); returns self."""
+        if dtype not in MATMUL_DTYPES:
+            raise ValueError(f"train_matmul_dtype must be one of {', '.join(MATMUL_DTYPES)}, got {dtype!r}")
+        self.config.train_matmul_dtype = dtype
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.train_matmul_dtype = dtype
         return self
 
     def record_firing_rates(self, enabled: bool = True):

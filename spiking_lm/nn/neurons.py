@@ -19,6 +19,7 @@ from torch import nn
 
 from .functional import ceil_ste, integer_lif, lif, masked_psn, psn, sliding_psn, tlif
 from .kernels import check_backend
+from .recompute import is_recomputing
 from .spike_coding import integer_to_binary
 from .surrogate import build_surrogate
 
@@ -76,7 +77,7 @@ class SpikingNeuron(nn.Module):
         if x.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects time-major input [T, ...], got shape {tuple(x.shape)}")
         spikes = self.fire(x)
-        if self.record_firing_rate:
+        if self.record_firing_rate and not is_recomputing():  # a backward-pass rerun fires nothing new
             with torch.no_grad():
                 count = self.count_spikes(spikes).double()
                 self._spike_total = count if self._spike_total is None else self._spike_total + count

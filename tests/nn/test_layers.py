@@ -28,6 +28,26 @@ def test_spike_linear_saves_counts_and_gives_the_same_gradients(name, kwargs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name,kwargs", [("lif", {}), ("nilif", {}), ("asn", {"alpha": -1.3}), ("tlif", {})])
+def test_bfloat16_spike_linear_is_within_bf16_rounding_of_float32(name, kwargs):
+    torch.manual_seed(0)
+    neuron = build_neuron(name, **kwargs)
+    linear = torch.nn.Linear(64, 48)
+    spikes = neuron(torch.randn(2, 8, 64) * 3).detach()
+    grad = torch.randn(2, 8, 48)
+    results = []
+    for dtype in ("float32", "bfloat16"):
+        linear.train_matmul_dtype = dtype
+        x = spikes.clone().requires_grad_()
+        out = linear_on_spikes(linear, x, neuron)
+        results.append((out, *torch.autograd.grad(out, [x, linear.weight, linear.bias], grad)))
+    assert out.dtype == torch.float32 and out.grad_fn.name().startswith("SpikeLinearFunction")
+    for reference, low in zip(results[0][:3], results[1][:3], strict=True):  # output, input and weight grads
+        assert not torch.equal(reference, low)
+        scale = reference.detach().abs().max()
+        torch.testing.assert_close(low.detach(), reference.detach(), rtol=0, atol=float(scale) * 2**-6)
+
+
 def test_ternary_spikes_are_not_coded_and_use_a_plain_linear():
     neuron = build_neuron("tlif")
     assert spike_coding(neuron) is None

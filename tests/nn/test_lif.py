@@ -103,3 +103,17 @@ def test_compiled_kernel_matches_eager_reference():
         results.append((out, dx))
     assert torch.equal(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("v_reset", [None, 0.0, -0.25])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_path_is_bitwise_the_training_kernel(v_reset, dtype):
+    from spiking_lm.nn.functional import lif
+    from spiking_lm.nn.kernels import lif_forward
+
+    x = torch.randn(5, 3, 700, dtype=dtype) * 2
+    original = x.clone()
+    with torch.no_grad():
+        fast = lif(x, beta=0.6, v_threshold=0.8, v_reset=v_reset)
+    assert torch.equal(fast, lif_forward(x.reshape(5, -1), 0.6, 0.8, v_reset).view(x.shape))
+    assert torch.equal(x, original)  # the in-place steps never touch the input
