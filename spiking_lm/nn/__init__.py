@@ -1,7 +1,8 @@
 """Spiking building blocks: surrogate gradients, neurons, spike coding.
 
 Public entry points: `build_neuron`, `NEURONS`, `build_surrogate`, `SURROGATES`, `integer_to_binary`,
-`binary_to_integer`, and the stateless `functional` twins of every neuron.
+`binary_to_integer`, the stateless `functional` twins of every neuron, and `recompute_disabled` (training keeps
+every activation instead of recomputing attention and unfused norm → neuron pairs in the backward pass).
 """
 
 from . import functional
@@ -22,6 +23,7 @@ from .neurons import (
     build_neuron,
     neuron_options,
 )
+from .recompute import recompute_disabled
 from .spike_coding import binary_to_integer, integer_to_binary
 from .surrogate import SURROGATES, ATan, Rectangle, Sigmoid, SurrogateFunction, build_surrogate
 
@@ -50,4 +52,5 @@ __all__ = [
     "functional",
     "integer_to_binary",
     "neuron_options",
+    "recompute_disabled",
 ]

@@ -11,10 +11,13 @@ from .conftest import MODEL_CLASSES, labels_for, model_inputs, tiny_model
 NEURONS = ["lif", "nilif", "asn", "tlif", "psn"]
 
 
-def loss_and_grads(model, kind, inputs):
+def loss_and_grads(model, kind, inputs, through_attention_maps=False):
     model.train()
     model.zero_grad(set_to_none=True)
-    loss = model(**inputs, labels=labels_for(kind, inputs)).loss
+    outputs = model(**inputs, labels=labels_for(kind, inputs), output_attentions=through_attention_maps)
+    loss = outputs.loss
+    if through_attention_maps:  # as SAA distillation does: a loss on the maps, through the surrogate gradients
+        loss = loss + sum(((maps - 0.1) ** 2).sum() for maps in outputs.attentions)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads
@@ -48,6 +51,18 @@ def test_recomputed_regions_give_the_gradients_of_the_plain_graph(model_class, k
         plain_loss, plain_grads = loss_and_grads(model, kind, inputs)
     assert torch.equal(loss, plain_loss)
     assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("model_class,kind", MODEL_CLASSES)
+def test_recomputed_attention_maps_give_the_gradients_of_the_plain_graph(model_class, kind):
+    model = tiny_model(model_class, neuron_type="lif", time_steps=2).double()
+    inputs = model_inputs(model_class)
+    loss, grads = loss_and_grads(model, kind, inputs, through_attention_maps=True)
+    with recompute_disabled():
+        plain_loss, plain_grads = loss_and_grads(model, kind, inputs, through_attention_maps=True)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-12, atol=0)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-9, atol=1e-12, msg=name)
 
