@@ -6,14 +6,17 @@ neuron's unit, or a binary 1), with `torch.nn.functional.embedding_bag(..., per_
 "bag" per input row, one gathered row of Wᵀ per spike. Bytes read per token scale with the firing rate
 instead of with the layer size.
 
-Rule (per call, from the spikes actually present): gather when the spikes select fewer weight rows than
-``max(EVENT_MAX_DENSITY · rows, EVENT_MAX_ROWS_READ) · in_features``, else run the dense fp32 GEMM. The first
-term covers many rows (prefill, batches): measured on 2 CPU cores for a 768→3072 layer, gathering was 2-7x
-faster than the GEMM at densities 5-20 % for 1-512 rows, still faster at 20 % for 512 rows (13.5 vs 19.5 ms),
-and the GEMM wins beyond ~30 %. The second covers decoding (a few rows), where the GEMM reads the whole
-matrix whatever the density: gathering up to 70 % of its rows still reads less (at 40 %: 86 vs 186 µs).
-Matrices under `EVENT_MIN_WEIGHT_BYTES` (2 MiB) always take the GEMM: they stay in cache, so reading less of
-them saves nothing and the gather's bookkeeping costs more (a 256→1024 model decoded 15 % slower gathering).
+Rule (per call, from the spikes actually present): gather while the spikes select at most
+``max(d(rows) · rows, EVENT_MAX_ROWS_READ) · in_features`` weight rows, else run the dense fp32 GEMM, with the
+per-row density limit d(rows) = max(`EVENT_MAX_DENSITY`, `EVENT_FEW_ROWS_DENSITY` − `EVENT_DENSITY_PER_ROW` · rows):
+0.45 at 8 rows, 0.35 at 16, down to 0.2 from ~30 rows on. Measured on 2 CPU cores (768→3072, 3072→768 and
+768→768 layers): with few rows the GEMM is memory bound and slow (8 rows: 0.7-1.0 ms for 768→3072, the same as
+reading the matrix) while the gather costs 0.3-0.5 ms up to ~50 % density; from ~30 rows on the GEMM computes
+efficiently and the gather only wins below ~20 % (512 rows at 20 %: 13.5 vs 19.5 ms). The second term covers
+decoding one or two rows, where gathering up to 70 % of the matrix's rows still reads less (at 40 %: 86 vs
+186 µs). Matrices under `EVENT_MIN_WEIGHT_BYTES` (2 MiB) always take the GEMM: they stay in cache, so reading
+less of them saves nothing and the gather's bookkeeping costs more (a 256→1024 model decoded 15 % slower
+gathering).
 
 Exactness: both paths compute in fp32 with fp32 weights; they differ only in summation order (≤ ~1e-6
 relative). Adaptive-shift neurons (``asn``/``nasn``) emit ``count · unit + offset``: the event path gathers by
@@ -30,8 +33,11 @@ from torch.nn import functional as F
 
 from .spike_coding import binary_to_integer
 
-EVENT_MAX_DENSITY = 0.3
+EVENT_MAX_DENSITY = 0.2
+EVENT_FEW_ROWS_DENSITY = 0.55
+EVENT_DENSITY_PER_ROW = 0.012
 EVENT_MAX_ROWS_READ = 0.7
+EVENT_LOCATE_MAX_ROWS = 32  # up to this many rows the spikes are located at once (a gather is likely)
 EVENT_MIN_WEIGHT_BYTES = 2**21
 INFERENCE_BACKENDS = ("dense", "event")
 WEIGHT_READS = {"gathered_bytes": 0, "dense_bytes": 0, "calls": 0, "gathered_calls": 0}
@@ -73,6 +79,12 @@ def gather_rows(values: torch.Tensor, weight_t: torch.Tensor, nonzero=None) -> t
     return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=values[rows, columns])
 
 
+def gather_limit(rows: int, in_features: int) -> float:
+    """The most weight rows a gather may read for ``rows`` input rows before the GEMM is faster (module rule)."""
+    density = max(EVENT_MAX_DENSITY, EVENT_FEW_ROWS_DENSITY - EVENT_DENSITY_PER_ROW * rows)
+    return max(density * rows, EVENT_MAX_ROWS_READ) * in_features
+
+
 def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:
     """``linear`` applied to the output of ``neuron`` (any spike mode), as `linear_on_spikes` defines it,
     computed from the spikes that are present. Returns ``(T, ..., out)``."""
@@ -88,17 +100,16 @@ def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tenso
     flat = values.reshape(-1, linear.in_features)
     row_bytes = linear.out_features * linear.weight.element_size()
     WEIGHT_READS["calls"] += 1
-    limit = max(EVENT_MAX_DENSITY * flat.shape[0], EVENT_MAX_ROWS_READ) * linear.in_features
     nonzero = None
     if linear.in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES:
-        if flat.shape[0] == 1:  # decoding: the positions are needed anyway, find them once
+        if flat.shape[0] <= EVENT_LOCATE_MAX_ROWS:  # decoding: the positions are likely needed, find them once
             nonzero = flat.nonzero(as_tuple=True)
             selected = nonzero[0].numel()
         else:  # counting is cheaper than locating when the answer may be "use the GEMM"
             selected = torch.count_nonzero(flat).item()
     else:
         selected = flat.numel()
-    if selected <= limit:
+    if selected <= gather_limit(flat.shape[0], linear.in_features):
         output = gather_rows(flat, _transposed_weight(linear), nonzero)
         WEIGHT_READS["gathered_calls"] += 1
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes

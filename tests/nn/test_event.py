@@ -80,3 +80,18 @@ def test_gathering_is_what_runs_below_the_density_limit(monkeypatch):
     with torch.no_grad():
         event_linear(linear, spikes, None)
     assert event.WEIGHT_READS["gathered_calls"] == 1 and event.WEIGHT_READS["dense_bytes"] == 40 * 8 * 4
+
+
+def test_the_density_limit_is_higher_for_few_rows_where_the_gemm_is_memory_bound():
+    assert event.gather_limit(1, 100) == pytest.approx(70)  # decoding: up to 70 % of the matrix's rows
+    per_row = [event.gather_limit(rows, 100) / (rows * 100) for rows in (4, 8, 16, 24, 32, 128, 512)]
+    assert per_row == sorted(per_row, reverse=True)
+    assert per_row[1] == pytest.approx(0.454) and per_row[-1] == pytest.approx(event.EVENT_MAX_DENSITY)
+    linear = nn.Linear(40, 8).eval()
+    for rows, gathered in ((8, 1), (128, 0)):  # 40 % density: a gather for 8 rows, the GEMM for 128
+        spikes = torch.zeros(rows, 40)
+        spikes[:, :16] = 1.0
+        event.reset_weight_reads()
+        with torch.no_grad():
+            torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-5, atol=1e-5)
+        assert event.WEIGHT_READS["gathered_calls"] == gathered
