@@ -50,15 +50,16 @@ def reset_weight_reads() -> None:
         WEIGHT_READS[key] = 0
 
 
-def _transposed_weight(linear: nn.Linear) -> torch.Tensor:
-    """Wᵀ ``(in, out)``, contiguous so that each input's row is one read; rebuilt whenever the weight changes
-    (in place or replaced). Kept as a plain attribute: never saved, freed by `clear_event_cache`."""
-    weight = linear.weight
-    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-    cached = linear.__dict__.get("_event_cache")
+def _transposed_weight(*linears: nn.Linear) -> torch.Tensor:
+    """[W₁; W₂; …]ᵀ ``(in, Σ out)`` of Linears sharing an input, contiguous so that each input's row is one read;
+    rebuilt whenever a weight changes (in place or replaced). Kept as a plain attribute of the first Linear: never
+    saved, freed by `clear_event_cache`."""
+    key = tuple((lin.weight.data_ptr(), lin.weight._version, lin.weight.dtype, lin.weight.device) for lin in linears)
+    cached = linears[0].__dict__.get("_event_cache")
     if cached is None or cached[0] != key:
+        weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])
         cached = (key, weight.detach().t().contiguous())
-        linear.__dict__["_event_cache"] = cached
+        linears[0].__dict__["_event_cache"] = cached
     return cached[1]
 
 
@@ -88,6 +89,12 @@ def gather_limit(rows: int, in_features: int) -> float:
 def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:
     """``linear`` applied to the output of ``neuron`` (any spike mode), as `linear_on_spikes` defines it,
     computed from the spikes that are present. Returns ``(T, ..., out)``."""
+    return event_linears((linear,), spikes, neuron)[0]
+
+
+def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
+    """`event_linear` for several Linears fed the same spikes (Q, K and V): the spikes are located once and
+    every spike reads one row of the concatenated [W₁; W₂; …]ᵀ (one longer contiguous read instead of several)."""
     offset = 0.0
     if neuron is not None and getattr(neuron, "spike_mode", "integer") == "binary":
         values = binary_to_integer(spikes, neuron.spike_max) * neuron.spike_scale  # fold the virtual steps
@@ -97,11 +104,13 @@ def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tenso
         silent = getattr(neuron, "spike_offset", 0.0) if neuron is not None else 0.0
         if torch.is_tensor(silent) or silent != 0:
             values, offset = spikes - silent, silent  # gather by counts; the constant goes in below
-    flat = values.reshape(-1, linear.in_features)
-    row_bytes = linear.out_features * linear.weight.element_size()
-    WEIGHT_READS["calls"] += 1
+    in_features = linears[0].in_features
+    widths = [lin.out_features for lin in linears]
+    flat = values.reshape(-1, in_features)
+    row_bytes = sum(widths) * linears[0].weight.element_size()
+    WEIGHT_READS["calls"] += len(linears)
     nonzero = None
-    if linear.in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES:
+    if in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES:
         if flat.shape[0] <= EVENT_LOCATE_MAX_ROWS:  # decoding: the positions are likely needed, find them once
             nonzero = flat.nonzero(as_tuple=True)
             selected = nonzero[0].numel()
@@ -109,18 +118,22 @@ def event_linear(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tenso
             selected = torch.count_nonzero(flat).item()
     else:
         selected = flat.numel()
-    if selected <= gather_limit(flat.shape[0], linear.in_features):
-        output = gather_rows(flat, _transposed_weight(linear), nonzero)
-        WEIGHT_READS["gathered_calls"] += 1
+    if selected <= gather_limit(flat.shape[0], in_features):
+        output = gather_rows(flat, _transposed_weight(*linears), nonzero)
+        WEIGHT_READS["gathered_calls"] += len(linears)
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes
+        outputs = output.split(widths, dim=-1)
     else:
-        output = F.linear(flat, linear.weight)
-        WEIGHT_READS["dense_bytes"] += linear.in_features * row_bytes
-    if torch.is_tensor(offset) or offset != 0:
-        output = output + linear.weight.sum(1) * offset
-    if linear.bias is not None:
-        output = output + linear.bias
-    return output.view(*values.shape[:-1], linear.out_features)
+        outputs = [F.linear(flat, lin.weight) for lin in linears]
+        WEIGHT_READS["dense_bytes"] += in_features * row_bytes
+    results = []
+    for lin, output in zip(linears, outputs, strict=True):
+        if torch.is_tensor(offset) or offset != 0:
+            output = output + lin.weight.sum(1) * offset
+        if lin.bias is not None:
+            output = output + lin.bias
+        results.append(output.reshape(*values.shape[:-1], lin.out_features))
+    return results
 
 
 def uses_event_path(linear: nn.Linear) -> bool:

@@ -26,7 +26,7 @@ from .attention import (
     spikformer_attention,
     winner_take_all,
 )
-from .event import event_linear, uses_event_path
+from .event import event_linear, event_linears, uses_event_path
 from .functional import integer_lif, lif
 from .kernels import run_differentiable
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron, build_neuron
@@ -181,6 +181,17 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
     return output if linear.bias is None else output + linear.bias
 
 
+def linears_on_spikes(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
+    """`linear_on_spikes` for several Linears fed the same spikes; on the event path they gather together
+    (`event_linears`: the spikes are located once, each reads a row of the concatenated weights)."""
+    if len(linears) > 1 and all(uses_event_path(linear) for linear in linears):
+        for recorder in OPERATION_RECORDERS:
+            for linear in linears:
+                recorder.spike_fed_linear(linear, spikes, neuron)
+        return event_linears(linears, spikes, neuron)
+    return [linear_on_spikes(linear, spikes, neuron) for linear in linears]
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
@@ -278,6 +289,21 @@ def spiking_mlp(spikes, source_neuron, fc1, norm1, neuron, fc2, norm2) -> torch.
     return norm2(linear_on_spikes(fc2, hidden, neuron))
 
 
+_ALLOWED_MEMO: list = [None, None, None]  # (arguments, the mask object, the result) of the last call
+
+
+def shared_allowed_keys(attention_mask, query_length, key_length, causal, device, batch_size) -> torch.Tensor:
+    """`allowed_keys`, built once per forward pass: every layer asks with the same mask object and lengths (the
+    mask is remembered by identity and version, so a new or modified mask always rebuilds)."""
+    version = None if attention_mask is None else attention_mask._version
+    arguments = (query_length, key_length, causal, device, batch_size, version)
+    if _ALLOWED_MEMO[0] == arguments and _ALLOWED_MEMO[1] is attention_mask:
+        return _ALLOWED_MEMO[2]
+    allowed = allowed_keys(attention_mask, query_length, key_length, causal, device, batch_size)
+    _ALLOWED_MEMO[:] = [arguments, attention_mask, allowed]
+    return allowed
+
+
 class SpikingSelfAttention(nn.Module):
     """Spiking self-attention of ``config.attention_type`` with teacher-family parameter names.
 
@@ -330,9 +356,15 @@ class SpikingSelfAttention(nn.Module):
         steps, batch, length, _ = values.shape  # (T, B, L, D) -> (T, B, H, L, d)
         return values.view(steps, batch, length, self.num_heads, self.head_dim).transpose(2, 3)
 
-    def _project(self, index: int, spikes, source_neuron, norm, neuron) -> torch.Tensor:
-        membrane = linear_on_spikes(getattr(self, self.names[index]), spikes, source_neuron)
-        return self._split_heads(spike_values(normalize_and_fire(norm, neuron, membrane), neuron))
+    def _project(self, spikes, source_neuron) -> list[torch.Tensor]:
+        """Q, K and V spike values ``(T, B, H, L, d)``, each Linear → norm → neuron."""
+        linears = [getattr(self, name) for name in self.names[:3]]
+        membranes = linears_on_spikes(linears, spikes, source_neuron)
+        norms, neurons = (self.q_norm, self.k_norm, self.v_norm), (self.q_neuron, self.k_neuron, self.v_neuron)
+        return [
+            self._split_heads(spike_values(normalize_and_fire(norm, neuron, membrane), neuron))
+            for membrane, norm, neuron in zip(membranes, norms, neurons, strict=True)
+        ]
 
     def _cached(self, key, value, cache):
         """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, d)``, and return all of them."""
@@ -371,13 +403,11 @@ class SpikingSelfAttention(nn.Module):
 
     def _context(self, spikes, source_neuron, producer, attention_mask, cache):
         """``(context (T, B, L, D), attention weights (T, B, H, Lq, Lk))``: Q/K/V, attention, re-spiking."""
-        query = self._project(0, spikes, source_neuron, self.q_norm, self.q_neuron)
-        key = self._project(1, spikes, source_neuron, self.k_norm, self.k_neuron)
-        value = self._project(2, spikes, source_neuron, self.v_norm, self.v_neuron)
+        query, key, value = self._project(spikes, source_neuron)
         if cache is not None:
             key, value = self._cached(key, value, cache)
         steps, batch, _, query_length, _ = query.shape
-        allowed = allowed_keys(attention_mask, query_length, key.shape[-2], self.causal, query.device, batch)
+        allowed = shared_allowed_keys(attention_mask, query_length, key.shape[-2], self.causal, query.device, batch)
         context, weights = self._attend(query, key, value, allowed)
         for recorder in OPERATION_RECORDERS:
             recorder.spiking_attention(self, query, key, value, weights, allowed)
