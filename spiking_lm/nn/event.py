@@ -18,6 +18,9 @@ decoding one or two rows, where gathering up to 70 % of the matrix's rows still 
 less of them saves nothing and the gather's bookkeeping costs more (a 256→1024 model decoded 15 % slower
 gathering).
 
+Linears fed the same spikes (Q, K and V) gather together (`event_linears`): the spikes are located once and each
+reads one row of the concatenated [W_q; W_k; W_v]ᵀ, one contiguous read instead of three.
+
 Exactness: both paths compute in fp32 with fp32 weights; they differ only in summation order (≤ ~1e-6
 relative). Adaptive-shift neurons (``asn``/``nasn``) emit ``count · unit + offset``: the event path gathers by
 counts and adds the constant ``offset · W·1``, so silent inputs cost nothing there either.

@@ -95,3 +95,38 @@ def test_the_density_limit_is_higher_for_few_rows_where_the_gemm_is_memory_bound
         with torch.no_grad():
             torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-5, atol=1e-5)
         assert event.WEIGHT_READS["gathered_calls"] == gathered
+
+
+@pytest.mark.parametrize(("name", "mode"), [("nilif", "integer"), ("asn", "integer"), ("nilif", "binary")])
+def test_linears_sharing_spikes_gather_together_and_equal_each_dense_linear(name, mode):
+    torch.manual_seed(1)
+    neuron = build_neuron(name, strict=False, spike_max=4).eval()
+    if mode == "binary":
+        neuron.set_spike_mode("binary")
+    linears = [nn.Linear(40, width).eval() for width in (8, 12, 8)]
+    with torch.no_grad():
+        spikes = neuron(torch.randn(1, 2, 3, 40) * 0.45)
+        dense = [linear_on_spikes(linear, spikes, neuron) for linear in linears]
+        event.reset_weight_reads()
+        grouped = event.event_linears(linears, spikes, neuron)
+        assert event.WEIGHT_READS["calls"] == 3 and event.WEIGHT_READS["gathered_calls"] == 3
+        for got, expected in zip(grouped, dense, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        linears[1].weight.mul_(-3)  # the concatenated copy must follow an update of any member
+        torch.testing.assert_close(
+            event.event_linears(linears, spikes, neuron)[1], linear_on_spikes(linears[1], spikes, neuron)
+        )
+
+
+def test_the_attention_mask_is_shared_between_layers_and_rebuilt_when_it_changes():
+    from spiking_lm.nn.attention import allowed_keys
+    from spiking_lm.nn.layers import shared_allowed_keys
+
+    mask = torch.tensor([[0, 1, 1, 1]])
+    first = shared_allowed_keys(mask, 4, 4, True, None, 1)
+    assert shared_allowed_keys(mask, 4, 4, True, None, 1) is first  # the next layer reuses it
+    assert torch.equal(first, allowed_keys(mask, 4, 4, True, None, 1))
+    mask[0, 0] = 1  # changed in place: rebuilt
+    assert torch.equal(shared_allowed_keys(mask, 4, 4, True, None, 1), allowed_keys(mask, 4, 4, True, None, 1))
+    other = mask.clone()  # another mask and another query length: rebuilt
+    assert torch.equal(shared_allowed_keys(other, 1, 4, True, None, 1), allowed_keys(other, 1, 4, True, None, 1))
