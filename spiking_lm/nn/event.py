@@ -57,13 +57,16 @@ def _transposed_weight(*linears: nn.Linear) -> torch.Tensor:
     """[W₁; W₂; …]ᵀ ``(in, Σ out)`` of Linears sharing an input, contiguous so that each input's row is one read;
     rebuilt whenever a weight changes (in place or replaced). Kept as a plain attribute of the first Linear: never
     saved, freed by `clear_event_cache`."""
-    key = tuple((lin.weight.data_ptr(), lin.weight._version, lin.weight.dtype, lin.weight.device) for lin in linears)
+    weights = [lin.weight for lin in linears]
+    versions = [weight._version for weight in weights]
     cached = linears[0].__dict__.get("_event_cache")
-    if cached is None or cached[0] != key:
-        weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])
-        cached = (key, weight.detach().t().contiguous())
+    # The cache holds the weight objects it was built from: identity plus version catches replacement and
+    # in-place updates without hashing pointers on every call.
+    if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], weights, strict=False)):
+        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+        cached = (weights, versions, weight.detach().t().contiguous())
         linears[0].__dict__["_event_cache"] = cached
-    return cached[1]
+    return cached[2]
 
 
 def clear_event_cache(linear: nn.Linear) -> None:

@@ -241,7 +241,10 @@ def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor) -> torch.Tensor
     fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
     form = _fusable_neuron(neuron) if fusable and not OPERATION_RECORDERS else None
     if form is None:  # training keeps only x: the norm's output and the neuron's input are recomputed
-        parameters = [p for module in (norm, neuron) for p in module.parameters() if p.requires_grad]
+
+        def parameters():
+            return [p for module in (norm, neuron) for p in module.parameters() if p.requires_grad]
+
         return recompute_region(lambda membrane: neuron(norm(membrane)), (x,), (None,), parameters)
     bias = None if is_rms else norm.bias
     return run_differentiable(_normalize_and_fire, neuron.backend, x, norm.weight, bias, norm.eps, is_rms, *form)
@@ -387,7 +390,7 @@ class SpikingSelfAttention(nn.Module):
 
         if cache is None:  # training keeps only the input spikes (uint8); Q, K, V and the attention recompute
             coding = (exact_coding(source_neuron),)
-            context, weights = recompute_region(attend, (spikes,), coding, self._attention_parameters())
+            context, weights = recompute_region(attend, (spikes,), coding, self._attention_parameters)
         else:
             context, weights = attend(spikes)
         if self.output_norm_name is None:

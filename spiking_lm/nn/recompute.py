@@ -77,13 +77,11 @@ def encode_counts(spikes: torch.Tensor, scale: float, offset: float) -> torch.Te
     return codes.to(torch.uint8)
 
 
-def should_recompute(inputs, parameters) -> bool:
-    """True while training outside another region, with no ZeRO-3 partitioned parameter involved."""
+def should_recompute(inputs) -> bool:
+    """True while training (autograd on, some input needs a gradient) outside another region."""
     if _state["inside"] or _state["disabled"] or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    if not any(x.requires_grad for x in inputs):
-        return False
-    return not any(hasattr(p, "ds_id") for p in parameters)
+    return any(x.requires_grad for x in inputs)
 
 
 class _Region(torch.autograd.Function):
@@ -134,7 +132,7 @@ class _Region(torch.autograd.Function):
         return (None, None, None, *(next(grads) if w else None for w in needed))
 
 
-def recompute_region(run, inputs: tuple, codings: tuple, parameters: list):
+def recompute_region(run, inputs: tuple, codings: tuple, parameters):
     """``run(*inputs)`` (a tensor or a tuple of tensors), keeping only ``inputs`` for backward.
 
     Args:
@@ -142,12 +140,15 @@ def recompute_region(run, inputs: tuple, codings: tuple, parameters: list):
         inputs: the tensors ``run`` reads.
         codings: per input, ``(scale, offset)`` if it holds spikes ``scale·k + offset`` with integer k in
             [0, 255] (saved as uint8), else `None` (saved as is).
-        parameters: every trainable tensor ``run`` uses besides its inputs; their gradients are accumulated
-            into ``.grad`` in the backward pass.
+        parameters: a function returning every trainable tensor ``run`` uses besides its inputs (called only
+            when the region is used, so inference pays nothing); they receive their gradients from the rerun.
 
     Falls back to calling ``run`` directly when `should_recompute` says no.
     """
-    if not should_recompute(inputs, parameters):
+    if not should_recompute(inputs):
         return run(*inputs)
-    outputs = _Region.apply(run, codings, len(inputs), *inputs, *parameters)
+    used = list(parameters())
+    if any(hasattr(p, "ds_id") for p in used):  # ZeRO-3 partitioned: DeepSpeed must see every use itself
+        return run(*inputs)
+    outputs = _Region.apply(run, codings, len(inputs), *inputs, *used)
     return outputs if len(outputs) > 1 else outputs[0]
