@@ -1,6 +1,6 @@
 """Spiking models against same-shape HF ANNs, measured in one run.
 
-    python scripts/bench_models.py [--threads 2] [--rounds 7] [--pairs wd bispikclm we]
+    python scripts/bench_models.py [--threads 2] [--rounds 7] [--pairs wd bispikclm bispikclm-bf16 we]
 
 Shape (issue 3): batch 8 x 128 tokens, hidden 256, 4 layers, 4 heads, FFN 1024, vocab 8192, fp32.
 - training: forward + backward + AdamW step, tokens/s; spiking and ANN steps alternate round by round and the
