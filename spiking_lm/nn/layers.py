@@ -240,12 +240,14 @@ def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor) -> torch.Tensor
     fusable = (is_rms or isinstance(norm, nn.LayerNorm)) and neuron.backend != "torch"
     fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
     form = _fusable_neuron(neuron) if fusable and not OPERATION_RECORDERS else None
-    if form is None:  # training keeps only x: the norm's output and the neuron's input are recomputed
+    if form is None and x.shape[0] > 1:  # training keeps only x: the norm output and neuron input recompute
 
         def parameters():
             return [p for module in (norm, neuron) for p in module.parameters() if p.requires_grad]
 
         return recompute_region(lambda membrane: neuron(norm(membrane)), (x,), (None,), parameters)
+    if form is None:  # T = 1: the neuron keeps a 1-byte mask at most, recomputing would only cost time
+        return neuron(norm(x))
     bias = None if is_rms else norm.bias
     return run_differentiable(_normalize_and_fire, neuron.backend, x, norm.weight, bias, norm.eps, is_rms, *form)
 
@@ -324,8 +326,8 @@ class SpikingSelfAttention(nn.Module):
     consume and ``producer`` the neuron that produced it (for binary-mode folding). ``weights`` are the raw
     attention weights ``(T, B, H, Lq, Lk)``; `run_layers` turns them into maps only when they are asked for.
 
-    While training, only the input spikes are kept for backward (as uint8 counts): Q, K, V, the attention and
-    the re-spiked context are recomputed in the backward pass (`spiking_lm.nn.recompute`).
+    While training with T > 1, only the input spikes are kept for backward (as uint8 counts): Q, K, V, the
+    attention and the re-spiked context are recomputed in the backward pass (`spiking_lm.nn.recompute`).
     """
 
     def __init__(self, config, layer_idx, projection_names, output_norm_name="o_norm", bias=False, causal=False):
@@ -388,7 +390,8 @@ class SpikingSelfAttention(nn.Module):
         def attend(spikes):
             return self._context(spikes, source_neuron, producer, attention_mask, cache)
 
-        if cache is None:  # training keeps only the input spikes (uint8); Q, K, V and the attention recompute
+        if cache is None and spikes.shape[0] > 1:  # training keeps only the input spikes (uint8): Q, K, V and
+            # the attention are recomputed in backward. At T = 1 the plain graph keeps little: left as is.
             coding = (exact_coding(source_neuron),)
             context, weights = recompute_region(attend, (spikes,), coding, self._attention_parameters)
         else:

@@ -127,3 +127,14 @@ def test_train_matmul_dtype_is_validated_and_survives_save_and_load(tmp_path):
     loaded = BiSpikCLMForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.train_matmul_dtype == "bfloat16"
     assert loaded.model.decoder.layers[0].fc1.train_matmul_dtype == "bfloat16"
+
+
+def test_single_step_models_keep_the_plain_graph():
+    from spiking_lm import WDSpikingformerForCausalLM
+
+    model = tiny_model(WDSpikingformerForCausalLM, neuron_type="nilif", time_steps=1)
+    inputs = model_inputs(WDSpikingformerForCausalLM)
+    saved, _ = saved_bytes_and_sizes(model, "causal_lm", inputs)
+    with recompute_disabled():
+        plain, _ = saved_bytes_and_sizes(model, "causal_lm", inputs)
+    assert saved == plain  # at T = 1 a neuron keeps a 1-byte mask at most: nothing worth recomputing
