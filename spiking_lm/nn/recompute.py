@@ -7,8 +7,11 @@ integer counts. `recompute_region(run, inputs, codings, parameters)` runs ``run(
 anything it computes, saves only its inputs (spike inputs as uint8 counts), and in the backward pass runs it
 again with autograd on to get the gradients of its inputs and ``parameters``.
 
-The recomputed forward is bitwise the forward: a count k decodes as ``k · scale``, the very product the
-neuron computed, and nothing in a spiking block draws random numbers.
+The recomputed forward is bitwise the forward: a count k decodes as ``k · scale`` (+ offset where that is exact),
+the very product the neuron computed, and nothing in a spiking block draws random numbers.
+
+`spiking_lm.nn.layers` opens regions only for T > 1, where neurons keep T real-valued steps each; at T = 1 they
+keep a 1-byte mask at most and recomputing would only cost time.
 
 Regions are used only while training (autograd on and some input needs a gradient), never nested, and not for
 DeepSpeed ZeRO-3 partitioned parameters (whose gradients DeepSpeed reduces from its own hooks). The first run
