@@ -21,6 +21,7 @@ import torch
 
 __all__ = [
     "ATTENTION_TYPES",
+    "MATMUL_DTYPES",
     "SFSA_SCALES",
     "WTA_MODES",
     "allowed_keys",
@@ -101,6 +102,10 @@ def winner_take_all(
         return hard
     soft = torch.softmax(masked / temperature, dim=-1).nan_to_num(0.0)
     return hard + soft - soft.detach()
+
+
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""Names a config may give for the dtype of training matrix products (``train_matmul_dtype``)."""
 
 
 def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -9,7 +9,7 @@ import math
 
 from transformers import PreTrainedConfig
 
-from .attention import ATTENTION_TYPES, SFSA_SCALES, WTA_MODES
+from .attention import ATTENTION_TYPES, MATMUL_DTYPES, SFSA_SCALES, WTA_MODES
 from .kernels import BACKENDS
 from .neurons import NEURONS
 from .surrogate import SURROGATES
@@ -18,7 +18,6 @@ __all__ = ["SpikingConfig", "check_choice", "check_positive_int"]
 
 NORM_TYPES = ("layernorm", "rmsnorm")
 SCORE_SCALES = ("sqrt_d", "none")
-TRAIN_MATMUL_DTYPES = ("float32", "bfloat16")
 
 
 def check_positive_int(field: str, value) -> int:
@@ -132,7 +131,7 @@ class SpikingConfig(PreTrainedConfig):
         check_choice("attn_score_scale", attn_score_scale, SCORE_SCALES)
         check_choice("sfsa_output_scale", sfsa_output_scale, SFSA_SCALES)
         check_choice("norm_type", norm_type, NORM_TYPES)
-        check_choice("train_matmul_dtype", train_matmul_dtype, TRAIN_MATMUL_DTYPES)
+        check_choice("train_matmul_dtype", train_matmul_dtype, tuple(MATMUL_DTYPES))
         check_number("v_threshold", v_threshold, 0.0, low_inclusive=False)
         check_number("attn_threshold", attn_threshold, 0.0, low_inclusive=False)
         check_number("wta_temperature", wta_temperature, 0.0, low_inclusive=False)

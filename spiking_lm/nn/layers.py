@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import (
+    MATMUL_DTYPES,
     allowed_keys,
     row_normalized,
     softmax_free_attention,
@@ -60,9 +61,6 @@ def spike_values(spikes: torch.Tensor, neuron) -> torch.Tensor:
     if not in_binary_mode(neuron):
         return spikes
     return binary_to_integer(spikes, neuron.spike_max) * neuron.spike_scale + neuron.spike_offset
-
-
-MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class SpikeLinearFunction(torch.autograd.Function):
@@ -427,7 +425,7 @@ class SpikingSelfAttention(nn.Module):
         """``(context (T, B, H, L, d), attention weights)``; training multiplies in the config's
         ``train_matmul_dtype`` (`spike_matmul`)."""
         config = self.config
-        dtype = MATMUL_DTYPES[getattr(config, "train_matmul_dtype", "float32")]
+        dtype = MATMUL_DTYPES[config.train_matmul_dtype]
         if self.kind == "sfsa":
             scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0
             return softmax_free_attention(

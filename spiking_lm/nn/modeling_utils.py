@@ -22,8 +22,10 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
 
+from .attention import MATMUL_DTYPES
+from .configuration_utils import check_choice
 from .event import INFERENCE_BACKENDS, clear_event_cache
-from .layers import MATMUL_DTYPES, expand_time, mean_over_time, positions_from_mask, run_layers
+from .layers import expand_time, mean_over_time, positions_from_mask, run_layers
 from .neurons import SpikingNeuron
 
 logger = logging.get_logger(__name__)
@@ -154,8 +156,7 @@ class SpikingModelMixin:
     def set_train_matmul_dtype(self, dtype: str):
         """GEMM operand dtype of the spike-fed Linears while training, ``"float32"`` or ``"bfloat16"`` (see
         ``train_matmul_dtype`` in the config, which this updates); returns self."""
-        if dtype not in MATMUL_DTYPES:
-            raise ValueError(f"train_matmul_dtype must be one of {', '.join(MATMUL_DTYPES)}, got {dtype!r}")
+        check_choice("train_matmul_dtype", dtype, tuple(MATMUL_DTYPES))
         self.config.train_matmul_dtype = dtype
         for module in self.modules():
             if isinstance(module, nn.Linear):
