@@ -130,3 +130,61 @@ def test_the_attention_mask_is_shared_between_layers_and_rebuilt_when_it_changes
     assert torch.equal(shared_allowed_keys(mask, 4, 4, True, None, 1), allowed_keys(mask, 4, 4, True, None, 1))
     other = mask.clone()  # another mask and another query length: rebuilt
     assert torch.equal(shared_allowed_keys(other, 1, 4, True, None, 1), allowed_keys(other, 1, 4, True, None, 1))
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_single_row_is_gathered_in_one_piece_per_thread(monkeypatch, two_threads):
+    bags = []
+    original = torch.nn.functional.embedding_bag
+
+    def spy(indices, weight, offsets, **options):
+        bags.append(offsets.numel())
+        return original(indices, weight, offsets, **options)
+
+    monkeypatch.setattr(torch.nn.functional, "embedding_bag", spy)
+    generator = torch.Generator().manual_seed(5)
+    weight_t = torch.randn(640, 12, generator=generator)
+    many = sparse_values(1, 640, 0.5, generator)  # ~320 spikes: two pieces of at least EVENT_MIN_BAG
+    few = sparse_values(1, 640, 0.05, generator)  # ~32 spikes: one bag
+    for values in (many, few):
+        torch.testing.assert_close(gather_rows(values, weight_t), values @ weight_t, rtol=1e-5, atol=1e-5)
+    assert bags == [2, 1]
+
+
+@pytest.mark.parametrize("rows", [1, 5, event.FEW_ROWS_MAX, event.FEW_ROWS_MAX + 1])
+@pytest.mark.parametrize("out_features", [50, 51])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_few_rows_linear_equals_the_linear(rows, out_features, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    calls = []
+    original = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *args: calls.append(1) or original(*args))
+    linear = nn.Linear(24, out_features)
+    x = torch.randn(rows, 1, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            event.few_rows_linear(x, linear.weight, linear.bias), linear(x), rtol=1e-5, atol=1e-6
+        )
+        torch.testing.assert_close(
+            event.few_rows_linear(x, linear.weight), x @ linear.weight.t(), rtol=1e-5, atol=1e-6
+        )
+    assert bool(calls) == (rows <= event.FEW_ROWS_MAX)  # split into blocks only for few rows
+
+
+def test_few_rows_linear_keeps_autograd_and_the_head_keeps_linear_keys():
+    head = event.FewRowsLinear(16, 40)
+    x = torch.randn(1, 16, requires_grad=True)
+    head(x).pow(2).sum().backward()
+    reference = nn.Linear(16, 40)
+    reference.load_state_dict(head.state_dict())
+    y = x.detach().clone().requires_grad_()
+    reference(y).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)
+    assert head.weight.grad is not None and list(head.state_dict()) == ["weight", "bias"]

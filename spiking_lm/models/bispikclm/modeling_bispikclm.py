@@ -11,6 +11,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from spiking_lm.nn.event import FewRowsLinear
 from spiking_lm.nn.layers import (
     SpikingSelfAttention,
     build_norm,
@@ -111,7 +112,7 @@ class BiSpikCLMForCausalLM(SpikingCausalLMMixin, BiSpikCLMPreTrainedModel, Gener
     def __init__(self, config: BiSpikCLMConfig):
         super().__init__(config)
         self.model = BiSpikCLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = FewRowsLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
 

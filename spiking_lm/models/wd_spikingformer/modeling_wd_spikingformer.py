@@ -14,6 +14,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
+from spiking_lm.nn.event import FewRowsLinear
 from spiking_lm.nn.layers import (
     SpikingSelfAttention,
     build_norm,
@@ -108,7 +109,7 @@ class WDSpikingformerForCausalLM(SpikingCausalLMMixin, WDSpikingformerPreTrained
     def __init__(self, config: WDSpikingformerConfig):
         super().__init__(config)
         self.model = WDSpikingformerModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = FewRowsLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
 
