@@ -55,20 +55,26 @@ def reset_weight_reads() -> None:
         WEIGHT_READS[key] = 0
 
 
-def _transposed_weight(*linears: nn.Linear) -> torch.Tensor:
-    """[W₁; W₂; …]ᵀ ``(in, Σ out)`` of Linears sharing an input, contiguous so that each input's row is one read;
-    rebuilt whenever a weight changes (in place or replaced). Kept as a plain attribute of the first Linear: never
-    saved, freed by `clear_event_cache`."""
-    weights = [lin.weight for lin in linears]
-    versions = [weight._version for weight in weights]
+def _transposed_weight(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``([W₁; W₂; …]ᵀ, [b₁; b₂; …])`` of Linears sharing an input: the weights ``(in, Σ out)`` contiguous so that
+    each input's row is one read, the biases concatenated (`None` if none has one; zeros stand in for a missing
+    one). Rebuilt whenever a weight or bias changes (in place or replaced). Kept as a plain attribute of the first
+    Linear: never saved, freed by `clear_event_cache`."""
+    tensors = [lin.weight for lin in linears] + [lin.bias for lin in linears]
+    versions = [None if tensor is None else tensor._version for tensor in tensors]
     cached = linears[0].__dict__.get("_event_cache")
-    # The cache holds the weight objects it was built from: identity plus version catches replacement and
-    # in-place updates without hashing pointers on every call.
-    if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], weights, strict=False)):
+    # The cache holds the tensors it was built from: identity plus version catches replacement and in-place
+    # updates without hashing pointers on every call.
+    if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors, strict=True)):
+        weights = [lin.weight for lin in linears]
         weight = weights[0] if len(weights) == 1 else torch.cat(weights)
-        cached = (weights, versions, weight.detach().t().contiguous())
+        bias = None
+        if any(lin.bias is not None for lin in linears):
+            bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias.detach()
+                              for lin in linears])  # fmt: skip
+        cached = (tensors, versions, weight.detach().t().contiguous(), bias)
         linears[0].__dict__["_event_cache"] = cached
-    return cached[2]
+    return cached[2], cached[3]
 
 
 def clear_event_cache(linear: nn.Linear) -> None:
@@ -78,21 +84,26 @@ def clear_event_cache(linear: nn.Linear) -> None:
 
 def gather_rows(values: torch.Tensor, weight_t: torch.Tensor, nonzero=None) -> torch.Tensor:
     """``values @ weight_t`` for a sparse ``values`` ``(R, in)``, reading only the rows of ``weight_t``
-    ``(in, out)`` that a nonzero selects (``nonzero``: ``values.nonzero(as_tuple=True)`` if already known).
+    ``(in, out)`` that a nonzero selects (``nonzero``: ``values.nonzero(as_tuple=True)`` if already known; for
+    one row, the nonzero columns alone will do).
 
     `embedding_bag` shares its bags (one per input row) among threads; a single row is cut into one bag per
     thread, summed after, so that decoding one sequence reads the weights with every core."""
-    rows, columns = values.nonzero(as_tuple=True) if nonzero is None else nonzero
-    weights = values[rows, columns]
     if values.shape[0] > 1:
+        rows, columns = values.nonzero(as_tuple=True) if nonzero is None else nonzero
         per_row = torch.bincount(rows, minlength=values.shape[0])
         offsets = torch.cumsum(per_row, 0) - per_row
-        return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=weights)
+        return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=values[rows, columns])
+    if nonzero is None:
+        columns = values.view(-1).nonzero().view(-1)
+    else:
+        columns = nonzero if torch.is_tensor(nonzero) else nonzero[-1]
+    weights = values.view(-1).index_select(0, columns)
     pieces = min(torch.get_num_threads(), columns.numel() // EVENT_MIN_BAG)
     if pieces < 2 or weight_t.device.type != "cpu":
         offsets = torch.zeros(1, dtype=torch.long, device=values.device)
         return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=weights)
-    offsets = torch.arange(pieces, device=values.device) * (columns.numel() // pieces)
+    offsets = torch.arange(0, pieces * (columns.numel() // pieces), columns.numel() // pieces, device=values.device)
     return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=weights).sum(0, keepdim=True)
 
 
@@ -159,13 +170,16 @@ def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
         if torch.is_tensor(silent) or silent != 0:
             values, offset = spikes - silent, silent  # gather by counts; the constant goes in below
     in_features = linears[0].in_features
-    widths = [lin.out_features for lin in linears]
     flat = values.reshape(-1, in_features)
-    row_bytes = sum(widths) * linears[0].weight.element_size()
+    out_features = sum(lin.out_features for lin in linears)
+    row_bytes = out_features * linears[0].weight.element_size()
     WEIGHT_READS["calls"] += len(linears)
     nonzero = None
     if in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES:
-        if flat.shape[0] <= EVENT_LOCATE_MAX_ROWS:  # decoding: the positions are likely needed, find them once
+        if flat.shape[0] == 1:  # decoding one sequence: the columns that spiked
+            nonzero = flat.view(-1).nonzero().view(-1)
+            selected = nonzero.numel()
+        elif flat.shape[0] <= EVENT_LOCATE_MAX_ROWS:  # decoding: the positions are likely needed, find them once
             nonzero = flat.nonzero(as_tuple=True)
             selected = nonzero[0].numel()
         else:  # counting is cheaper than locating when the answer may be "use the GEMM"
@@ -173,20 +187,25 @@ def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
     else:
         selected = flat.numel()
     if selected <= gather_limit(flat.shape[0], in_features):
-        output = gather_rows(flat, _transposed_weight(*linears), nonzero)
+        weight_t, bias = _transposed_weight(*linears)
+        output = gather_rows(flat, weight_t, nonzero)
+        if bias is not None:
+            output += bias
         WEIGHT_READS["gathered_calls"] += len(linears)
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes
-        outputs = output.split(widths, dim=-1)
-    else:
-        outputs = [few_rows_linear(flat, lin.weight) for lin in linears]
-        WEIGHT_READS["dense_bytes"] += in_features * row_bytes
+        if torch.is_tensor(offset) or offset != 0:
+            output = output + torch.cat([lin.weight.sum(1) for lin in linears]) * offset
+        output = output.view(*values.shape[:-1], out_features)
+        if len(linears) == 1:
+            return [output]
+        return list(output.split([lin.out_features for lin in linears], dim=-1))
+    WEIGHT_READS["dense_bytes"] += in_features * row_bytes
     results = []
-    for lin, output in zip(linears, outputs, strict=True):
+    for lin in linears:
+        output = few_rows_linear(flat, lin.weight, lin.bias)
         if torch.is_tensor(offset) or offset != 0:
             output = output + lin.weight.sum(1) * offset
-        if lin.bias is not None:
-            output = output + lin.bias
-        results.append(output.reshape(*values.shape[:-1], lin.out_features))
+        results.append(output.view(*values.shape[:-1], lin.out_features))
     return results
 
 

@@ -66,6 +66,18 @@ def test_the_cached_transposed_weight_follows_weight_updates():
         torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
         linear.weight = nn.Parameter(torch.randn(4, 16))  # replaced
         torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
+        linear.bias.add_(1)  # the bias is added from the same cache
+        torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
+        linear.bias = nn.Parameter(torch.randn(4))
+        torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-6, atol=1e-6)
+
+
+def test_a_group_where_only_some_linears_have_a_bias():
+    linears = [nn.Linear(16, 4, bias=False).eval(), nn.Linear(16, 6).eval()]
+    spikes = (torch.rand(2, 1, 16) < 0.3).float()
+    with torch.no_grad():
+        for output, linear in zip(event.event_linears(linears, spikes, None), linears, strict=True):
+            torch.testing.assert_close(output, linear(spikes), rtol=1e-6, atol=1e-6)
 
 
 def test_gathering_is_what_runs_below_the_density_limit(monkeypatch):
