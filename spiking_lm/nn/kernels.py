@@ -10,7 +10,9 @@ Backends:
     ``"inductor"``: `torch.compile`; errors are raised, never hidden.
     ``"auto"`` (default): inductor for tensors of at least `AUTO_COMPILE_MIN_NUMEL` elements, eager below (tiny
     tensors gain nothing from a compiled kernel and would pay its guard overhead). If compiling a kernel
-    fails, ``"auto"`` logs a warning and runs that kernel eagerly for the rest of the process.
+    fails, ``"auto"`` logs a warning and runs that kernel eagerly for the rest of the process; if it only
+    reached dynamo's recompile limit (a process that builds many models), the variants compiled so far keep
+    running compiled and only new ones run eagerly.
 
 Compiled kernels receive their scalar parameters as 0-d tensors, so one graph per number of time steps
 serves every neuron configuration.
@@ -34,6 +36,8 @@ AUTO_COMPILE_MIN_NUMEL = int(os.environ.get("SPIKING_LM_COMPILE_MIN_NUMEL", 1 <<
 
 _compiled_kernels: dict = {}
 _broken_kernels: set = set()
+_limited_kernels: set = set()
+RECOMPILE_LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")  # torch ≥ 2.7 / older names
 
 
 def check_backend(backend: str) -> str:
@@ -62,6 +66,10 @@ def _as_graph_inputs(args, like: torch.Tensor) -> tuple:
     return tuple(converted)
 
 
+def _hit_recompile_limit(error: Exception) -> bool:
+    return type(error).__name__ in RECOMPILE_LIMIT_ERRORS or "recompile limit" in str(error)
+
+
 def _run(function, backend: str, x: torch.Tensor, args: tuple, graph_inputs):
     """The backend rule of the module docstring; ``graph_inputs`` prepares the arguments of a compiled call."""
     if backend == "torch" or torch.compiler.is_compiling():
@@ -74,6 +82,15 @@ def _run(function, backend: str, x: torch.Tensor, args: tuple, graph_inputs):
     try:
         return _compiled(function)(*compiled_args)
     except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
+        if _hit_recompile_limit(error):  # the compiled variants stay; new ones run eagerly
+            if function not in _limited_kernels:
+                _limited_kernels.add(function)
+                logger.warning(
+                    "%s reached torch._dynamo's recompile limit (many shapes or configurations in one process): "
+                    "the variants compiled so far stay compiled, new ones run eagerly",
+                    function.__name__,
+                )
+            return function(x, *args)
         _broken_kernels.add(function)
         logger.warning("torch.compile of %s failed (%s); it runs eagerly from now on", function.__name__, error)
         return function(x, *args)

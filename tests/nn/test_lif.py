@@ -117,3 +117,23 @@ def test_inference_path_is_bitwise_the_training_kernel(v_reset, dtype):
         fast = lif(x, beta=0.6, v_threshold=0.8, v_reset=v_reset)
     assert torch.equal(fast, lif_forward(x.reshape(5, -1), 0.6, 0.8, v_reset).view(x.shape))
     assert torch.equal(x, original)  # the in-place steps never touch the input
+
+
+def test_reaching_the_recompile_limit_keeps_compiled_variants_and_runs_new_ones_eagerly(monkeypatch, caplog):
+    import torch._dynamo
+
+    from spiking_lm.nn import kernels
+
+    def doubled(x, flag):  # a fresh kernel: its own dynamo cache
+        return x * 2 if flag else x + 1
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    first = torch.ones(kernels.AUTO_COMPILE_MIN_NUMEL)
+    assert torch.equal(kernels.run_kernel(doubled, "auto", first, True), first * 2)  # compiled
+    other = first.double()  # a new dtype needs a second graph: over the limit
+    with caplog.at_level("WARNING", logger=kernels.__name__):
+        assert torch.equal(kernels.run_kernel(doubled, "auto", other, True), other * 2)
+    assert "recompile limit" in caplog.text
+    assert doubled not in kernels._broken_kernels  # the first variant is still served compiled
+    compiled = kernels._compiled_kernels[doubled]
+    assert torch.equal(compiled(first, True), first * 2)
