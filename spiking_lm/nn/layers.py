@@ -181,41 +181,13 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
 
 def linears_on_spikes(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
     """`linear_on_spikes` for several Linears fed the same spikes; on the event path they gather together
-    (`event_linears`: the spikes are located once, each reads a row of the concatenated weights), and while
-    training they run as one GEMM over the concatenated weights (`_trains_as_one`)."""
+    (`event_linears`: the spikes are located once, each reads a row of the concatenated weights)."""
     if len(linears) > 1 and all(uses_event_path(linear) for linear in linears):
         for recorder in OPERATION_RECORDERS:
             for linear in linears:
                 recorder.spike_fed_linear(linear, spikes, neuron)
         return event_linears(linears, spikes, neuron)
-    if len(linears) > 1 and _trains_as_one(linears, neuron):
-        for recorder in OPERATION_RECORDERS:
-            for linear in linears:
-                recorder.spike_fed_linear(linear, spikes, neuron)
-        weight = torch.cat([linear.weight for linear in linears])
-        bias = None if linears[0].bias is None else torch.cat([linear.bias for linear in linears])
-        coding, dtype = spike_coding(neuron), train_matmul_dtype(linears[0])
-        if coding is None and dtype == torch.float32:
-            output = F.linear(spikes, weight, bias)
-        else:
-            output = SpikeLinearFunction.apply(spikes, weight, bias, coding, dtype)
-        return list(output.split([linear.out_features for linear in linears], dim=-1))
     return [linear_on_spikes(linear, spikes, neuron) for linear in linears]
-
-
-def _trains_as_one(linears, neuron) -> bool:
-    """Whether Linears fed the same spikes can train as one GEMM over their concatenated weights: the spikes
-    are then encoded and cast once, and one wider GEMM runs in each direction (forward, input gradient, weight
-    gradient) instead of three."""
-    if in_binary_mode(neuron) or not torch.is_grad_enabled():
-        return False
-    first = linears[0]
-    return all(
-        linear.weight.requires_grad
-        and (linear.bias is None) == (first.bias is None)
-        and train_matmul_dtype(linear) == train_matmul_dtype(first)
-        for linear in linears
-    )
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from spiking_lm.nn import build_neuron
-from spiking_lm.nn.layers import RMSNorm, linear_on_spikes, linears_on_spikes, spike_coding
+from spiking_lm.nn.layers import RMSNorm, linear_on_spikes, spike_coding
 
 
 @pytest.mark.parametrize(
@@ -25,25 +25,6 @@ def test_spike_linear_saves_counts_and_gives_the_same_gradients(name, kwargs):
     expected = torch.autograd.grad(expected_out, [x, linear.weight, linear.bias], grad)
     assert torch.equal(out, expected_out)
     for a, b in zip(got, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["lif", "nilif", "asn", "tlif"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_linears_sharing_spikes_train_as_one_gemm_with_each_linears_gradients(name, bias):
-    torch.manual_seed(0)
-    neuron = build_neuron(name).double()
-    linears = [torch.nn.Linear(12, width, bias=bias, dtype=torch.float64) for width in (5, 7, 5)]
-    x = (torch.randn(2, 3, 12, dtype=torch.float64) * 3).requires_grad_()
-    grads = [torch.randn(2, 3, linear.out_features, dtype=torch.float64) for linear in linears]
-    parameters = [x] + [p for linear in linears for p in linear.parameters()]
-
-    outputs = linears_on_spikes(linears, neuron(x), neuron)
-    assert all("Split" in output.grad_fn.name() for output in outputs)  # views of one product
-    got = torch.autograd.grad(outputs, parameters, grads)
-    separate = [linear_on_spikes(linear, neuron(x), neuron) for linear in linears]
-    expected = torch.autograd.grad(separate, parameters, grads)
-    for a, b in zip(outputs + list(got), separate + list(expected), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
