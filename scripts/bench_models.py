@@ -11,6 +11,8 @@ Shape (issue 3): batch 8 x 128 tokens, hidden 256, 4 layers, 4 heads, FFN 1024, 
 Targets: WD-Spikingformer (nilif) training >= 0.9x Llama, memory <= 1.2x; BiSpikCLM (lif, T=4) training
 >= 0.5x OPT, memory <= 2.5x; generation >= 0.5x the ANN. ``bispikclm-bf16`` is the same BiSpikCLM trained with
 ``train_matmul_dtype="bfloat16"`` (bf16 operands in the spike-fed GEMMs; the ANN stays fp32).
+Both models run in one process with freed memory kept for reuse (`spiking_lm.runtime.keep_freed_memory`, what
+`spiking-lm train`/`distill` apply); ``--system-allocator`` measures with glibc's defaults instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from transformers import (
 )
 
 import spiking_lm
+from spiking_lm.runtime import keep_freed_memory
 
 SHAPE = {"vocab_size": 8192, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
 BATCH, LENGTH = 8, 128
@@ -117,12 +120,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--system-allocator", action="store_true", help="do not call keep_freed_memory()")
     args = parser.parse_args()
+    kept = False if args.system_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     input_ids = torch.randint(3, SHAPE["vocab_size"], (BATCH, LENGTH))
     prompt = torch.randint(3, SHAPE["vocab_size"], (1, 32))
-    print(f"torch {torch.__version__}, {args.threads} threads, fp32, batch {BATCH}x{LENGTH}, median of {args.rounds}")
+    allocator = "freed memory kept" if kept else "system allocator defaults"
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, fp32, batch {BATCH}x{LENGTH}, "
+        f"median of {args.rounds}, {allocator}"
+    )
     header = f"{'pair':<44} {'train tok/s (snn / ann)':>24} {'x ANN':>6} {'gen tok/s (snn / ann)':>22} {'x ANN':>6}"
     print(header + f" {'act. MB (snn / ann)':>20} {'x ANN':>6}")
     for label, spiking, ann, causal in build_pairs(args.pairs).values():

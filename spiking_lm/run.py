@@ -20,6 +20,7 @@ from .distill.trainer import CompleteCheckpointMixin, last_complete_checkpoint, 
 from .distributed import configure_backend, gathered
 from .evaluation.results import RESULTS_FILE, record_training
 from .recipes import Recipe, resolve_teacher
+from .runtime import keep_freed_memory
 
 logger = logging.get_logger(__name__)
 
@@ -82,6 +83,7 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
     """Distill ``recipe.teacher`` into a student of ``recipe.student``; returns the saved student folder."""
     if recipe.teacher is None:
         raise ValueError("a distillation recipe needs a 'teacher'")
+    keep_freed_memory()
     teacher_path = resolve_teacher(recipe.teacher)
     args = recipe.training_config(configure_backend(recipe.training))
     masked = recipe.student["architecture"] == "we_spikingformer"
@@ -100,6 +102,7 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
 
 def run_train(recipe: Recipe, resume: bool = False) -> Path:
     """Train a spiking model from its config with the task loss alone (no teacher)."""
+    keep_freed_memory()
     config = recipe.student_class.config_class(**recipe.student_overrides())
     if recipe.data.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer)
