@@ -13,6 +13,7 @@ This module imports only `torch` and same-folder modules so that it can travel w
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -64,57 +65,83 @@ def spike_values(spikes: torch.Tensor, neuron) -> torch.Tensor:
 
 
 class SpikeLinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b for training, keeping x for the weight gradient as compactly as it allows.
+    """y_i = x W_iᵀ + b_i for one or more Linears fed the same spikes x, for training, keeping x for the weight
+    gradients as compactly as it allows.
+
+    ``apply(x, coding, matmul_dtype, weight_1, bias_1, weight_2, bias_2, ...)`` returns one output per Linear.
 
     ``coding = (scale, offset)`` says x holds spikes scale·k + offset with integer counts k ∈ [0, 255]: x is then
-    kept as uint8 counts (1 byte instead of 4; spike inputs are the largest activations a spiking model
-    stores), and scale and offset are applied to the small weight-gradient matrix. Without a coding x is kept as
+    kept once as uint8 counts (1 byte instead of 4; spike inputs are the largest activations a spiking model
+    stores), and scale and offset are applied to the small weight-gradient matrices. Without a coding x is kept as
     is.
 
-    ``matmul_dtype = torch.bfloat16`` runs the three GEMMs (forward, input and weight gradient) on bf16 operands
-    with fp32 results, ~3x faster than fp32 on CPUs with AVX512-BF16. Spike counts are exact in bf16; the weights
+    ``matmul_dtype = torch.bfloat16`` runs the GEMMs (forward, input and weight gradients) on bf16 operands with
+    fp32 results, ~2.5-3x faster than fp32 on CPUs with AVX512-BF16. Spike counts are exact in bf16; the weights
     and gradients are rounded to bf16 (8-bit mantissa) as in any bf16 mixed-precision training; the fp32 weights
     stay the master copy.
+
+    With several Linears, the input is converted once, and the backward pass multiplies the output gradients side
+    by side: one GEMM for the input gradient (no sum of per-Linear gradients) and one for all weight gradients.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, coding, matmul_dtype):
+    def forward(ctx, x, coding, matmul_dtype, *parameters):
+        weights, biases = parameters[0::2], parameters[1::2]
         counts = None if coding is None else encode_counts(x, *coding)
         low = matmul_dtype != torch.float32  # float32 means: the input's own dtype
-        ctx.coding, ctx.has_bias = coding, bias is not None
+        ctx.coding, ctx.has_bias = coding, [bias is not None for bias in biases]
         ctx.matmul_dtype = matmul_dtype if low else None
-        if counts is not None:
-            ctx.save_for_backward(counts, weight)
-        else:
-            ctx.save_for_backward(x.to(matmul_dtype) if low else x, weight)
+        kept = counts if counts is not None else (x.to(matmul_dtype) if low else x)
+        ctx.save_for_backward(kept, *weights)
         if not low:
-            return F.linear(x, weight, bias)
-        operand = x if counts is None else counts  # counts are exact bf16 operands
-        if coding is None or coding == (1.0, 0.0):  # the bias joins the GEMM
-            low_bias = None if bias is None else bias.to(matmul_dtype)
-            return F.linear(operand.to(matmul_dtype), weight.to(matmul_dtype), low_bias).float()
-        output = _apply_coding(F.linear(operand.to(matmul_dtype), weight.to(matmul_dtype)).float(), weight, *coding)
-        return output if bias is None else output + bias
+            return tuple(F.linear(x, weight, bias) for weight, bias in zip(weights, biases, strict=True))
+        operand = (x if counts is None else counts).to(matmul_dtype)  # counts are exact bf16 operands
+        outputs = []
+        for weight, bias in zip(weights, biases, strict=True):
+            if coding is None or coding == (1.0, 0.0):  # the bias joins the GEMM
+                low_bias = None if bias is None else bias.to(matmul_dtype)
+                outputs.append(F.linear(operand, weight.to(matmul_dtype), low_bias).float())
+                continue
+            output = _apply_coding(F.linear(operand, weight.to(matmul_dtype)).float(), weight, *coding)
+            outputs.append(output if bias is None else output + bias)
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, grad_output):
-        kept, weight = ctx.saved_tensors
-        dtype = ctx.matmul_dtype or grad_output.dtype
-        grad_input = grad_weight = grad_bias = None
-        flat_grad = grad_output.reshape(-1, grad_output.shape[-1])
-        if ctx.needs_input_grad[0]:
-            grad_input = (grad_output.to(dtype) @ weight.to(dtype)).to(grad_output.dtype)
-        if ctx.needs_input_grad[1]:
+    def backward(ctx, *grad_outputs):
+        kept, *weights = ctx.saved_tensors
+        reference = next(grad for grad in grad_outputs if grad is not None)
+        dtype = ctx.matmul_dtype or reference.dtype
+        grad_outputs = [torch.zeros_like(reference) if grad is None else grad for grad in grad_outputs]
+        flat_grads = [grad.reshape(-1, grad.shape[-1]) for grad in grad_outputs]
+        # The output gradients side by side, converted to the GEMM dtype in the same pass.
+        widths = [grad.shape[-1] for grad in flat_grads]
+        joined = flat_grads[0].to(dtype)
+        if len(flat_grads) > 1:
+            joined = torch.empty(flat_grads[0].shape[0], sum(widths), dtype=dtype, device=reference.device)
+            for part, grad in zip(joined.split(widths, dim=1), flat_grads, strict=True):
+                part.copy_(grad)
+        needs = ctx.needs_input_grad
+        grad_input = None
+        if needs[0]:
+            weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+            grad_input = (joined @ weight.to(dtype)).to(reference.dtype).view(*reference.shape[:-1], -1)
+        grad_parameters = []
+        weight_grads = [None] * len(weights)
+        if any(needs[3::2]):
             inputs = kept.reshape(-1, kept.shape[-1]).to(dtype)
-            grad_weight = (flat_grad.to(dtype).T @ inputs).to(grad_output.dtype)
-            scale, offset = ctx.coding or (1.0, 0.0)
-            if scale != 1:
-                grad_weight = grad_weight * scale
-            if offset != 0:
-                grad_weight = grad_weight + offset * flat_grad.sum(0).unsqueeze(1)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = flat_grad.sum(0)
-        return grad_input, grad_weight, grad_bias, None, None
+            weight_grads = (joined.T @ inputs).to(reference.dtype).split(widths)
+        scale, offset = ctx.coding or (1.0, 0.0)
+        for index, (grad, flat_grad) in enumerate(zip(weight_grads, flat_grads, strict=True)):
+            if grad is not None and needs[3 + 2 * index]:
+                if scale != 1:
+                    grad = grad * scale
+                if offset != 0:
+                    grad = grad + offset * flat_grad.sum(0).unsqueeze(1)
+            else:
+                grad = None
+            bias_grad = flat_grad.sum(0) if ctx.has_bias[index] and needs[4 + 2 * index] else None
+            grad_parameters += [grad, bias_grad]
+        return grad_input, None, None, *grad_parameters
 
 
 def _apply_coding(counts_product: torch.Tensor, weight: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
@@ -166,12 +193,11 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
     if uses_event_path(linear):
         return event_linear(linear, spikes, neuron)
     if not in_binary_mode(neuron):
-        if not (torch.is_grad_enabled() and linear.weight.requires_grad):
+        options = _training_function_options([linear], neuron)
+        if options is None:
             return linear(spikes)
-        coding, dtype = spike_coding(neuron), train_matmul_dtype(linear)
-        if coding is None and dtype == torch.float32:
-            return linear(spikes)
-        return SpikeLinearFunction.apply(spikes, linear.weight, linear.bias, coding, dtype)
+        (output,) = SpikeLinearFunction.apply(spikes, *options, linear.weight, linear.bias)
+        return output
     output = binary_to_integer(F.linear(spikes, linear.weight), neuron.spike_max) * neuron.spike_scale
     offset = neuron.spike_offset
     if torch.is_tensor(offset) or offset != 0:
@@ -179,15 +205,44 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
     return output if linear.bias is None else output + linear.bias
 
 
+def exact_output_dtype(linears, neuron) -> torch.dtype | None:
+    """The low-precision dtype that holds the training outputs of these spike-fed Linears exactly, else `None`:
+    bf16 when they multiply in bf16 with the bias inside the GEMM (`SpikeLinearFunction` rounds the product to
+    bf16 once, then widens it), so that what keeps them for backward may keep them in bf16 at no loss."""
+    options = _training_function_options(linears, neuron)
+    if options is None or options[1] == torch.float32 or options[0] not in (None, (1.0, 0.0)):
+        return None
+    return options[1]
+
+
 def linears_on_spikes(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
-    """`linear_on_spikes` for several Linears fed the same spikes; on the event path they gather together
-    (`event_linears`: the spikes are located once, each reads a row of the concatenated weights)."""
-    if len(linears) > 1 and all(uses_event_path(linear) for linear in linears):
-        for recorder in OPERATION_RECORDERS:
-            for linear in linears:
-                recorder.spike_fed_linear(linear, spikes, neuron)
+    """`linear_on_spikes` for several Linears fed the same spikes. On the event path they gather together
+    (`event_linears`: the spikes are located once, each reads a row of the concatenated weights); when training
+    they share one `SpikeLinearFunction` (the spikes are converted and kept once)."""
+    grouped = _training_function_options(linears, neuron) if len(linears) > 1 else None
+    event = len(linears) > 1 and all(uses_event_path(linear) for linear in linears)
+    if not (event or grouped):
+        return [linear_on_spikes(linear, spikes, neuron) for linear in linears]
+    for recorder in OPERATION_RECORDERS:
+        for linear in linears:
+            recorder.spike_fed_linear(linear, spikes, neuron)
+    if event:
         return event_linears(linears, spikes, neuron)
-    return [linear_on_spikes(linear, spikes, neuron) for linear in linears]
+    parameters = [tensor for linear in linears for tensor in (linear.weight, linear.bias)]
+    return list(SpikeLinearFunction.apply(spikes, *grouped, *parameters))
+
+
+def _training_function_options(linears, neuron):
+    """``(coding, dtype)`` if these Linears, fed by ``neuron``, train through one `SpikeLinearFunction`, else
+    `None` (inference, binary mode, the event path, or a plain fp32 Linear on uncoded inputs)."""
+    if in_binary_mode(neuron) or not torch.is_grad_enabled():
+        return None
+    if any(uses_event_path(linear) or not linear.weight.requires_grad for linear in linears):
+        return None
+    coding, dtypes = spike_coding(neuron), {train_matmul_dtype(linear) for linear in linears}
+    if len(dtypes) > 1 or (coding is None and dtypes == {torch.float32}):
+        return None
+    return coding, dtypes.pop()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -230,10 +285,11 @@ def _fusable_neuron(neuron):
     return None
 
 
-def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor) -> torch.Tensor:
+def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor, exact_dtype: torch.dtype | None = None):
     """``neuron(norm(x))``; for LayerNorm/RMSNorm feeding a parameter-free neuron, one compiled region (forward
     and backward fused, the norm output recomputed rather than stored) when no wider than
-    `FUSED_NORM_MAX_WIDTH`; below the compile threshold the same composition runs eagerly."""
+    `FUSED_NORM_MAX_WIDTH`; below the compile threshold the same composition runs eagerly. Otherwise, when
+    training with T > 1, a recomputed region that keeps only x (in ``exact_dtype`` if x is exact in it)."""
     is_rms = isinstance(norm, nn.RMSNorm)
     fusable = (is_rms or isinstance(norm, nn.LayerNorm)) and neuron.backend != "torch"
     fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
@@ -243,7 +299,7 @@ def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor) -> torch.Tensor
         def parameters():
             return [p for module in (norm, neuron) for p in module.parameters() if p.requires_grad]
 
-        return recompute_region(lambda membrane: neuron(norm(membrane)), (x,), (None,), parameters)
+        return recompute_region(lambda membrane: neuron(norm(membrane)), (x,), (exact_dtype,), parameters)
     if form is None:  # T = 1: the neuron keeps a 1-byte mask at most, recomputing would only cost time
         return neuron(norm(x))
     bias = None if is_rms else norm.bias
@@ -288,7 +344,8 @@ def mean_over_time(membrane: torch.Tensor) -> torch.Tensor:
 
 def spiking_mlp(spikes, source_neuron, fc1, norm1, neuron, fc2, norm2) -> torch.Tensor:
     """MLP(s) = Norm₂(Linear₂(SN(Norm₁(Linear₁(s))))), a membrane value for the residual stream."""
-    hidden = normalize_and_fire(norm1, neuron, linear_on_spikes(fc1, spikes, source_neuron))
+    exact = exact_output_dtype([fc1], source_neuron)
+    hidden = normalize_and_fire(norm1, neuron, linear_on_spikes(fc1, spikes, source_neuron), exact)
     return norm2(linear_on_spikes(fc2, hidden, neuron))
 
 
@@ -359,10 +416,11 @@ class SpikingSelfAttention(nn.Module):
         steps, batch, length, _ = values.shape  # (T, B, L, D) -> (T, B, H, L, d)
         return values.view(steps, batch, length, self.num_heads, self.head_dim).transpose(2, 3)
 
-    def _project(self, spikes, source_neuron) -> list[torch.Tensor]:
-        """Q, K and V spike values ``(T, B, H, L, d)``, each Linear → norm → neuron."""
-        linears = [getattr(self, name) for name in self.names[:3]]
-        membranes = linears_on_spikes(linears, spikes, source_neuron)
+    def _projections(self) -> list[nn.Linear]:
+        return [getattr(self, name) for name in self.names[:3]]
+
+    def _project(self, membranes) -> list[torch.Tensor]:
+        """Q, K and V spike values ``(T, B, H, L, d)`` from the outputs of their Linears: norm → neuron."""
         norms, neurons = (self.q_norm, self.k_norm, self.v_norm), (self.q_neuron, self.k_neuron, self.v_neuron)
         return [
             self._split_heads(spike_values(normalize_and_fire(norm, neuron, membrane), neuron))
@@ -385,29 +443,41 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, spikes, source_neuron, attention_mask=None, cache=None):
         producer = None if self.kind == "sfsa" else self.output_neuron
 
-        def attend(spikes):
-            return self._context(spikes, source_neuron, producer, attention_mask, cache)
+        def attend(*membranes):
+            return self._context(membranes, producer, attention_mask, cache)
 
-        if cache is None and spikes.shape[0] > 1:  # training keeps only the input spikes (uint8): Q, K, V and
-            # the attention are recomputed in backward. At T = 1 the plain graph keeps little: left as is.
+        def attend_spikes(spikes):
+            return attend(*linears_on_spikes(self._projections(), spikes, source_neuron))
+
+        exact = exact_output_dtype(self._projections(), source_neuron)
+        if cache is None and spikes.shape[0] > 1 and exact is not None:  # training keeps the Q/K/V Linear
+            # outputs in the dtype of their GEMM (bf16: 2 bytes per value, lossless), so that the norms, neurons
+            # and the attention recompute in backward without the three GEMMs.
+            membranes = linears_on_spikes(self._projections(), spikes, source_neuron)
+            parameters = partial(self._attention_parameters, self.names[:3])
+            context, weights = recompute_region(attend, tuple(membranes), (exact,) * 3, parameters)
+        elif cache is None and spikes.shape[0] > 1:  # training keeps only the input spikes (uint8): Q, K, V
+            # and the attention are recomputed in backward. At T = 1 the plain graph keeps little: left as is.
             coding = (exact_coding(source_neuron),)
-            context, weights = recompute_region(attend, (spikes,), coding, self._attention_parameters)
+            context, weights = recompute_region(attend_spikes, (spikes,), coding, self._attention_parameters)
         else:
-            context, weights = attend(spikes)
+            context, weights = attend_spikes(spikes)
         if self.output_norm_name is None:
             return context, producer, weights
         output = linear_on_spikes(getattr(self, self.names[3]), context, producer)
         return getattr(self, self.output_norm_name)(output), None, weights
 
-    def _attention_parameters(self) -> list:
-        """Trainable parameters used from the input spikes up to the context (not the output projection)."""
-        outside = (self.names[3], self.output_norm_name)
+    def _attention_parameters(self, left_out: tuple = ()) -> list:
+        """Trainable parameters used from the input spikes up to the context (not the output projection, nor the
+        modules named in ``left_out``)."""
+        outside = (self.names[3], self.output_norm_name, *left_out)
         children = (module for name, module in self.named_children() if name not in outside)
         return [p for module in children for p in module.parameters() if p.requires_grad]
 
-    def _context(self, spikes, source_neuron, producer, attention_mask, cache):
-        """``(context (T, B, L, D), attention weights (T, B, H, Lq, Lk))``: Q/K/V, attention, re-spiking."""
-        query, key, value = self._project(spikes, source_neuron)
+    def _context(self, membranes, producer, attention_mask, cache):
+        """``(context (T, B, L, D), attention weights (T, B, H, Lq, Lk))`` from the Q/K/V Linear outputs:
+        Q/K/V spikes, attention, re-spiking."""
+        query, key, value = self._project(membranes)
         if cache is not None:
             key, value = self._cached(key, value, cache)
         steps, batch, _, query_length, _ = query.shape

@@ -2,10 +2,10 @@
 
 A spiking block keeps far more for backward than an ANN block: every neuron keeps its real-valued input for the
 surrogate gradient, over T steps, and spiking attention keeps Q, K, V and a (T, B, H, L, L) map of attention
-spikes. Most of it is cheap to recompute from a few spike tensors, and spikes store losslessly as 1-byte
-integer counts. `recompute_region(run, inputs, codings, parameters)` runs ``run(*inputs)`` without keeping
-anything it computes, saves only its inputs (spike inputs as uint8 counts), and in the backward pass runs it
-again with autograd on to get the gradients of its inputs and ``parameters``.
+spikes. Most of it is cheap to recompute from a few compact tensors: spikes store losslessly as 1-byte integer
+counts, and the outputs of bf16 GEMMs as bf16. `recompute_region(run, inputs, codings, parameters)` runs
+``run(*inputs)`` without keeping anything it computes, saves only its inputs (each in its compact form), and in
+the backward pass runs it again with autograd on to get the gradients of its inputs and ``parameters``.
 
 The recomputed forward is bitwise the forward: a count k decodes as ``k · scale`` (+ offset where that is exact),
 the very product the neuron computed, and nothing in a spiking block draws random numbers.
@@ -98,7 +98,7 @@ class _Region(torch.autograd.Function):
         ctx.run, ctx.codings, ctx.num_inputs = run, codings, num_inputs
         ctx.dtypes = [x.dtype for x in inputs]
         pairs = zip(inputs, codings, strict=True)
-        packed = [x if coding is None else encode_counts(x, *coding) for x, coding in pairs]
+        packed = [_pack(x, coding) for x, coding in pairs]
         ctx.save_for_backward(*packed)
         ctx.parameters = tensors[num_inputs:]  # the module's own leaves, which `run` reads by attribute
         # Autograd on, as in the rerun, so that every layer takes its training code path (the same kernels,
@@ -117,7 +117,9 @@ class _Region(torch.autograd.Function):
         for tensor, coding, dtype, wanted in zip(
             saved, ctx.codings, ctx.dtypes, needed[: ctx.num_inputs], strict=True
         ):
-            if coding is not None:
+            if isinstance(coding, torch.dtype):
+                tensor = tensor.to(dtype)
+            elif coding is not None:
                 scale, offset = coding
                 tensor = tensor.to(dtype) * scale if scale != 1 else tensor.to(dtype)
                 if offset != 0:
@@ -135,6 +137,14 @@ class _Region(torch.autograd.Function):
         return (None, None, None, *(next(grads) if w else None for w in needed))
 
 
+def _pack(x: torch.Tensor, coding) -> torch.Tensor:
+    if coding is None:
+        return x
+    if isinstance(coding, torch.dtype):
+        return x.to(coding)
+    return encode_counts(x, *coding)
+
+
 def recompute_region(run, inputs: tuple, codings: tuple, parameters):
     """``run(*inputs)`` (a tensor or a tuple of tensors), keeping only ``inputs`` for backward.
 
@@ -142,7 +152,8 @@ def recompute_region(run, inputs: tuple, codings: tuple, parameters):
         run: a function of the inputs; it may use module parameters, listed in ``parameters``.
         inputs: the tensors ``run`` reads.
         codings: per input, ``(scale, offset)`` if it holds spikes ``scale·k + offset`` with integer k in
-            [0, 255] (saved as uint8), else `None` (saved as is).
+            [0, 255] (saved as uint8); a dtype (``torch.bfloat16``) if its values are exact in that dtype (the
+            output of a bf16 GEMM: saved in it); else `None` (saved as is).
         parameters: a function returning every trainable tensor ``run`` uses besides its inputs (called only
             when the region is used, so inference pays nothing); they receive their gradients from the rerun.
 

@@ -115,6 +115,28 @@ def test_bfloat16_spike_gemms_train_close_to_float32(model_class, kind):
         assert torch.equal(model(**inputs).logits, logits)
 
 
+@pytest.mark.parametrize("model_class,kind", MODEL_CLASSES)
+def test_bfloat16_training_keeps_gemm_outputs_as_bf16_and_recomputes_the_plain_gradients(model_class, kind):
+    model = tiny_model(model_class, neuron_type="lif", time_steps=2, train_matmul_dtype="bfloat16")
+    inputs = model_inputs(model_class)
+    inputs["attention_mask"][0, :2] = 0
+    loss, grads = loss_and_grads(model, kind, inputs)
+    with recompute_disabled():
+        plain_loss, plain_grads = loss_and_grads(model, kind, inputs)
+    assert torch.equal(loss, plain_loss)  # the recomputation from bf16 copies is bitwise the forward
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+    kept = []
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append((t.dtype, t.shape)) or t, lambda t: t):
+        model(**inputs, labels=labels_for(kind, inputs)).loss.backward()
+    hidden = (2, *inputs["input_ids"].shape, model.config.hidden_size)  # (T, B, L, D)
+    # Q, K and V Linear outputs of every layer, kept for the recomputed attention instead of rerunning the GEMMs
+    assert kept.count((torch.bfloat16, hidden)) >= 3 * model.config.num_hidden_layers
+
+
 def test_train_matmul_dtype_is_validated_and_survives_save_and_load(tmp_path):
     from spiking_lm import BiSpikCLMConfig, BiSpikCLMForCausalLM
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from spiking_lm.nn import build_neuron
-from spiking_lm.nn.layers import RMSNorm, linear_on_spikes, spike_coding
+from spiking_lm.nn.layers import RMSNorm, linear_on_spikes, linears_on_spikes, spike_coding
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,55 @@ def test_spike_linear_saves_counts_and_gives_the_same_gradients(name, kwargs):
     assert torch.equal(out, expected_out)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,kwargs", [("lif", {}), ("nilif", {}), ("asn", {"alpha": -1.3})])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linears_fed_the_same_spikes_train_as_one_function_with_the_same_gradients(name, kwargs, bias):
+    torch.manual_seed(0)
+    neuron = build_neuron(name, **kwargs).double()
+    linears = [torch.nn.Linear(12, width, bias=bias, dtype=torch.float64) for width in (5, 7, 5)]
+    x = (torch.randn(3, 4, 12, dtype=torch.float64) * 3).requires_grad_()
+    grads = [torch.randn(3, 4, linear.out_features, dtype=torch.float64) for linear in linears]
+    parameters = [p for linear in linears for p in linear.parameters()]
+
+    outputs = linears_on_spikes(linears, neuron(x), neuron)
+    function = {output.grad_fn for output in outputs}
+    assert len(function) == 1 and function.pop().name().startswith("SpikeLinearFunction")
+    kept = outputs[0].grad_fn.saved_tensors[0]
+    assert kept.dtype == torch.uint8 and kept.shape == x.shape  # the spikes, kept once for all three
+    got = torch.autograd.grad(outputs, [x, *parameters], grads)
+
+    expected_outputs = [torch.nn.functional.linear(neuron(x), linear.weight, linear.bias) for linear in linears]
+    expected = torch.autograd.grad(expected_outputs, [x, *parameters], grads)
+    for output, reference in zip(outputs, expected_outputs, strict=True):
+        assert torch.equal(output, reference)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_grouped_spike_linears_in_bfloat16_match_one_by_one():
+    torch.manual_seed(0)
+    neuron = build_neuron("lif")
+    linears = [torch.nn.Linear(64, 32) for _ in range(3)]
+    for linear in linears:
+        linear.train_matmul_dtype = "bfloat16"
+    spikes = neuron(torch.randn(2, 8, 64) * 3).detach()
+    grads = [torch.randn(2, 8, 32) for _ in linears]
+    parameters = [p for linear in linears for p in linear.parameters()]
+    results = []
+    for run in (
+        lambda x: linears_on_spikes(linears, x, neuron),
+        lambda x: [linear_on_spikes(l, x, neuron) for l in linears],
+    ):
+        x = spikes.clone().requires_grad_()
+        outputs = run(x)
+        results.append([*outputs, *torch.autograd.grad(outputs, [x, *parameters], grads)])
+    for grouped, single in zip(*results, strict=True):
+        # the input gradient is one bf16 GEMM over the three instead of a sum of three bf16-rounded products
+        torch.testing.assert_close(
+            grouped.detach(), single.detach(), rtol=0, atol=float(single.detach().abs().max()) * 2**-7
+        )
 
 
 @pytest.mark.parametrize("name,kwargs", [("lif", {}), ("nilif", {}), ("asn", {"alpha": -1.3}), ("tlif", {})])
