@@ -7,7 +7,7 @@ neuron's unit, or a binary 1), with `torch.nn.functional.embedding_bag(..., per_
 instead of with the layer size.
 
 Rule (per call, from the spikes actually present): gather while the spikes select at most
-``max(d(rows) · rows, EVENT_MAX_ROWS_READ) · in_features`` weight rows, else run the dense fp32 GEMM, with the
+``max(d(rows) · rows, EVENT_MAX_ROWS_READ) · in_features`` weight rows, else run a dense product, with the
 per-row density limit d(rows) = max(`EVENT_MAX_DENSITY`, `EVENT_FEW_ROWS_DENSITY` − `EVENT_DENSITY_PER_ROW` · rows):
 0.45 at 8 rows, 0.35 at 16, down to 0.2 from ~30 rows on. Measured on 2 CPU cores (768→3072, 3072→768 and
 768→768 layers): with few rows the GEMM is memory bound and slow (8 rows: 0.7-1.0 ms for 768→3072, the same as
@@ -23,12 +23,24 @@ reads one row of the concatenated [W_q; W_k; W_v]ᵀ, one contiguous read instea
 gathered as one bag per thread (`embedding_bag` parallelizes over bags): 8.8 → 13 GB/s of scattered rows from
 memory on 2 cores.
 
-Dense products with few rows (the LM head while decoding, the GEMM side of the rule) use `few_rows_linear`, which
-reads the weight with every core where `F.linear` uses one.
+The dense side multiplies integer spikes in int8 (`int8_linear`): spike values are integer counts k times the
+neuron's unit (0/1 for binary neurons, k ≤ 127 for the integer family, virtual steps folded first), exact in
+int8, and the fp32 weight is held as three int8 pieces W = s ⊙ (A₀ + A₁/254 + A₂/254²) with a per-row scale s
+(`int8_pieces`, kept beside the transposed copy). ``torch._int_mm`` sums k·A exactly in int32 (~830 GOP/s on
+2 cores, ~4× fp32's rate, so three pieces still cost less than one fp32 GEMM) and the three sums combine in
+fp32. Measured against the fp32 GEMM on 125M-sized matrices: 1.2-2.5× faster from 2 to 1024 rows, slower for a
+single row (which then stays fp32); a 125M BiSpikCLM's prefill (8×128 tokens) 1726 → 1593 ms. Matrices under
+the size floor, single rows, ternary spikes (learned per-step scales are no integer counts) and real-valued
+inputs (SFSA's context) use the fp32 GEMM. With few rows (the LM head while decoding, the fp32 side of the rule)
+that is `few_rows_linear`, which reads the weight with every core where `F.linear` uses one. No bf16 product is
+used: torch on a CPU has no bf16 GEMM with an fp32 output, and rounding every product to bf16 (~2e-3 relative)
+would break the exactness bound.
 
-Exactness: both paths compute in fp32 with fp32 weights; they differ only in summation order (≤ ~1e-6
-relative). Adaptive-shift neurons (``asn``/``nasn``) emit ``count · unit + offset``: the event path gathers by
-counts and adds the constant ``offset · W·1``, so silent inputs cost nothing there either.
+Exactness: the gather computes in fp32 with the fp32 weights; the int8 products are exact integer sums with
+weights held to 6e-8 of their row's largest entry (fp32's own rounding of that entry); both differ from the dense
+GEMM by summation order and that last bit (≤ ~1e-6 relative). Adaptive-shift neurons (``asn``/``nasn``) emit
+``count · unit + offset``: the event path works on counts and adds the constant ``offset · W·1``, so silent
+inputs cost nothing there either.
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
@@ -50,9 +62,9 @@ EVENT_MIN_WEIGHT_BYTES = 2**21
 EVENT_MIN_BAG = 64  # a single row's gather is cut among threads only with this many spikes per piece
 FEW_ROWS_MAX = 16  # `few_rows_linear` splits the weight up to this many rows (measured better through 16)
 INFERENCE_BACKENDS = ("dense", "event")
-WEIGHT_READS = {"gathered_bytes": 0, "dense_bytes": 0, "calls": 0, "gathered_calls": 0}
-"""Running totals of weight bytes the event path read (gathered rows vs whole matrices), for benchmarks;
-reset them with `reset_weight_reads`."""
+WEIGHT_READS = {"gathered_bytes": 0, "dense_bytes": 0, "calls": 0, "gathered_calls": 0, "int8_calls": 0}
+"""Running totals of weight bytes the event path read (gathered rows vs whole matrices) and of calls per kind,
+for benchmarks and tests; reset them with `reset_weight_reads`."""
 
 
 def reset_weight_reads() -> None:
@@ -60,30 +72,78 @@ def reset_weight_reads() -> None:
         WEIGHT_READS[key] = 0
 
 
-def _transposed_weight(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``([W₁; W₂; …]ᵀ, [b₁; b₂; …])`` of Linears sharing an input: the weights ``(in, Σ out)`` contiguous so that
-    each input's row is one read, the biases concatenated (`None` if none has one; zeros stand in for a missing
-    one). Rebuilt whenever a weight or bias changes (in place or replaced). Kept as a plain attribute of the first
-    Linear: never saved, freed by `clear_event_cache`."""
+def _derived(linears, kind: str, build):
+    """``build(weight, bias)`` of the Linears' concatenated ``[W₁; W₂; …]`` and ``[b₁; b₂; …]`` (`None` if none has
+    a bias; zeros stand in for a missing one), cached per ``kind`` as a plain attribute of the first Linear: never
+    saved, freed by `clear_event_cache`, rebuilt whenever a weight or bias changes (in place or replaced)."""
     tensors = [lin.weight for lin in linears] + [lin.bias for lin in linears]
     versions = [None if tensor is None else tensor._version for tensor in tensors]
-    cached = linears[0].__dict__.get("_event_cache")
+    caches = linears[0].__dict__.setdefault("_event_cache", {})
+    cached = caches.get(kind)
     # The cache holds the tensors it was built from: identity plus version catches replacement and in-place
     # updates without hashing pointers on every call.
     if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors, strict=True)):
-        weights = [lin.weight for lin in linears]
-        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+        weight = torch.cat([lin.weight.detach() for lin in linears])
         bias = None
         if any(lin.bias is not None for lin in linears):
             bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias.detach()
                               for lin in linears])  # fmt: skip
-        cached = (tensors, versions, weight.detach().t().contiguous(), bias)
-        linears[0].__dict__["_event_cache"] = cached
-    return cached[2], cached[3]
+        cached = (tensors, versions, build(weight, bias))
+        caches[kind] = cached
+    return cached[2]
+
+
+def _transposed_weight(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``([W₁; W₂; …]ᵀ, [b₁; b₂; …])`` of Linears sharing an input: the weights ``(in, Σ out)`` contiguous so that
+    each input's row is one read (`_derived` keeps them)."""
+    return _derived(linears, "transposed", lambda weight, bias: (weight.t().contiguous(), bias))
+
+
+INT8_BASE = 254
+"""Each int8 piece of a weight refines the rounding residual ([-1/2, 1/2]) of the one before by this factor, so
+that every piece stays in [-127, 127]."""
+
+
+def int8_pieces(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fp32 weight ``(out, in)`` as three int8 pieces and a per-row scale: ``(P, s)`` with P ``(in, 3·out)`` =
+    [A₀ | A₁ | A₂]ᵀ and W = s ⊙ (A₀ + A₁/254 + A₂/254²) up to s/2/254² = max|W_row| · 6.1e-8 per entry, the size
+    of fp32's own rounding of the row's largest weight (2⁻²⁴ = 6.0e-8)."""
+    rows = weight.detach().double()
+    scale = (rows.abs().amax(1) / 127).float().double()  # the fp32 scale, so that the pieces are exact for it
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    residual = rows / scale[:, None]
+    pieces = []
+    for _ in range(3):
+        piece = residual.round()
+        pieces.append(piece)
+        residual = (residual - piece) * INT8_BASE
+    return torch.cat(pieces).t().contiguous().to(torch.int8), scale.float()
+
+
+def int8_linear(counts: torch.Tensor, pieces: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``counts @ Wᵀ`` for int8 ``counts`` ``(R, in)`` and W given by `int8_pieces`: three exact int8 products
+    accumulated in int32 (``torch._int_mm``), combined in fp32."""
+    products = torch._int_mm(counts, pieces)  # (R, 3·out) int32, exact
+    out_features = pieces.shape[1] // 3
+    first, second, third = products.split(out_features, dim=1)
+    output = first.float()
+    output.add_(second.float(), alpha=1 / INT8_BASE).add_(third.float(), alpha=1 / INT8_BASE**2)
+    return output.mul_(scale)
+
+
+def integer_unit(neuron) -> float | None:
+    """u such that the neuron's spike values, less their constant offset, are u·k with integer counts
+    0 ≤ k ≤ 127 (int8), else `None` (ternary spikes with learned scales, counts over 127)."""
+    if neuron is None:
+        return None
+    unit = getattr(neuron, "spike_scale", None)
+    if unit is not None:
+        return float(unit) if neuron.spike_max <= 127 else None
+    return 1.0 if getattr(neuron, "binary_output", False) else None
 
 
 def clear_event_cache(linear: nn.Linear) -> None:
-    """Free the transposed weight copy the event path keeps (it is never saved)."""
+    """Free the weight copies the event path keeps (they are never saved)."""
     linear.__dict__.pop("_event_cache", None)
 
 
@@ -110,6 +170,11 @@ def gather_rows(values: torch.Tensor, weight_t: torch.Tensor, nonzero=None) -> t
         return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=weights)
     offsets = torch.arange(0, pieces * (columns.numel() // pieces), columns.numel() // pieces, device=values.device)
     return F.embedding_bag(columns, weight_t, offsets, mode="sum", per_sample_weights=weights).sum(0, keepdim=True)
+
+
+def _int8_weights(weight, bias):
+    """What the int8 product needs of concatenated weights: pieces, scales and the bias."""
+    return (*int8_pieces(weight), bias)
 
 
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,7 +245,8 @@ def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
     row_bytes = out_features * linears[0].weight.element_size()
     WEIGHT_READS["calls"] += len(linears)
     nonzero = None
-    if in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES:
+    large = in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES
+    if large:
         if flat.shape[0] == 1:  # decoding one sequence: the columns that spiked
             nonzero = flat.view(-1).nonzero().view(-1)
             selected = nonzero.numel()
@@ -191,27 +257,31 @@ def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
             selected = torch.count_nonzero(flat).item()
     else:
         selected = flat.numel()
+    unit = integer_unit(neuron)
     if selected <= gather_limit(flat.shape[0], in_features):
         weight_t, bias = _transposed_weight(*linears)
         output = gather_rows(flat, weight_t, nonzero)
-        if bias is not None:
-            output += bias
         WEIGHT_READS["gathered_calls"] += len(linears)
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes
-        if torch.is_tensor(offset) or offset != 0:
-            output = output + torch.cat([lin.weight.sum(1) for lin in linears]) * offset
-        output = output.view(*values.shape[:-1], out_features)
-        if len(linears) == 1:
-            return [output]
-        return list(output.split([lin.out_features for lin in linears], dim=-1))
-    WEIGHT_READS["dense_bytes"] += in_features * row_bytes
-    results = []
-    for lin in linears:
-        output = few_rows_linear(flat, lin.weight, lin.bias)
-        if torch.is_tensor(offset) or offset != 0:
-            output = output + lin.weight.sum(1) * offset
-        results.append(output.view(*values.shape[:-1], lin.out_features))
-    return results
+    elif unit is not None and flat.shape[0] > 1 and large and flat.device.type == "cpu":  # exact int8 products
+        pieces, scale, bias = _derived(linears, "int8", _int8_weights)
+        counts = (flat if unit == 1 else torch.round(flat / unit)).to(torch.int8)
+        output = int8_linear(counts, pieces, scale if unit == 1 else scale * unit)
+        WEIGHT_READS["dense_bytes"] += pieces.numel()
+        WEIGHT_READS["int8_calls"] += len(linears)
+    else:
+        WEIGHT_READS["dense_bytes"] += in_features * row_bytes
+        outputs = [few_rows_linear(flat, lin.weight) for lin in linears]
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        bias = _derived(linears, "bias", lambda _, bias: bias)
+    if bias is not None:
+        output += bias
+    if torch.is_tensor(offset) or offset != 0:  # the silent inputs' constant: offset · W·1
+        output += _derived(linears, "row_sums", lambda weight, _: weight.sum(1)) * offset
+    output = output.view(*values.shape[:-1], out_features)
+    if len(linears) == 1:
+        return [output]
+    return list(output.split([lin.out_features for lin in linears], dim=-1))
 
 
 def uses_event_path(linear: nn.Linear) -> bool:

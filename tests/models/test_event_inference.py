@@ -41,9 +41,40 @@ def test_event_logits_equal_dense_logits(model_class, kind, neuron_type):
         assert relative_difference(binary, dense) <= 1e-5
 
 
+def products_every_call(monkeypatch):
+    """The other side of the rule: no call gathers, so every Linear fed integer spikes takes the int8 product."""
+    for name in ("EVENT_MAX_DENSITY", "EVENT_FEW_ROWS_DENSITY", "EVENT_MAX_ROWS_READ"):
+        monkeypatch.setattr(event, name, 0.0)
+
+
+@pytest.mark.parametrize(("model_class", "kind"), MODEL_CLASSES, ids=IDS)
+@pytest.mark.parametrize("neuron_type", NEURON_FAMILIES)
+def test_int8_products_give_the_dense_logits(model_class, kind, neuron_type, monkeypatch):
+    products_every_call(monkeypatch)
+    model = tiny_model(model_class, neuron_type=neuron_type)
+    inputs = model_inputs(model_class)
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        event.reset_weight_reads()
+        products = model.set_inference_backend("event")(**inputs).logits
+    if neuron_type == "tlif":  # learned ternary scales are no integer counts: the fp32 GEMM stays
+        assert event.WEIGHT_READS["int8_calls"] == 0
+    else:  # nothing gathered (inputs without any spike "gather" nothing); SFSA's real-valued context stays fp32
+        assert event.WEIGHT_READS["gathered_bytes"] == 0
+        assert event.WEIGHT_READS["int8_calls"] > 0 or (neuron_type, kind) == ("psn", "masked_lm")  # never fires
+    assert relative_difference(products, dense) <= 1e-5
+    if neuron_type in ("nilif", "asn"):  # binary spike inference: the virtual steps fold into counts first
+        with torch.no_grad():
+            binary = model.set_spike_mode("binary")(**inputs).logits
+        assert relative_difference(binary, dense) <= 1e-5
+
+
 @pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
 @pytest.mark.parametrize("neuron_type", ["lif", "nilif"])
-def test_event_backend_generates_the_same_text_with_the_cache(model_class, neuron_type):
+@pytest.mark.parametrize("side", ["gather", "int8"])
+def test_event_backend_generates_the_same_text_with_the_cache(model_class, neuron_type, side, monkeypatch):
+    if side == "int8":
+        products_every_call(monkeypatch)
     model = tiny_model(model_class, neuron_type=neuron_type)
     prompt = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(prompt)

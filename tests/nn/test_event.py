@@ -200,3 +200,60 @@ def test_few_rows_linear_keeps_autograd_and_the_head_keeps_linear_keys():
     reference(y).pow(2).sum().backward()
     torch.testing.assert_close(x.grad, y.grad)
     assert head.weight.grad is not None and list(head.state_dict()) == ["weight", "bias"]
+
+
+def test_int8_pieces_hold_a_weight_to_fp32_precision():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(37, 50, generator=generator) * torch.logspace(-6, 2, 37).unsqueeze(1)
+    weight[3] = 0  # an all-zero row keeps a usable scale
+    pieces, scale = event.int8_pieces(weight)
+    assert pieces.dtype == torch.int8 and pieces.shape == (50, 3 * 37)
+    assert pieces.min() >= -127  # every piece stays within ±127: no int8 overflow at -128
+    first, second, third = pieces.double().t().split(37)
+    rebuilt = scale.double().unsqueeze(1) * (first + second / 254 + third / 254**2)
+    row_max = weight.abs().amax(1, keepdim=True).double()
+    assert ((rebuilt - weight.double()).abs() <= row_max * 6.2e-8).all()
+
+
+@pytest.mark.parametrize("levels", [1, 4, 127])
+def test_int8_products_equal_the_float64_product(levels):
+    generator = torch.Generator().manual_seed(levels)
+    weight = torch.randn(24, 40, generator=generator)
+    counts = torch.randint(0, levels + 1, (9, 40), generator=generator)
+    pieces, scale = event.int8_pieces(weight)
+    got = event.int8_linear(counts.to(torch.int8), pieces, scale).double()
+    expected = counts.double() @ weight.double().t()
+    # fp32's own bound for a sum of 40 products: relative to the sum of absolute terms
+    bound = (counts.double() @ weight.double().abs().t()) * 40 * 2**-24
+    assert ((got - expected).abs() <= bound).all()
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,unit", [("lif", {}, 1.0), ("nilif", {}, 0.25), ("ilif", {"spike_max": 8}, 1.0), ("tlif", {}, None)]
+)
+def test_integer_unit_names_the_step_between_spike_values(name, kwargs, unit):
+    assert event.integer_unit(build_neuron(name, **kwargs)) == unit
+    assert event.integer_unit(None) is None
+    assert event.integer_unit(build_neuron("ilif", spike_max=200)) is None  # counts over 127 do not fit int8
+
+
+@pytest.mark.parametrize(
+    "name,kwargs", [("lif", {}), ("nilif", {}), ("asn", {"alpha": -1.3}), ("ilif", {"spike_max": 3})]
+)
+def test_the_int8_side_of_the_rule_equals_the_dense_linear(name, kwargs, monkeypatch):
+    monkeypatch.setattr(event, "EVENT_MAX_DENSITY", 0.0)
+    monkeypatch.setattr(event, "EVENT_FEW_ROWS_DENSITY", 0.0)
+    monkeypatch.setattr(event, "EVENT_MAX_ROWS_READ", 0.0)
+    torch.manual_seed(0)
+    neuron = build_neuron(name, **kwargs)
+    linears = [nn.Linear(40, 24).eval(), nn.Linear(40, 8, bias=False).eval()]
+    spikes = neuron(torch.randn(1, 6, 40) * 3)
+    event.reset_weight_reads()
+    with torch.no_grad():
+        outputs = event.event_linears(linears, spikes, neuron)
+        for output, linear in zip(outputs, linears, strict=True):
+            torch.testing.assert_close(output, linear_on_spikes(linear, spikes, neuron), rtol=1e-6, atol=1e-6)
+        assert event.WEIGHT_READS["int8_calls"] == 2 and event.WEIGHT_READS["dense_bytes"] == 40 * 32 * 3
+        linears[0].weight.mul_(-3)  # the int8 pieces follow weight updates like the transposed copy
+        output = event.event_linears(linears, spikes, neuron)[0]
+        torch.testing.assert_close(output, linear_on_spikes(linears[0], spikes, neuron), rtol=1e-6, atol=1e-6)
