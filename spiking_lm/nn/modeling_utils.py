@@ -136,7 +136,9 @@ class SpikingModelMixin:
 
     def set_inference_backend(self, backend: str):
         """``"event"``: in eval mode without autograd, every Linear fed spikes reads only the weight columns its
-        spikes select (`spiking_lm.nn.event`); ``"dense"`` (default): plain GEMMs. Returns self.
+        spikes select, or multiplies integer spikes in int8 where a dense product is faster (`spiking_lm.nn.event`;
+        it keeps a transposed and an int8 copy of each such weight, 7 bytes per weight); ``"dense"`` (default):
+        plain GEMMs, and the copies are freed. Returns self.
 
         Both give the same logits up to fp32 summation order; training always uses the dense path.
         """
