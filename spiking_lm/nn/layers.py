@@ -28,7 +28,7 @@ from .attention import (
     spikformer_attention,
     winner_take_all,
 )
-from .event import event_linear, event_linears, uses_event_path
+from .event import event_linear, event_linears, integer_unit, uses_event_path
 from .functional import integer_lif, lif
 from .kernels import run_differentiable
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron, build_neuron
@@ -364,6 +364,14 @@ def shared_allowed_keys(attention_mask, query_length, key_length, causal, device
     return allowed
 
 
+def _cache_unit(neuron) -> float | None:
+    """u such that the neuron's spike values are u·k with integer |k| ≤ 127 and no offset (cacheable as int8)."""
+    offset = getattr(neuron, "spike_offset", 0.0)
+    if torch.is_tensor(offset) or offset != 0:
+        return None
+    return integer_unit(neuron)
+
+
 class SpikingSelfAttention(nn.Module):
     """Spiking self-attention of ``config.attention_type`` with teacher-family parameter names.
 
@@ -428,17 +436,28 @@ class SpikingSelfAttention(nn.Module):
         ]
 
     def _cached(self, key, value, cache):
-        """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, d)``, and return all of them."""
+        """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, d)``, and return all of them.
+
+        On the event backend, K and V whose neurons emit integer multiples of a unit (binary spikes, the integer
+        family without an offset) are stored as int8 counts: exact, and a quarter of the bytes to keep, append
+        and read at every decoding step. They are widened back to the very values the neurons produced."""
         steps, batch = key.shape[:2]
+        event = uses_event_path(getattr(self, self.names[0]))
+        units = [_cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
 
-        def fold(x):
-            return x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)
+        def fold(x, unit):
+            x = x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)
+            if unit is None:
+                return x
+            return (x if unit == 1 else torch.round(x / unit)).to(torch.int8)
 
-        def unfold(x):
+        def unfold(x, unit):
+            if unit is not None:
+                x = x.to(key.dtype) if unit == 1 else x.to(key.dtype) * unit
             return x.view(batch, steps, self.num_heads, -1, self.head_dim).permute(1, 0, 2, 3, 4)
 
-        keys, values = cache.update(fold(key), fold(value), self.layer_idx)
-        return unfold(keys), unfold(values)
+        keys, values = cache.update(fold(key, units[0]), fold(value, units[1]), self.layer_idx)
+        return unfold(keys, units[0]), unfold(values, units[1])
 
     def forward(self, spikes, source_neuron, attention_mask=None, cache=None):
         producer = None if self.kind == "sfsa" else self.output_neuron

@@ -99,3 +99,22 @@ def test_unknown_backend_is_rejected():
     model = tiny_model(CAUSAL_LM_CLASSES[0])
     with pytest.raises(ValueError, match="inference backend must be one of"):
         model.set_inference_backend("sparse")
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
+@pytest.mark.parametrize(
+    "neuron_type,cached_dtype", [("lif", torch.int8), ("nilif", torch.int8), ("asn", torch.float32)]
+)
+def test_event_backend_caches_integer_spike_keys_and_values_as_int8(model_class, neuron_type, cached_dtype):
+    model = tiny_model(model_class, neuron_type=neuron_type)
+    inputs = model_inputs(model_class)
+    with torch.no_grad():
+        dense = model(**inputs, use_cache=True).cache
+        event_cache = model.set_inference_backend("event")(**inputs, use_cache=True).cache
+    for plain, compact in zip(dense.layers, event_cache.layers, strict=True):
+        assert plain.keys.dtype == torch.float32  # the dense backend keeps its fp32 cache
+        assert compact.keys.dtype == compact.values.dtype == cached_dtype  # asn spikes carry an offset: fp32
+        k_neuron = next(module.k_neuron for module in model.modules() if hasattr(module, "k_neuron"))
+        unit = getattr(k_neuron, "spike_scale", 1.0)
+        for full, stored in ((plain.keys, compact.keys), (plain.values, compact.values)):
+            assert torch.equal(full, stored.float() * unit if cached_dtype == torch.int8 else stored)
