@@ -24,23 +24,6 @@ def relative_difference(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize(("model_class", "kind"), MODEL_CLASSES, ids=IDS)
-@pytest.mark.parametrize("neuron_type", NEURON_FAMILIES)
-def test_event_logits_equal_dense_logits(model_class, kind, neuron_type):
-    model = tiny_model(model_class, neuron_type=neuron_type)
-    inputs = model_inputs(model_class)
-    with torch.no_grad():
-        dense = model(**inputs).logits
-        event.reset_weight_reads()
-        gathered = model.set_inference_backend("event")(**inputs).logits
-    assert event.WEIGHT_READS["gathered_calls"] > 0  # the gather really ran
-    assert relative_difference(gathered, dense) <= 1e-5
-    if neuron_type in ("nilif", "asn"):  # binary spike inference on the event path too
-        with torch.no_grad():
-            binary = model.set_spike_mode("binary")(**inputs).logits
-        assert relative_difference(binary, dense) <= 1e-5
-
-
 def products_every_call(monkeypatch):
     """The other side of the rule: no call gathers, so every Linear fed integer spikes takes the int8 product."""
     for name in ("EVENT_MAX_DENSITY", "EVENT_FEW_ROWS_DENSITY", "EVENT_MAX_ROWS_READ"):
@@ -49,20 +32,25 @@ def products_every_call(monkeypatch):
 
 @pytest.mark.parametrize(("model_class", "kind"), MODEL_CLASSES, ids=IDS)
 @pytest.mark.parametrize("neuron_type", NEURON_FAMILIES)
-def test_int8_products_give_the_dense_logits(model_class, kind, neuron_type, monkeypatch):
-    products_every_call(monkeypatch)
+@pytest.mark.parametrize("side", ["gather", "int8"])
+def test_event_logits_equal_dense_logits(model_class, kind, neuron_type, side, monkeypatch):
+    if side == "int8":
+        products_every_call(monkeypatch)
     model = tiny_model(model_class, neuron_type=neuron_type)
     inputs = model_inputs(model_class)
     with torch.no_grad():
         dense = model(**inputs).logits
         event.reset_weight_reads()
-        products = model.set_inference_backend("event")(**inputs).logits
-    if neuron_type == "tlif":  # learned ternary scales are no integer counts: the fp32 GEMM stays
-        assert event.WEIGHT_READS["int8_calls"] == 0
+        fast = model.set_inference_backend("event")(**inputs).logits
+    reads = event.WEIGHT_READS
+    if side == "gather":
+        assert reads["gathered_calls"] > 0  # the gather really ran
+    elif neuron_type == "tlif":  # learned ternary scales are no integer counts: the fp32 GEMM stays
+        assert reads["int8_calls"] == 0
     else:  # nothing gathered (inputs without any spike "gather" nothing); SFSA's real-valued context stays fp32
-        assert event.WEIGHT_READS["gathered_bytes"] == 0
-        assert event.WEIGHT_READS["int8_calls"] > 0 or (neuron_type, kind) == ("psn", "masked_lm")  # never fires
-    assert relative_difference(products, dense) <= 1e-5
+        assert reads["gathered_bytes"] == 0
+        assert reads["int8_calls"] > 0 or (neuron_type, kind) == ("psn", "masked_lm")  # that one never fires
+    assert relative_difference(fast, dense) <= 1e-5
     if neuron_type in ("nilif", "asn"):  # binary spike inference: the virtual steps fold into counts first
         with torch.no_grad():
             binary = model.set_spike_mode("binary")(**inputs).logits
