@@ -25,6 +25,7 @@ from .distill.calibration import calibrate_output_norms
 from .evaluation.perplexity import sliding_window_perplexity
 from .evaluation.results import RESULTS_FILE, record_training
 from .models.bispikclm import BiSpikCLMForCausalLM
+from .runtime import keep_freed_memory
 
 logger = logging.get_logger(__name__)
 
@@ -173,6 +174,7 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     settings = SMOKE if smoke else FULL
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()  # a training run: freed activation buffers are reused (spiking_lm.runtime)
     set_seed(seed)
     started = time.perf_counter()
     train_files, held_out_files = shakespeare_files()

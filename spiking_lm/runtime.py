@@ -7,8 +7,9 @@ page-faulted and zeroed on first touch and handed back when freed. Measured on 2
 batch 8×128, `scripts/bench_models.py`): ~80,000 page faults per training step before, ~1,000 after, and the
 step ~14 % faster (the same-shape OPT: ~8 %).
 
-The setting is process-wide, so the library never applies it on import: `spiking-lm train` / `distill` and the
-benchmark scripts call it; Python users may call it themselves. ``SPIKING_LM_KEEP_FREED_MEMORY=0`` turns it off.
+The setting is process-wide, so the library never applies it on import: `spiking-lm train` / `distill` /
+`quickstart` and the benchmark scripts call it; Python users may call it themselves.
+``SPIKING_LM_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
