@@ -33,7 +33,8 @@ def probe(**env):
 def test_freed_blocks_are_reused_without_page_faults():
     applied, faults = probe()
     assert applied
-    assert faults < 1_000  # each 64 MiB block is the last one's memory
+    # ten 64 MiB blocks: at most two come from fresh pages (16,384 faults each, seen: 0 or 1), the rest reuse memory
+    assert faults <= 2 * 16_384
     applied, faults = probe(SPIKING_LM_KEEP_FREED_MEMORY="0")
     assert not applied
     assert faults > 10 * 16_384 // 2  # the default: every block is fresh pages (16,384 of 4 KiB each)
