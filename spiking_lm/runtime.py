@@ -36,6 +36,9 @@ def keep_freed_memory(mmap_threshold_mb: int = 1024, trim_threshold_mb: int = 20
     heap), as a GPU caching allocator does. A no-op returning `False` where the C library is not glibc or
     ``SPIKING_LM_KEEP_FREED_MEMORY=0``.
     """
+    for value in (mmap_threshold_mb, trim_threshold_mb, top_pad_mb):
+        if not 0 <= value < 2048:
+            raise ValueError(f"keep_freed_memory sizes are in MiB and must lie in [0, 2048), got {value}")
     if os.environ.get("SPIKING_LM_KEEP_FREED_MEMORY", "1") == "0":
         return False
     settings = (
@@ -45,9 +48,6 @@ def keep_freed_memory(mmap_threshold_mb: int = 1024, trim_threshold_mb: int = 20
     )
     if _applied.get("settings") == settings:
         return True
-    for value in (mmap_threshold_mb, trim_threshold_mb, top_pad_mb):
-        if not 0 <= value < 2048:
-            raise ValueError(f"keep_freed_memory sizes are in MiB and must lie in [0, 2048), got {value}")
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False

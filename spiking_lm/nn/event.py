@@ -142,6 +142,11 @@ def integer_unit(neuron) -> float | None:
     return 1.0 if getattr(neuron, "binary_output", False) else None
 
 
+def integer_counts(values: torch.Tensor, unit: float) -> torch.Tensor:
+    """Spike values u·k (``unit`` u from `integer_unit`) as their int8 counts k."""
+    return (values if unit == 1 else torch.round(values / unit)).to(torch.int8)
+
+
 def clear_event_cache(linear: nn.Linear) -> None:
     """Free the weight copies the event path keeps (they are never saved)."""
     linear.__dict__.pop("_event_cache", None)
@@ -265,8 +270,7 @@ def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
         WEIGHT_READS["gathered_bytes"] += selected * row_bytes
     elif unit is not None and flat.shape[0] > 1 and large and flat.device.type == "cpu":  # exact int8 products
         pieces, scale, bias = _derived(linears, "int8", _int8_weights)
-        counts = (flat if unit == 1 else torch.round(flat / unit)).to(torch.int8)
-        output = int8_linear(counts, pieces, scale if unit == 1 else scale * unit)
+        output = int8_linear(integer_counts(flat, unit), pieces, scale if unit == 1 else scale * unit)
         WEIGHT_READS["dense_bytes"] += pieces.numel()
         WEIGHT_READS["int8_calls"] += len(linears)
     else:

@@ -28,7 +28,7 @@ from .attention import (
     spikformer_attention,
     winner_take_all,
 )
-from .event import event_linear, event_linears, integer_unit, uses_event_path
+from .event import event_linear, event_linears, integer_counts, integer_unit, uses_event_path
 from .functional import integer_lif, lif
 from .kernels import run_differentiable
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron, build_neuron
@@ -109,9 +109,8 @@ class SpikeLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outputs):
         kept, *weights = ctx.saved_tensors
-        reference = next(grad for grad in grad_outputs if grad is not None)
+        reference = grad_outputs[0]  # gradients are materialized: an unused output's is zeros
         dtype = ctx.matmul_dtype or reference.dtype
-        grad_outputs = [torch.zeros_like(reference) if grad is None else grad for grad in grad_outputs]
         flat_grads = [grad.reshape(-1, grad.shape[-1]) for grad in grad_outputs]
         # The output gradients side by side, converted to the GEMM dtype in the same pass.
         widths = [grad.shape[-1] for grad in flat_grads]
@@ -447,9 +446,7 @@ class SpikingSelfAttention(nn.Module):
 
         def fold(x, unit):
             x = x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)
-            if unit is None:
-                return x
-            return (x if unit == 1 else torch.round(x / unit)).to(torch.int8)
+            return x if unit is None else integer_counts(x, unit)
 
         def unfold(x, unit):
             if unit is not None:
@@ -468,14 +465,15 @@ class SpikingSelfAttention(nn.Module):
         def attend_spikes(spikes):
             return attend(*linears_on_spikes(self._projections(), spikes, source_neuron))
 
-        exact = exact_output_dtype(self._projections(), source_neuron)
-        if cache is None and spikes.shape[0] > 1 and exact is not None:  # training keeps the Q/K/V Linear
+        training = cache is None and spikes.shape[0] > 1
+        exact = exact_output_dtype(self._projections(), source_neuron) if training else None
+        if exact is not None:  # training keeps the Q/K/V Linear
             # outputs in the dtype of their GEMM (bf16: 2 bytes per value, lossless), so that the norms, neurons
             # and the attention recompute in backward without the three GEMMs.
             membranes = linears_on_spikes(self._projections(), spikes, source_neuron)
             parameters = partial(self._attention_parameters, self.names[:3])
             context, weights = recompute_region(attend, tuple(membranes), (exact,) * 3, parameters)
-        elif cache is None and spikes.shape[0] > 1:  # training keeps only the input spikes (uint8): Q, K, V
+        elif training:  # training keeps only the input spikes (uint8): Q, K, V
             # and the attention are recomputed in backward. At T = 1 the plain graph keeps little: left as is.
             coding = (exact_coding(source_neuron),)
             context, weights = recompute_region(attend_spikes, (spikes,), coding, self._attention_parameters)

@@ -117,14 +117,7 @@ class _Region(torch.autograd.Function):
         for tensor, coding, dtype, wanted in zip(
             saved, ctx.codings, ctx.dtypes, needed[: ctx.num_inputs], strict=True
         ):
-            if isinstance(coding, torch.dtype):
-                tensor = tensor.to(dtype)
-            elif coding is not None:
-                scale, offset = coding
-                tensor = tensor.to(dtype) * scale if scale != 1 else tensor.to(dtype)
-                if offset != 0:
-                    tensor = tensor + offset
-            inputs.append(tensor.detach().requires_grad_(wanted))
+            inputs.append(_unpack(tensor, coding, dtype).detach().requires_grad_(wanted))
         parameters = ctx.parameters
         with torch.enable_grad(), recomputing(), _entered("inside"):
             outputs = ctx.run(*inputs)
@@ -138,11 +131,23 @@ class _Region(torch.autograd.Function):
 
 
 def _pack(x: torch.Tensor, coding) -> torch.Tensor:
+    """``x`` in the compact form its coding names (see `recompute_region`)."""
     if coding is None:
         return x
     if isinstance(coding, torch.dtype):
         return x.to(coding)
     return encode_counts(x, *coding)
+
+
+def _unpack(packed: torch.Tensor, coding, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of `_pack`, bit for bit: the values widened back to ``dtype``."""
+    if coding is None:
+        return packed
+    if isinstance(coding, torch.dtype):
+        return packed.to(dtype)
+    scale, offset = coding
+    values = packed.to(dtype) * scale if scale != 1 else packed.to(dtype)
+    return values + offset if offset != 0 else values
 
 
 def recompute_region(run, inputs: tuple, codings: tuple, parameters):

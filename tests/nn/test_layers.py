@@ -152,3 +152,17 @@ def test_fused_norm_and_neuron_match_the_separate_modules(norm_class, name):
         torch.autograd.grad(fused, params, grad), torch.autograd.grad(separate, params, grad), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_spike_linears_train_when_only_some_outputs_reach_the_loss():
+    torch.manual_seed(0)
+    neuron = build_neuron("lif")
+    linears = [torch.nn.Linear(8, 4), torch.nn.Linear(8, 6)]
+    spikes = neuron(torch.randn(2, 3, 8) * 3)
+    outputs = linears_on_spikes(linears, spikes, neuron)
+    outputs[1].pow(2).sum().backward()
+    assert torch.equal(linears[0].weight.grad, torch.zeros_like(linears[0].weight))
+    expected = torch.autograd.grad(
+        torch.nn.functional.linear(spikes, linears[1].weight).add(linears[1].bias).pow(2).sum(), linears[1].weight
+    )[0]
+    torch.testing.assert_close(linears[1].weight.grad, expected, rtol=1e-6, atol=1e-6)
