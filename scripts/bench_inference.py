@@ -1,7 +1,7 @@
 """Greedy decoding speed: the event-driven path against our dense path and the same-shape fp32 HF ANN.
 
     python scripts/bench_inference.py [--threads 2] [--shapes 8m 125m] [--batches 1 8] [--new-tokens 256]
-                                      [--rounds 1]
+                                      [--rounds 1] [--system-allocator]
 
 For each shape (OPT layout: "8m" = hidden 256, 4 layers, vocab 16384; "125m" = OPT-125M) an `OPTForCausalLM`
 with random weights is the ANN, and BiSpikCLM students built from it by `from_teacher` run with
@@ -20,6 +20,15 @@ the Linears) on the prompt, and the weight bytes read per generated token — fo
 LM head once per step, for the event path the LM head plus what `spiking_lm.nn.event` actually gathered
 (counted while decoding), for our dense path every Linear (and T rows of spikes).
 
+Beside it, the K/V cache bytes the attention reads per step at the mean cached length (prompt + half the new
+tokens), from the cache `generate` left: fp32 for the ANN and our dense path (T times the positions at T > 1),
+on the event path int8 counts, and binary keys as bits (`spiking_lm.nn.event.pack_bits`).
+
+All contenders run in one process with freed memory kept for reuse (`spiking_lm.runtime.keep_freed_memory`):
+the caches grow by a token per step, and with glibc's defaults every step's larger buffers are fresh pages from
+the kernel, a per-run toll that varied from nothing to ~150,000 page faults between identical runs;
+``--system-allocator`` measures with the defaults.
+
 Targets (issue 6): event path ≥ 1.5× the ANN's tokens/s at batch 1 on the 125M shape, ≥ 1.0× at batch 8.
 """
 
@@ -37,6 +46,7 @@ import spiking_lm
 from spiking_lm.energy import estimate_energy
 from spiking_lm.nn import event
 from spiking_lm.nn.event import few_rows_linear
+from spiking_lm.runtime import keep_freed_memory
 
 SHAPES = {
     "8m": {"vocab_size": 16384, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -68,11 +78,17 @@ def linear_bytes(model) -> tuple[int, int]:
     return total - head_bytes, head_bytes
 
 
-def decode(model, prompt, new_tokens) -> float:
+def decode(model, prompt, new_tokens) -> tuple[float, float]:
+    """(seconds, K/V cache bytes read per step at the mean cached length) of greedy decoding."""
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=1)
-    return time.perf_counter() - start
+        output = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                pad_token_id=1, return_dict_in_generate=True)  # fmt: skip
+    seconds = time.perf_counter() - start
+    cache = output.past_key_values
+    stored = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    length = cache.get_seq_length()
+    return seconds, stored * (length - new_tokens / 2) / length
 
 
 def density_on(model, prompt) -> tuple[float, float]:
@@ -125,8 +141,10 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=1, help="rounds per (shape, batch); medians are reported")
+    parser.add_argument("--system-allocator", action="store_true", help="do not call keep_freed_memory()")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"freed memory kept for reuse: {False if args.system_allocator else keep_freed_memory()}")
     rows = []
     for shape in args.shapes:
         ann, students = build(shape)
@@ -144,14 +162,15 @@ def main() -> None:
             )
             speeds = {label: [] for label in contenders}
             ratios = {label: [] for label in contenders}
-            reads = {}
+            reads, cache_reads = {}, {}
             for _ in range(args.rounds):
                 for label, (model, backend) in contenders.items():
                     if backend is not None:
                         model.set_inference_backend(backend)
                     decode(model, prompt, 2)  # warm-up at the prompt's shape (compiled kernels, caches)
                     event.reset_weight_reads()
-                    speed = batch * args.new_tokens / decode(model, prompt, args.new_tokens)
+                    seconds, cache_reads[label] = decode(model, prompt, args.new_tokens)
+                    speed = batch * args.new_tokens / seconds
                     speeds[label].append(speed)
                     ratios[label].append(speed / speeds["OPT fp32 (HF)"][-1])
                     if backend == "event":
@@ -164,12 +183,13 @@ def main() -> None:
                 student = next((name for name, s in students.items() if s is model), None)
                 rate, density = ("-", "-") if student is None else (f"{x:.3f}" for x in rates[student])
                 rows.append((shape, parameters, batch, label, statistics.median(speeds[label]),
-                             statistics.median(ratios[label]), rate, density, reads[label] / 1e6))  # fmt: skip
+                             statistics.median(ratios[label]), rate, density, reads[label] / 1e6,
+                             cache_reads[label] / 1e6))  # fmt: skip
     print(f"\n{'shape':<6} {'params':>7} {'batch':>5}  {'model':<32} {'tok/s':>8} {'x ANN':>6} {'rate':>6} "
-          f"{'dens.':>6} {'MB read/step':>12}")  # fmt: skip
-    for shape, parameters, batch, label, speed, ratio, rate, density, read in rows:
+          f"{'dens.':>6} {'MB read/step':>12} {'K/V MB/step':>11}")  # fmt: skip
+    for shape, parameters, batch, label, speed, ratio, rate, density, read, cache_read in rows:
         print(f"{shape:<6} {parameters:>6.1f}M {batch:>5}  {label:<32} {speed:>8.1f} {ratio:>6.2f} {rate:>6} "
-              f"{density:>6} {read:>12.1f}")  # fmt: skip
+              f"{density:>6} {read:>12.1f} {cache_read:>11.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

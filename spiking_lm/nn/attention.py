@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from .event import and_popcount, pack_bits
+
 __all__ = [
     "ATTENTION_TYPES",
     "MATMUL_DTYPES",
@@ -27,6 +29,7 @@ __all__ = [
     "allowed_keys",
     "softmax_free_attention",
     "spike_matmul",
+    "spike_scores",
     "sparsemax",
     "spikformer_attention",
     "winner_take_all",
@@ -110,11 +113,27 @@ MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``a @ b``; while training with ``dtype=torch.bfloat16``, on bf16 operands with an fp32 result (spike
-    operands are exact, the gradients flowing back are rounded). Inference always multiplies in fp32."""
+    operands are exact, the gradients flowing back are rounded). Inference always multiplies in fp32.
+
+    Operands are time-major ``(T, B, …)``. A ``b`` stored batch-major (the K/V cache keeps ``(B, T·H, L, d)``)
+    is multiplied in that order, ``(aᵀ bᵀ)ᵀ`` over the first two axes: its batch axes then merge into one
+    strided batch, where ``torch.matmul`` would first copy the whole cache (at T = 4, 8 sequences and 192
+    cached tokens: 5 ms instead of 0.5 ms per product)."""
     training = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
     if dtype == torch.float32 or not training:
+        if b.dim() > 3 and b.shape[0] > 1 and b.stride(1) > b.stride(0):
+            return torch.matmul(a.transpose(0, 1), b.transpose(0, 1)).transpose(0, 1)
         return torch.matmul(a, b)
     return torch.matmul(a.to(dtype), b.to(dtype)).float()
+
+
+def spike_scores(query: torch.Tensor, key: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Q Kᵀ, the overlap counts ``(…, Lq, Lk)``. ``key`` may be binary spikes packed into int64 words (the event
+    backend's K cache, `spiking_lm.nn.event.pack_bits`); the caller then guarantees 0/1 queries, and the counts
+    come from AND and popcount on the words."""
+    if key.dtype == torch.int64:
+        return and_popcount(pack_bits(query), key).to(query.dtype)
+    return spike_matmul(query, key.transpose(-1, -2), dtype)
 
 
 def softmax_free_attention(
@@ -133,7 +152,7 @@ def softmax_free_attention(
     picks c: ``"sqrt_d"`` → 1/√d, ``"causal_count"`` → 1/(number of allowed keys of each query).
     ``matmul_dtype``: see `spike_matmul`.
     """
-    scores = spike_matmul(query, key.transpose(-1, -2), matmul_dtype) * allowed  # (T, B, H, Lq, Lk) overlaps
+    scores = spike_scores(query, key, matmul_dtype) * allowed  # (T, B, H, Lq, Lk) overlaps
     attention_spikes = attn_neuron(scores * score_scale)  # binary; masked pairs get 0 input and never fire
     output = spike_matmul(attention_spikes, value, matmul_dtype)
     if output_scale == "sqrt_d":
@@ -145,7 +164,7 @@ def softmax_free_attention(
 
 def spikformer_attention(query, key, value, allowed, scale: float = 0.125, matmul_dtype=torch.float32):
     """SSA baseline: (Q Kᵀ ⊙ mask) V · scale, and the attention counts for inspection."""
-    scores = spike_matmul(query, key.transpose(-1, -2), matmul_dtype) * allowed
+    scores = spike_scores(query, key, matmul_dtype) * allowed
     return spike_matmul(scores, value, matmul_dtype) * scale, scores
 
 

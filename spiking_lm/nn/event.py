@@ -42,6 +42,25 @@ GEMM by summation order and that last bit (≤ ~1e-6 relative). Adaptive-shift n
 ``count · unit + offset``: the event path works on counts and adds the constant ``offset · W·1``, so silent
 inputs cost nothing there either.
 
+Attention (spike × spike) on the event backend, decided per layer call by the neurons and the query rows:
+
+- K cached as bits: when both the K and the Q neuron emit 0/1 spikes (``lif``, parallel spiking neurons), K is
+  stored 64 positions of a head to an int64 word (`pack_bits`: 8 bytes per token and head at head size 64, where
+  int8 counts take 64 and fp32 256). With at most `PACKED_MAX_QUERIES` query rows per head (decoding) Q Kᵀ is
+  popcount(q AND k) on the words (`and_popcount`), exact; with more rows (a prompt fed after earlier tokens)
+  the words are unpacked for a GEMM, which wins there (8 sequences × 128 queries × 128 keys at T = 4: 9 ms vs
+  175 ms for AND/popcount). Measured for one decoding step's Q Kᵀ of a 125M layer against widening int8 counts
+  for the fp32 GEMM: 350 vs 700 µs at 8 sequences and T = 4 (384 heads, 192 keys); 100-150 vs 80-110 µs at 1
+  sequence or T = 1, where the packed cache still saves the widening and 7/8 of the appending.
+- Other K and all V whose neurons emit integer multiples of a unit (integer family without an offset) are cached
+  as int8 counts and widened once per call for the fp32 GEMMs; the units scale the small operands (the query
+  and the context, not the cache). Integer products are exact in fp32, so the results equal the dense path's.
+- A V stays a GEMM on counts: gathering the V rows that attention spikes select (index_select + index_add_)
+  cost more than widening + GEMM at every nonzero density measured (8 sequences, T = 1, 1 % of the keys:
+  274 vs 151 µs; 20 %: 797 vs 147 µs).
+- Products with the cache run in its batch-major layout (`spiking_lm.nn.attention.spike_matmul`): 10× faster
+  at T = 4 than letting ``torch.matmul`` copy the cache into time-major order first.
+
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
 
@@ -145,6 +164,58 @@ def integer_unit(neuron) -> float | None:
 def integer_counts(values: torch.Tensor, unit: float) -> torch.Tensor:
     """Spike values u·k (``unit`` u from `integer_unit`) as their int8 counts k."""
     return (values if unit == 1 else torch.round(values / unit)).to(torch.int8)
+
+
+PACKED_MAX_QUERIES = 4
+"""Binary spike keys are cached packed 64 to an int64 word (`pack_bits`); a head with at most this many query
+rows (decoding) multiplies Q Kᵀ by AND and popcount on the words (`and_popcount`), more rows unpack them for a
+GEMM (module rule)."""
+
+_POPCOUNT_MASKS = (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F)
+_BIT_SHIFTS: dict = {}
+
+
+def _shifts(device) -> torch.Tensor:
+    if device not in _BIT_SHIFTS:
+        _BIT_SHIFTS[device] = torch.arange(64, dtype=torch.int64, device=device)
+    return _BIT_SHIFTS[device]
+
+
+def pack_bits(spikes: torch.Tensor) -> torch.Tensor:
+    """0/1 spikes ``(…, d)`` as int64 words ``(…, ⌈d/64⌉)``, bit i of word w = spike 64·w + i (zero-padded)."""
+    width = spikes.shape[-1]
+    words = -(-width // 64)
+    bits = spikes.to(torch.int64)
+    if words * 64 != width:
+        bits = F.pad(bits, (0, words * 64 - width))
+    # distinct powers of two: the sum is their OR (bit 63 wraps to the sign bit, as a word should hold it)
+    return (bits.view(*spikes.shape[:-1], words, 64) << _shifts(spikes.device)).sum(-1)
+
+
+def unpack_bits(words: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The spikes ``(…, width)`` that `pack_bits` packed, as 0/1 of ``dtype``."""
+    bits = (words.unsqueeze(-1) >> _shifts(words.device)) & 1
+    return bits.flatten(-2)[..., :width].to(dtype)
+
+
+def popcount(words: torch.Tensor) -> torch.Tensor:
+    """Set bits of each int64 word (SWAR: bit pairs, nibbles, bytes, then the bytes summed by shifts; the masks
+    keep the arithmetic shifts of negative words exact)."""
+    pairs, nibbles, octets = _POPCOUNT_MASKS
+    words = words - ((words >> 1) & pairs)
+    words = (words & nibbles).add_((words >> 2) & nibbles)  # from here on every word is non-negative
+    words = words.add_(words >> 4).bitwise_and_(octets)
+    words = words.add_(words >> 8)
+    words = words.add_(words >> 16)
+    return words.add_(words >> 32).bitwise_and_(0x7F)
+
+
+def and_popcount(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Q Kᵀ of binary spikes given as `pack_bits` words, query ``(…, Lq, w)`` and keys ``(…, Lk, w)``: for each
+    (query, key) pair the number of positions where both spiked, popcount(q AND k), as int64 ``(…, Lq, Lk)``.
+    Exact; it reads 8 bytes per key and head where int8 counts take 64 (head size 64)."""
+    counts = popcount(query.unsqueeze(-2) & keys.unsqueeze(-3))
+    return counts.squeeze(-1) if counts.shape[-1] == 1 else counts.sum(-1)
 
 
 def clear_event_cache(linear: nn.Linear) -> None:

@@ -25,10 +25,20 @@ from .attention import (
     row_normalized,
     softmax_free_attention,
     spike_matmul,
+    spike_scores,
     spikformer_attention,
     winner_take_all,
 )
-from .event import event_linear, event_linears, integer_counts, integer_unit, uses_event_path
+from .event import (
+    PACKED_MAX_QUERIES,
+    event_linear,
+    event_linears,
+    integer_counts,
+    integer_unit,
+    pack_bits,
+    unpack_bits,
+    uses_event_path,
+)
 from .functional import integer_lif, lif
 from .kernels import run_differentiable
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron, build_neuron
@@ -434,27 +444,43 @@ class SpikingSelfAttention(nn.Module):
             for membrane, norm, neuron in zip(membranes, norms, neurons, strict=True)
         ]
 
-    def _cached(self, key, value, cache):
-        """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, d)``, and return all of them.
+    def _cached(self, key, value, cache, query_rows: int):
+        """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, ·)``, and return all of them with
+        their units: ``(keys, values, key_unit, value_unit)``, the spike values being unit × what is returned.
 
-        On the event backend, K and V whose neurons emit integer multiples of a unit (binary spikes, the integer
-        family without an offset) are stored as int8 counts: exact, and a quarter of the bytes to keep, append
-        and read at every decoding step. They are widened back to the very values the neurons produced."""
-        steps, batch = key.shape[:2]
-        event = uses_event_path(getattr(self, self.names[0]))
+        On the event backend (exact in every case; `spiking_lm.nn.event` states the rule):
+
+        - K of a binary neuron read by binary queries is stored as `pack_bits` words, 8 bytes per position and head
+          of 64 (int8 counts take 64). With at most `PACKED_MAX_QUERIES` query rows the words come back as they
+          are, for Q Kᵀ by AND and popcount (`spike_scores`); more rows unpack them for a GEMM.
+        - Other K and V whose neurons emit integer multiples of a unit (binary spikes, the integer family without
+          an offset) are stored as int8 counts, a quarter of fp32's bytes to keep and append, and come back as
+          fp32 counts (one widening pass, no scaling: the attention applies the units to its small operands).
+
+        Without earlier tokens in the cache the fresh K/V are returned as they are (unit 1)."""
+        steps, batch, _, length, _ = key.shape
+        event = uses_event_path(getattr(self, self.names[0])) and not OPERATION_RECORDERS
         units = [_cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
+        binary = (getattr(n, "binary_output", False) and _cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
+        packed = event and all(binary)
 
-        def fold(x, unit):
+        def fold(x, unit, pack=False):
             x = x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)
+            if pack:
+                return pack_bits(x)
             return x if unit is None else integer_counts(x, unit)
 
-        def unfold(x, unit):
-            if unit is not None:
-                x = x.to(key.dtype) if unit == 1 else x.to(key.dtype) * unit
-            return x.view(batch, steps, self.num_heads, -1, self.head_dim).permute(1, 0, 2, 3, 4)
+        def unfold(x):
+            if x.dtype == torch.int64 and query_rows > PACKED_MAX_QUERIES:
+                x = unpack_bits(x, self.head_dim, key.dtype)
+            elif x.dtype != torch.int64:
+                x = x.to(key.dtype)
+            return x.view(batch, steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
 
-        keys, values = cache.update(fold(key, units[0]), fold(value, units[1]), self.layer_idx)
-        return unfold(keys, units[0]), unfold(values, units[1])
+        keys, values = cache.update(fold(key, units[0], packed), fold(value, units[1]), self.layer_idx)
+        if keys.shape[-2] == length:  # nothing cached before: no need to read back what was just stored
+            return key, value, 1.0, 1.0
+        return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0
 
     def forward(self, spikes, source_neuron, attention_mask=None, cache=None):
         producer = None if self.kind == "sfsa" else self.output_neuron
@@ -495,11 +521,16 @@ class SpikingSelfAttention(nn.Module):
         """``(context (T, B, L, D), attention weights (T, B, H, Lq, Lk))`` from the Q/K/V Linear outputs:
         Q/K/V spikes, attention, re-spiking."""
         query, key, value = self._project(membranes)
+        key_unit = value_unit = 1.0
         if cache is not None:
-            key, value = self._cached(key, value, cache)
+            key, value, key_unit, value_unit = self._cached(key, value, cache, query.shape[-2])
         steps, batch, _, query_length, _ = query.shape
         allowed = shared_allowed_keys(attention_mask, query_length, key.shape[-2], self.causal, query.device, batch)
-        context, weights = self._attend(query, key, value, allowed)
+        # Q (u_k K)ᵀ = (u_k Q) Kᵀ and A (u_v V) = u_v (A V): the units scale the query and the context (Lq rows),
+        # not the cache (Lk rows); with power-of-two units (binary, ilif, nilif with D = 2ⁿ) bit for bit the same.
+        context, weights = self._attend(query if key_unit == 1 else query * key_unit, key, value, allowed)
+        if value_unit != 1:
+            context = context * value_unit
         for recorder in OPERATION_RECORDERS:
             recorder.spiking_attention(self, query, key, value, weights, allowed)
         context = context.transpose(2, 3).reshape(steps, batch, query_length, -1)  # (T, B, L, D)
@@ -520,7 +551,7 @@ class SpikingSelfAttention(nn.Module):
             )
         if self.kind == "ssa":
             return spikformer_attention(query, key, value, allowed, matmul_dtype=dtype)
-        scores = spike_matmul(query, key.transpose(-1, -2), dtype)
+        scores = spike_scores(query, key, dtype)
         weights = winner_take_all(scores, allowed, config.wta_mode, config.wta_k, config.wta_temperature)
         return spike_matmul(weights, value, dtype), weights
 

@@ -4,7 +4,7 @@ generates the same text with the cache."""
 import pytest
 import torch
 
-from spiking_lm.nn import event
+from spiking_lm.nn import attention, event
 
 from .conftest import CAUSAL_LM_CLASSES, MODEL_CLASSES, model_inputs, tiny_model
 
@@ -91,18 +91,47 @@ def test_unknown_backend_is_rejected():
 
 @pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
 @pytest.mark.parametrize(
-    "neuron_type,cached_dtype", [("lif", torch.int8), ("nilif", torch.int8), ("asn", torch.float32)]
+    "neuron_type,key_dtype,value_dtype",
+    [("lif", torch.int64, torch.int8), ("nilif", torch.int8, torch.int8), ("asn", torch.float32, torch.float32)],
 )
-def test_event_backend_caches_integer_spike_keys_and_values_as_int8(model_class, neuron_type, cached_dtype):
+def test_event_backend_caches_spike_keys_packed_and_values_as_int8(model_class, neuron_type, key_dtype, value_dtype):
     model = tiny_model(model_class, neuron_type=neuron_type)
     inputs = model_inputs(model_class)
     with torch.no_grad():
         dense = model(**inputs, use_cache=True).cache
         event_cache = model.set_inference_backend("event")(**inputs, use_cache=True).cache
+    k_neuron = next(module.k_neuron for module in model.modules() if hasattr(module, "k_neuron"))
+    unit = getattr(k_neuron, "spike_scale", 1.0)
+
+    def widened(stored, width):
+        if stored.dtype == torch.int64:  # binary keys: bits packed into int64 words
+            return event.unpack_bits(stored, width)
+        return stored.float() * unit if stored.dtype == torch.int8 else stored  # asn spikes carry an offset: fp32
+
     for plain, compact in zip(dense.layers, event_cache.layers, strict=True):
         assert plain.keys.dtype == torch.float32  # the dense backend keeps its fp32 cache
-        assert compact.keys.dtype == compact.values.dtype == cached_dtype  # asn spikes carry an offset: fp32
-        k_neuron = next(module.k_neuron for module in model.modules() if hasattr(module, "k_neuron"))
-        unit = getattr(k_neuron, "spike_scale", 1.0)
+        assert (compact.keys.dtype, compact.values.dtype) == (key_dtype, value_dtype)
+        if key_dtype == torch.int64:
+            assert compact.keys.shape[-1] == -(-plain.keys.shape[-1] // 64)
         for full, stored in ((plain.keys, compact.keys), (plain.values, compact.values)):
-            assert torch.equal(full, stored.float() * unit if cached_dtype == torch.int8 else stored)
+            assert torch.equal(full, widened(stored, full.shape[-1]))
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
+def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class, monkeypatch):
+    """Binary keys cached as bits: chunks of at most `PACKED_MAX_QUERIES` rows multiply them by AND/popcount,
+    longer chunks unpack them; both give the logits of one dense forward over the whole sequence."""
+    popcounts = []
+    monkeypatch.setattr(attention, "and_popcount", lambda q, k: popcounts.append(q.shape) or event.and_popcount(q, k))
+    model = tiny_model(model_class, neuron_type="lif")
+    input_ids = model_inputs(model_class, length=12)["input_ids"]
+    with torch.no_grad():
+        dense = model(input_ids=input_ids).logits
+        model.set_inference_backend("event")
+        cache, pieces, start = None, [], 0
+        for end in (5, 11, 12):  # a prefill, a 6-token chunk (unpacked) and a decoding step (packed)
+            output = model(input_ids=input_ids[:, start:end], cache=cache, use_cache=True)
+            cache, start = output.cache, end
+            pieces.append(output.logits)
+    assert [shape[-2] for shape in popcounts] == [1] * model.config.num_hidden_layers
+    assert relative_difference(torch.cat(pieces, dim=1), dense) <= 1e-5

@@ -257,3 +257,23 @@ def test_the_int8_side_of_the_rule_equals_the_dense_linear(name, kwargs, monkeyp
         linears[0].weight.mul_(-3)  # the int8 pieces follow weight updates like the transposed copy
         output = event.event_linears(linears, spikes, neuron)[0]
         torch.testing.assert_close(output, linear_on_spikes(linears[0], spikes, neuron), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [8, 63, 64, 100, 130])
+def test_packed_bits_round_trip_and_and_popcount_equals_the_product(width):
+    generator = torch.Generator().manual_seed(width)
+    query = (torch.rand(3, 2, 4, width, generator=generator) < 0.5).float()
+    keys = (torch.rand(3, 2, 9, width, generator=generator) < 0.5).float()
+    keys[0, 0, 0] = 1.0  # every bit of a word set, the sign bit included
+    words = event.pack_bits(keys)
+    assert words.dtype == torch.int64 and words.shape == (3, 2, 9, -(-width // 64))
+    assert torch.equal(event.unpack_bits(words, width), keys)
+    counts = event.and_popcount(event.pack_bits(query), words)
+    assert counts.dtype == torch.int64
+    assert torch.equal(counts.float(), query @ keys.transpose(-1, -2))
+
+
+def test_popcount_counts_the_bits_of_any_word():
+    words = torch.tensor([0, 1, -1, -(2**63), 2**63 - 1, 0x5555555555555555, -0x5555555555555556])
+    expected = [bin(int(w) & (2**64 - 1)).count("1") for w in words]
+    assert event.popcount(words).tolist() == expected
