@@ -85,7 +85,7 @@ def decode(model, prompt, new_tokens) -> tuple[float, float]:
         output = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                 pad_token_id=1, return_dict_in_generate=True)  # fmt: skip
     seconds = time.perf_counter() - start
-    cache = output.past_key_values
+    cache = output.cache
     stored = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     length = cache.get_seq_length()
     return seconds, stored * (length - new_tokens / 2) / length

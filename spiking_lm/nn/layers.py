@@ -477,7 +477,18 @@ class SpikingSelfAttention(nn.Module):
                 x = x.to(key.dtype)
             return x.view(batch, steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
 
-        keys, values = cache.update(fold(key, units[0], packed), fold(value, units[1]), self.layer_idx)
+        new_keys, new_values = fold(key, units[0], packed), fold(value, units[1])
+        # Each backend stores its own dtypes (torch.cat would promote or fail on a mix): remember them per layer.
+        stored = cache.__dict__.setdefault("_spiking_lm_kv_dtypes", {})
+        kinds = (new_keys.dtype, new_values.dtype)
+        if cache.get_seq_length(self.layer_idx) > 0 and stored.get(self.layer_idx, kinds) != kinds:
+            raise ValueError(
+                f"this cache was filled on the other inference backend (K/V stored as {stored[self.layer_idx]}, "
+                f"this one stores {kinds}) and cannot be continued on this one; start generation again after "
+                "set_inference_backend()"
+            )
+        stored[self.layer_idx] = kinds
+        keys, values = cache.update(new_keys, new_values, self.layer_idx)
         if keys.shape[-2] == length:  # nothing cached before: no need to read back what was just stored
             return key, value, 1.0, 1.0
         return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0

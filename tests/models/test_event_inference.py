@@ -135,3 +135,16 @@ def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class
             pieces.append(output.logits)
     assert [shape[-2] for shape in popcounts] == [1] * model.config.num_hidden_layers
     assert relative_difference(torch.cat(pieces, dim=1), dense) <= 1e-5
+
+
+@pytest.mark.parametrize("first", ["dense", "event"])
+def test_a_cache_filled_on_one_backend_cannot_be_continued_on_the_other(first):
+    model_class = CAUSAL_LM_CLASSES[0]
+    model = tiny_model(model_class, neuron_type="lif").set_inference_backend(first)
+    input_ids = model_inputs(model_class)["input_ids"]
+    with torch.no_grad():
+        cache = model(input_ids=input_ids[:, :4], use_cache=True).cache
+        model(input_ids=input_ids[:, 4:5], cache=cache, use_cache=True)  # the same backend goes on
+        model.set_inference_backend("event" if first == "dense" else "dense")
+        with pytest.raises(ValueError, match="filled on the other inference backend"):
+            model(input_ids=input_ids[:, 5:], cache=cache, use_cache=True)
