@@ -50,8 +50,9 @@ Attention (spike × spike) on the event backend, decided per layer call by the n
   popcount(q AND k) on the words (`and_popcount`), exact; with more rows (a prompt fed after earlier tokens)
   the words are unpacked for a GEMM, which wins there (8 sequences × 128 queries × 128 keys at T = 4: 9 ms vs
   175 ms for AND/popcount). Measured for one decoding step's Q Kᵀ of a 125M layer against widening int8 counts
-  for the fp32 GEMM: 350 vs 700 µs at 8 sequences and T = 4 (384 heads, 192 keys); 100-150 vs 80-110 µs at 1
-  sequence or T = 1, where the packed cache still saves the widening and 7/8 of the appending.
+  for the fp32 GEMM: 350 vs 700 µs at 8 sequences and T = 4 (384 heads, 192 keys), but 100-150 vs 80-110 µs at
+  1 sequence or T = 1 (48-96 heads). The rule keeps one cache format anyway: that loss is ~0.4 ms of a ~50 ms
+  step (1 sequence, T = 4: end to end within noise), and appending to the packed cache copies 1/8 of the bytes.
 - Other K and all V whose neurons emit integer multiples of a unit (integer family without an offset) are cached
   as int8 counts and widened once per call for the fp32 GEMMs; the units scale the small operands (the query
   and the context, not the cache). Integer products are exact in fp32, so the results equal the dense path's.
