@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from .runtime import keep_freed_memory
+
 
 def _quickstart(args: argparse.Namespace) -> int:
     """Tokenizer → OPT teacher → SpAD-distilled BiSpikCLM student on the shipped Shakespeare corpus."""
@@ -158,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     energy.add_argument("--length", type=int, default=128, help="tokens per sequence")
     energy.add_argument("--baseline", help="an HF ANN (e.g. the teacher) to compare with; default: same shape")
     energy.add_argument("--output-dir", help="where energy.json and firing_rates.png go (default: MODEL)")
-    energy.set_defaults(handler=_energy)
+    energy.set_defaults(handler=_energy, runs_models=True)
     perplexity = commands.add_parser("perplexity", help="sliding-window perplexity of a causal LM on text")
     _add_model_arguments(perplexity)
     perplexity.add_argument("--data", help="text file(s) or dataset name (default: the shipped held-out play)")
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     perplexity.add_argument("--text-column", default="text")
     perplexity.add_argument("--window", type=int, help="tokens per pass (default: max_position_embeddings)")
     perplexity.add_argument("--stride", type=int, help="tokens between window starts (default: window / 2)")
-    perplexity.set_defaults(handler=_perplexity)
+    perplexity.set_defaults(handler=_perplexity, runs_models=True)
     zero_shot = commands.add_parser(
         "eval", help="zero-shot suites through lm-evaluation-harness (qa, commonsense or lm-eval task names)"
     )
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     zero_shot.add_argument("--batch-size", type=int, default=8)
     zero_shot.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
     zero_shot.add_argument("--num-fewshot", type=int, default=0)
-    zero_shot.set_defaults(handler=_zero_shot)
+    zero_shot.set_defaults(handler=_zero_shot, runs_models=True)
     glue = commands.add_parser("glue", help="fine-tune and score a sequence classifier on GLUE tasks")
     glue.add_argument("model", help="a saved spiking model folder or Hub id (any head; a classifier is added)")
     glue.add_argument("--task", required=True,
@@ -192,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     glue.add_argument("--max-train-samples", type=int, help="train on the first N examples only")
     glue.add_argument("--seed", type=int, default=42)
     glue.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
-    glue.set_defaults(handler=_glue)
+    glue.set_defaults(handler=_glue, runs_models=True)
     card = commands.add_parser("card", help="write FOLDER/README.md, a model card filled from its results.json")
     card.add_argument("folder", help="a saved model folder")
     card.add_argument("--repo-id", help="Hub id for the usage snippet (default: the folder's path)")
@@ -232,6 +234,8 @@ def _leave_launched_process(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
+    if getattr(args, "runs_models", False):  # train/distill/quickstart apply it in their own entry points
+        keep_freed_memory()  # a spiking model's large temporaries are reused instead of faulted in each time
     if getattr(args, "takes_overrides", False):
         code = args.handler(args, extra)
     elif extra:

@@ -67,3 +67,17 @@ def test_bad_input_is_a_clear_error(tmp_path, teacher_folder):
     path.write_text(path.read_text().replace(str(teacher_folder / "corpus.txt"), str(empty)))
     with pytest.raises(ValueError, match="the dataset is empty"):
         main(["distill", str(path)])
+
+
+@pytest.mark.parametrize(("argv", "runs_models"), [(["perplexity", "m"], True), (["eval", "m"], True),
+                                                    (["energy", "m"], True), (["glue", "m", "--task", "rte"], True),
+                                                    (["card", "m"], False), (["neurons"], False)])  # fmt: skip
+def test_commands_that_run_models_keep_freed_memory_for_reuse(argv, runs_models, monkeypatch):
+    import spiking_lm.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))
+    handler = "_" + {"eval": "zero_shot"}.get(argv[0], argv[0])
+    monkeypatch.setattr(cli, handler, lambda args: 0)  # the command itself is tested elsewhere
+    assert main(argv) == 0
+    assert calls == ([True] if runs_models else [])
