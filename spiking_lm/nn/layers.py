@@ -381,6 +381,21 @@ def _cache_unit(neuron) -> float | None:
     return integer_unit(neuron)
 
 
+def _append(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
+    """``cache.update(keys, values, layer_idx)``, refusing to mix storage formats: each inference backend stores
+    its own dtypes (bits, int8 counts, fp32), and torch.cat would promote a mix silently or fail on the widths."""
+    stored = cache.__dict__.setdefault("_spiking_lm_kv_dtypes", {})
+    kinds = (keys.dtype, values.dtype)
+    if cache.get_seq_length(layer_idx) > 0 and stored.get(layer_idx, kinds) != kinds:
+        raise ValueError(
+            f"this cache was filled on the other inference backend (K/V stored as {stored[layer_idx]}, this one "
+            f"stores {kinds}) and cannot be continued on this one; start generation again after "
+            "set_inference_backend()"
+        )
+    stored[layer_idx] = kinds
+    return cache.update(keys, values, layer_idx)
+
+
 class SpikingSelfAttention(nn.Module):
     """Spiking self-attention of ``config.attention_type`` with teacher-family parameter names.
 
@@ -477,18 +492,7 @@ class SpikingSelfAttention(nn.Module):
                 x = x.to(key.dtype)
             return x.view(batch, steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
 
-        new_keys, new_values = fold(key, units[0], packed), fold(value, units[1])
-        # Each backend stores its own dtypes (torch.cat would promote or fail on a mix): remember them per layer.
-        stored = cache.__dict__.setdefault("_spiking_lm_kv_dtypes", {})
-        kinds = (new_keys.dtype, new_values.dtype)
-        if cache.get_seq_length(self.layer_idx) > 0 and stored.get(self.layer_idx, kinds) != kinds:
-            raise ValueError(
-                f"this cache was filled on the other inference backend (K/V stored as {stored[self.layer_idx]}, "
-                f"this one stores {kinds}) and cannot be continued on this one; start generation again after "
-                "set_inference_backend()"
-            )
-        stored[self.layer_idx] = kinds
-        keys, values = cache.update(new_keys, new_values, self.layer_idx)
+        keys, values = _append(cache, self.layer_idx, fold(key, units[0], packed), fold(value, units[1]))
         if keys.shape[-2] == length:  # nothing cached before: no need to read back what was just stored
             return key, value, 1.0, 1.0
         return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0
