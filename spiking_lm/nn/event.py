@@ -44,15 +44,18 @@ inputs cost nothing there either.
 
 Attention (spike × spike) on the event backend, decided per layer call by the neurons and the query rows:
 
-- K cached as bits: when both the K and the Q neuron emit 0/1 spikes (``lif``, parallel spiking neurons), K is
-  stored 64 positions of a head to an int64 word (`pack_bits`: 8 bytes per token and head at head size 64, where
-  int8 counts take 64 and fp32 256). With at most `PACKED_MAX_QUERIES` query rows per head (decoding) Q Kᵀ is
-  popcount(q AND k) on the words (`and_popcount`), exact; with more rows (a prompt fed after earlier tokens)
-  the words are unpacked for a GEMM, which wins there (8 sequences × 128 queries × 128 keys at T = 4: 9 ms vs
-  175 ms for AND/popcount). Measured for one decoding step's Q Kᵀ of a 125M layer against widening int8 counts
-  for the fp32 GEMM: 350 vs 700 µs at 8 sequences and T = 4 (384 heads, 192 keys), but 100-150 vs 80-110 µs at
-  1 sequence or T = 1 (48-96 heads). The rule keeps one cache format anyway: that loss is ~0.4 ms of a ~50 ms
-  step (1 sequence, T = 4: end to end within noise), and appending to the packed cache copies 1/8 of the bytes.
+- K cached as bits: when both the K and the Q neuron emit 0/1 spikes (``lif``, parallel spiking neurons) and the
+  cache is large enough (below), K is stored 64 positions of a head to an int64 word (`pack_bits`: 8 bytes per
+  token and head at head size 64, where int8 counts take 64 and fp32 256). With at most `PACKED_MAX_QUERIES`
+  query rows per head (decoding) Q Kᵀ is popcount(q AND k) on the words (`and_popcount`), exact; with more rows
+  (a prompt fed after earlier tokens) the words are unpacked for a GEMM, which wins there (8 sequences × 128
+  queries × 128 keys at T = 4: 9 ms vs 175 ms for AND/popcount). One decoding step's Q Kᵀ against widening int8
+  counts for the fp32 GEMM: 350 vs 700 µs at 8 sequences and T = 4 of a 125M layer (384 heads, 192 keys).
+  AND/popcount costs a fixed dozen passes, so small caches lose: 96 heads 159 vs 113 µs at 160 keys and 313 vs
+  163 at 320; 128 heads 190 vs 114, even at 320; 192 heads 269 vs 191 at 160 keys but 459 vs 805 at 320 (the
+  fp32 copy of the cache then leaves the CPU cache). The format is chosen once per cache, when its length is
+  still unknown, so keys are packed from `PACKED_MIN_HEADS` = 192 (T·B·H) on: T = 4 with 4 sequences of 12
+  heads, or 16 sequences at T = 1; smaller caches keep int8 counts.
 - Other K and all V whose neurons emit integer multiples of a unit (integer family without an offset) are cached
   as int8 counts and widened once per call for the fp32 GEMMs; the units scale the small operands (the query
   and the context, not the cache). Integer products are exact in fp32, so the results equal the dense path's.
@@ -171,6 +174,14 @@ PACKED_MAX_QUERIES = 4
 """Binary spike keys are cached packed 64 to an int64 word (`pack_bits`); a head with at most this many query
 rows (decoding) multiplies Q Kᵀ by AND and popcount on the words (`and_popcount`), more rows unpack them for a
 GEMM (module rule)."""
+PACKED_MIN_HEADS = 192
+"""Binary keys are packed only in caches of at least this many (time step, sequence, head) rows (module rule)."""
+
+
+def packs_keys(heads: int) -> bool:
+    """Whether a cache of binary keys with ``heads`` = T·B·H rows keeps them as bits (module rule)."""
+    return heads >= PACKED_MIN_HEADS
+
 
 _POPCOUNT_MASKS = (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F)
 _BIT_SHIFTS: dict = {}

@@ -36,6 +36,7 @@ from .event import (
     integer_counts,
     integer_unit,
     pack_bits,
+    packs_keys,
     unpack_bits,
     uses_event_path,
 )
@@ -466,8 +467,9 @@ class SpikingSelfAttention(nn.Module):
         On the event backend (exact in every case; `spiking_lm.nn.event` states the rule):
 
         - K of a binary neuron read by binary queries is stored as `pack_bits` words, 8 bytes per position and head
-          of 64 (int8 counts take 64). With at most `PACKED_MAX_QUERIES` query rows the words come back as they
-          are, for Q Kᵀ by AND and popcount (`spike_scores`); more rows unpack them for a GEMM.
+          of 64 (int8 counts take 64), in caches of at least `PACKED_MIN_HEADS` T·B·H rows. With at most
+          `PACKED_MAX_QUERIES` query rows the words come back as they are, for Q Kᵀ by AND and popcount
+          (`spike_scores`); more rows unpack them for a GEMM.
         - Other K and V whose neurons emit integer multiples of a unit (binary spikes, the integer family without
           an offset) are stored as int8 counts, a quarter of fp32's bytes to keep and append, and come back as
           fp32 counts (one widening pass, no scaling: the attention applies the units to its small operands).
@@ -477,7 +479,7 @@ class SpikingSelfAttention(nn.Module):
         event = uses_event_path(getattr(self, self.names[0])) and not OPERATION_RECORDERS
         units = [_cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
         binary = (getattr(n, "binary_output", False) and _cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
-        packed = event and all(binary)
+        packed = event and all(binary) and packs_keys(steps * batch * self.num_heads)
 
         def fold(x, unit, pack=False):
             x = x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)

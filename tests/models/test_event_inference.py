@@ -61,6 +61,7 @@ def test_event_logits_equal_dense_logits(model_class, kind, neuron_type, side, m
 @pytest.mark.parametrize("neuron_type", ["lif", "nilif"])
 @pytest.mark.parametrize("side", ["gather", "int8"])
 def test_event_backend_generates_the_same_text_with_the_cache(model_class, neuron_type, side, monkeypatch):
+    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)  # lif keys as bits (nilif's stay int8 counts)
     if side == "int8":
         products_every_call(monkeypatch)
     model = tiny_model(model_class, neuron_type=neuron_type)
@@ -94,7 +95,10 @@ def test_unknown_backend_is_rejected():
     "neuron_type,key_dtype,value_dtype",
     [("lif", torch.int64, torch.int8), ("nilif", torch.int8, torch.int8), ("asn", torch.float32, torch.float32)],
 )
-def test_event_backend_caches_spike_keys_packed_and_values_as_int8(model_class, neuron_type, key_dtype, value_dtype):
+def test_event_backend_caches_spike_keys_packed_and_values_as_int8(
+    model_class, neuron_type, key_dtype, value_dtype, monkeypatch
+):
+    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)  # tiny caches would keep int8 keys (module rule)
     model = tiny_model(model_class, neuron_type=neuron_type)
     inputs = model_inputs(model_class)
     with torch.no_grad():
@@ -122,6 +126,7 @@ def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class
     """Binary keys cached as bits: chunks of at most `PACKED_MAX_QUERIES` rows multiply them by AND/popcount,
     longer chunks unpack them; both give the logits of one dense forward over the whole sequence."""
     popcounts = []
+    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)
     monkeypatch.setattr(attention, "and_popcount", lambda q, k: popcounts.append(q.shape) or event.and_popcount(q, k))
     model = tiny_model(model_class, neuron_type="lif")
     input_ids = model_inputs(model_class, length=12)["input_ids"]
@@ -138,7 +143,8 @@ def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class
 
 
 @pytest.mark.parametrize("first", ["dense", "event"])
-def test_a_cache_filled_on_one_backend_cannot_be_continued_on_the_other(first):
+def test_a_cache_filled_on_one_backend_cannot_be_continued_on_the_other(first, monkeypatch):
+    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)
     model_class = CAUSAL_LM_CLASSES[0]
     model = tiny_model(model_class, neuron_type="lif").set_inference_backend(first)
     input_ids = model_inputs(model_class)["input_ids"]
@@ -148,3 +154,16 @@ def test_a_cache_filled_on_one_backend_cannot_be_continued_on_the_other(first):
         model.set_inference_backend("event" if first == "dense" else "dense")
         with pytest.raises(ValueError, match="filled on the other inference backend"):
             model(input_ids=input_ids[:, 5:], cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
+def test_binary_keys_are_packed_only_in_caches_of_enough_heads(model_class, monkeypatch):
+    model = tiny_model(model_class, neuron_type="lif").set_inference_backend("event")
+    config = model.config
+    inputs = model_inputs(model_class, batch=2)
+    heads = config.time_steps * 2 * config.num_attention_heads
+    for limit, key_dtype in ((heads + 1, torch.int8), (heads, torch.int64)):
+        monkeypatch.setattr(event, "PACKED_MIN_HEADS", limit)
+        with torch.no_grad():
+            cache = model(**inputs, use_cache=True).cache
+        assert {layer.keys.dtype for layer in cache.layers} == {key_dtype}
