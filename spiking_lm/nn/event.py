@@ -16,7 +16,8 @@ efficiently and the gather only wins below ~20 % (512 rows at 20 %: 13.5 vs 19.5
 decoding one or two rows, where gathering up to 70 % of the matrix's rows still reads less (at 40 %: 86 vs
 186 µs). Matrices under `EVENT_MIN_WEIGHT_BYTES` (2 MiB) always take the GEMM: they stay in cache, so reading
 less of them saves nothing and the gather's bookkeeping costs more (a 256→1024 model decoded 15 % slower
-gathering).
+gathering). The layers call the event path only for weights over that floor (`worth_gathering`); smaller ones,
+and the K/V caches of attention layers whose projections are under it, run the dense code.
 
 Linears fed the same spikes (Q, K and V) gather together (`event_linears`): the spikes are located once and each
 reads one row of the concatenated [W_q; W_k; W_v]ᵀ, one contiguous read instead of three. A single input row is
@@ -369,6 +370,14 @@ def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
     if len(linears) == 1:
         return [output]
     return list(output.split([lin.out_features for lin in linears], dim=-1))
+
+
+def worth_gathering(linears) -> bool:
+    """Whether Linears sharing an input hold enough weight bytes for the event path to pay: under
+    `EVENT_MIN_WEIGHT_BYTES` together they always take the GEMM (module rule), which the dense path runs without
+    the event path's bookkeeping. Attention uses the same test for its compact K/V caches: on the 8M shape (all
+    matrices under the floor) the event backend decoded one sequence 6-9 % slower than the dense one with them."""
+    return sum(lin.weight.numel() * lin.weight.element_size() for lin in linears) >= EVENT_MIN_WEIGHT_BYTES
 
 
 def uses_event_path(linear: nn.Linear) -> bool:

@@ -39,6 +39,7 @@ from .event import (
     packs_keys,
     unpack_bits,
     uses_event_path,
+    worth_gathering,
 )
 from .functional import integer_lif, lif
 from .kernels import run_differentiable
@@ -200,7 +201,7 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
     """
     for recorder in OPERATION_RECORDERS:
         recorder.spike_fed_linear(linear, spikes, neuron)
-    if uses_event_path(linear):
+    if uses_event_path(linear) and worth_gathering((linear,)):
         return event_linear(linear, spikes, neuron)
     if not in_binary_mode(neuron):
         options = _training_function_options([linear], neuron)
@@ -230,7 +231,7 @@ def linears_on_spikes(linears, spikes: torch.Tensor, neuron) -> list[torch.Tenso
     (`event_linears`: the spikes are located once, each reads a row of the concatenated weights); when training
     they share one `SpikeLinearFunction` (the spikes are converted and kept once)."""
     grouped = _training_function_options(linears, neuron) if len(linears) > 1 else None
-    event = len(linears) > 1 and all(uses_event_path(linear) for linear in linears)
+    event = len(linears) > 1 and all(uses_event_path(linear) for linear in linears) and worth_gathering(linears)
     if not (event or grouped):
         return [linear_on_spikes(linear, spikes, neuron) for linear in linears]
     for recorder in OPERATION_RECORDERS:
@@ -464,7 +465,8 @@ class SpikingSelfAttention(nn.Module):
         """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, ·)``, and return all of them with
         their units: ``(keys, values, key_unit, value_unit)``, the spike values being unit × what is returned.
 
-        On the event backend (exact in every case; `spiking_lm.nn.event` states the rule):
+        On the event backend, for projections large enough to take it (`worth_gathering`; below, the event
+        backend runs the dense code), exact in every case (`spiking_lm.nn.event` states the rule):
 
         - K of a binary neuron read by binary queries is stored as `pack_bits` words, 8 bytes per position and head
           of 64 (int8 counts take 64), in caches of at least `PACKED_MIN_HEADS` T·B·H rows. With at most
@@ -476,7 +478,8 @@ class SpikingSelfAttention(nn.Module):
 
         Without earlier tokens in the cache the fresh K/V are returned as they are (unit 1)."""
         steps, batch, _, length, _ = key.shape
-        event = uses_event_path(getattr(self, self.names[0])) and not OPERATION_RECORDERS
+        projections = self._projections()
+        event = uses_event_path(projections[0]) and worth_gathering(projections) and not OPERATION_RECORDERS
         units = [_cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
         binary = (getattr(n, "binary_output", False) and _cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
         packed = event and all(binary) and packs_keys(steps * batch * self.num_heads)

@@ -167,3 +167,23 @@ def test_binary_keys_are_packed_only_in_caches_of_enough_heads(model_class, monk
         with torch.no_grad():
             cache = model(**inputs, use_cache=True).cache
         assert {layer.keys.dtype for layer in cache.layers} == {key_dtype}
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
+def test_under_the_size_floor_the_event_backend_runs_the_dense_code(model_class, monkeypatch):
+    """Matrices that stay in the CPU cache always take the GEMM: the event backend then adds only bookkeeping, so
+    it leaves such layers (and their K/V cache) to the dense code, bit for bit."""
+    monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 2**21)  # the library's floor; the tiny model is under it
+    model = tiny_model(model_class, neuron_type="nilif")
+    inputs = model_inputs(model_class)
+    with torch.no_grad():
+        dense = model(**inputs, use_cache=True)
+        event.reset_weight_reads()
+        small = model.set_inference_backend("event")(**inputs, use_cache=True)
+        assert event.WEIGHT_READS["calls"] == 0
+        assert torch.equal(small.logits, dense.logits)
+        assert {layer.keys.dtype for layer in small.cache.layers} == {torch.float32}
+        monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 0)
+        large = model(**inputs, use_cache=True)
+    assert event.WEIGHT_READS["calls"] > 0
+    assert {layer.keys.dtype for layer in large.cache.layers} == {torch.int8}
