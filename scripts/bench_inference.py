@@ -18,7 +18,8 @@ comes from that kernel rather than from reading only what spiked.
 Beside each spiking figure: the measured firing rate and density (share of nonzero spike values entering
 the Linears) on the prompt, and the weight bytes read per generated token — for the ANN every Linear and the
 LM head once per step, for the event path the LM head plus what `spiking_lm.nn.event` actually gathered
-(counted while decoding), for our dense path every Linear (and T rows of spikes).
+(counted while decoding) plus the matrices under its size floor (left to the dense code), for our dense path
+every Linear (and T rows of spikes).
 
 Beside it, the K/V cache bytes the attention reads per step at the mean cached length (prompt + half the new
 tokens), from the cache `generate` left: fp32 for the ANN and our dense path (T times the positions at T > 1),
@@ -76,6 +77,14 @@ def linear_bytes(model) -> tuple[int, int]:
     total = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
     head_bytes = head.numel() * head.element_size()
     return total - head_bytes, head_bytes
+
+
+def dense_code_bytes(model) -> int:
+    """Bytes of the spike-fed Linears under the event path's size floor, which the event backend leaves to the
+    dense code (read whole at every step, uncounted by `event.WEIGHT_READS`)."""
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+               if isinstance(m, torch.nn.Linear) and m is not head and not event.worth_gathering((m,)))  # fmt: skip
 
 
 def decode(model, prompt, new_tokens) -> tuple[float, float]:
@@ -175,7 +184,7 @@ def main() -> None:
                     ratios[label].append(speed / speeds["OPT fp32 (HF)"][-1])
                     if backend == "event":
                         gathered = event.WEIGHT_READS["gathered_bytes"] + event.WEIGHT_READS["dense_bytes"]
-                        reads[label] = gathered / (args.new_tokens + 1) + head_bytes
+                        reads[label] = gathered / (args.new_tokens + 1) + head_bytes + dense_code_bytes(model)
                     else:
                         reads[label] = block_bytes + head_bytes
                     print(f"  {shape} b{batch} {label}: {speed:.1f} tok/s ({ratios[label][-1]:.2f}x ANN)", flush=True)
