@@ -121,7 +121,7 @@ def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.fl
     cached tokens: 5 ms instead of 0.5 ms per product)."""
     training = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
     if dtype == torch.float32 or not training:
-        if b.dim() > 3 and b.shape[0] > 1 and b.stride(1) > b.stride(0):
+        if a.dim() == b.dim() > 3 and b.shape[0] > 1 and b.stride(1) > b.stride(0):
             return torch.matmul(a.transpose(0, 1), b.transpose(0, 1)).transpose(0, 1)
         return torch.matmul(a, b)
     return torch.matmul(a.to(dtype), b.to(dtype)).float()

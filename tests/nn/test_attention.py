@@ -3,7 +3,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import spiking_lm
-from spiking_lm.nn.attention import allowed_keys, sparsemax, winner_take_all
+from spiking_lm.nn.attention import allowed_keys, sparsemax, spike_matmul, winner_take_all
 
 ALL_KEYS = torch.ones(1, 1, 1, 5, dtype=torch.bool)
 
@@ -102,3 +102,14 @@ def test_row_normalized_keeps_gradients_of_silent_rows_bounded():
     maps[0, 0, 1].sum().backward()
     assert torch.equal(weights.grad[:, 0, 0, 1], torch.full((2, 3), 0.5, dtype=torch.float64))  # mean over T=2
     assert torch.equal(weights.grad[:, 0, 0, 0], torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("a_shape", [(3, 2, 4, 1, 8), (4, 1, 8)])
+def test_spike_matmul_on_a_batch_major_operand_equals_the_plain_product(a_shape):
+    """The K/V cache is stored (B, T·H, L, d) and viewed time-major: the product runs in its stored order (no copy)
+    and must equal torch.matmul, also when the first operand broadcasts."""
+    generator = torch.Generator().manual_seed(0)
+    stored = torch.randint(0, 3, (2, 3 * 4, 5, 8), generator=generator).float()  # (B, T·H, L, d)
+    keys = stored.view(2, 3, 4, 5, 8).permute(1, 0, 2, 3, 4)  # (T, B, H, L, d), batch-major in memory
+    a = torch.randint(0, 3, a_shape, generator=generator).float()
+    assert torch.equal(spike_matmul(a, keys.transpose(-1, -2)), torch.matmul(a, keys.transpose(-1, -2)))
