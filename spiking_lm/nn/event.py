@@ -334,7 +334,7 @@ def event_linears(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
     row_bytes = out_features * linears[0].weight.element_size()
     WEIGHT_READS["calls"] += len(linears)
     nonzero = None
-    large = in_features * row_bytes >= EVENT_MIN_WEIGHT_BYTES
+    large = worth_gathering(linears)
     if large:
         if flat.shape[0] == 1:  # decoding one sequence: the columns that spiked
             nonzero = flat.view(-1).nonzero().view(-1)
