@@ -152,6 +152,8 @@ def softmax_free_attention(
     picks c: ``"sqrt_d"`` → 1/√d, ``"causal_count"`` → 1/(number of allowed keys of each query).
     ``matmul_dtype``: see `spike_matmul`.
     """
+    if _trains_low(matmul_dtype, query, key, value) and hasattr(attn_neuron, "fire_masked"):
+        return _low_precision_sfsa(query, key, value, allowed, attn_neuron, score_scale, output_scale, matmul_dtype)
     scores = spike_scores(query, key, matmul_dtype) * allowed  # (T, B, H, Lq, Lk) overlaps
     attention_spikes = attn_neuron(scores * score_scale)  # binary; masked pairs get 0 input and never fire
     output = spike_matmul(attention_spikes, value, matmul_dtype)
@@ -160,6 +162,24 @@ def softmax_free_attention(
     else:
         output = output / allowed.sum(-1, keepdim=True).clamp_min(1)
     return output, attention_spikes
+
+
+def _trains_low(dtype: torch.dtype, *operands) -> bool:
+    return dtype != torch.float32 and torch.is_grad_enabled() and any(x.requires_grad for x in operands)
+
+
+def _low_precision_sfsa(query, key, value, allowed, attn_neuron, score_scale, output_scale, dtype):
+    """`softmax_free_attention` while training in ``dtype`` (bf16), with the values of the fp32 path: the overlap
+    counts stay bf16 into the attention neuron, which widens, masks, scales and fires in one kernel
+    (`fire_masked`) and emits bf16 spikes for A·V; the context stays bf16 where the output scale is a power of
+    two (1/√d for d = 4ⁿ), so that nothing is converted between the two products and the output projection."""
+    scores = torch.matmul(query.to(dtype), key.transpose(-1, -2).to(dtype))
+    attention_spikes = attn_neuron.fire_masked(scores, allowed, score_scale, dtype)
+    output = torch.matmul(attention_spikes, value.to(dtype))
+    if output_scale != "sqrt_d":
+        return output.float() / allowed.sum(-1, keepdim=True).clamp_min(1), attention_spikes
+    root = math.sqrt(query.shape[-1])
+    return (output / root if math.frexp(root)[0] == 0.5 else output.float() / root), attention_spikes
 
 
 def spikformer_attention(query, key, value, allowed, scale: float = 0.125, matmul_dtype=torch.float32):
@@ -175,6 +195,8 @@ def row_normalized(weights: torch.Tensor) -> torch.Tensor:
     forward value is the same, and its surrogate gradient is not multiplied by 1/epsilon (which once blew
     SAA gradients up to ~1e9).
     """
+    if weights.dtype in (torch.bfloat16, torch.float16):  # bf16 spikes of bf16 training: sums need fp32
+        weights = weights.float()
     averaged = weights.mean(0)
     totals = averaged.sum(-1, keepdim=True)
     return averaged / torch.where(totals > 0, totals, torch.ones_like(totals))

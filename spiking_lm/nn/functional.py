@@ -46,19 +46,30 @@ def lif(
     surrogate: str | SurrogateFunction = "atan",
     detach_reset: bool = False,
     backend: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Multi-step LIF: U[t] = H[t-1] + X[t]; S[t] = Θ(U[t] − V_th); H[t] = β(U[t] − S[t]V_th) (soft reset),
-    or H[t] = β(U[t](1 − S[t]) + S[t]V_reset) when ``v_reset`` is given (hard reset)."""
+    or H[t] = β(U[t](1 − S[t]) + S[t]V_reset) when ``v_reset`` is given (hard reset). Spikes are returned in
+    ``dtype`` (default: that of ``x``); the membrane is computed in the dtype of ``x``."""
     surrogate = build_surrogate(surrogate)
     check_backend(backend)
     v_reset = None if v_reset is None else float(v_reset)
     if not (torch.is_grad_enabled() and x.requires_grad):
-        if x.shape[0] == 1:
-            return (x >= v_threshold).to(x.dtype)  # inference at T = 1: the membrane starts at 0, nothing to carry
+        if x.shape[0] == 1:  # inference at T = 1: the membrane starts at 0, nothing to carry
+            return (x >= v_threshold).to(dtype or x.dtype)
         if backend == "torch" or x.numel() < AUTO_COMPILE_MIN_NUMEL:
-            return _lif_inference(x, float(beta), float(v_threshold), v_reset)
+            spikes = _lif_inference(x, float(beta), float(v_threshold), v_reset)
+            return spikes if dtype is None else spikes.to(dtype)
     return MultiStepLIF.apply(
-        x, float(beta), float(v_threshold), v_reset, bool(detach_reset), surrogate.name, surrogate.param, backend
+        x,
+        float(beta),
+        float(v_threshold),
+        v_reset,
+        bool(detach_reset),
+        surrogate.name,
+        surrogate.param,
+        backend,
+        None if dtype == x.dtype else dtype,
     )
 
 

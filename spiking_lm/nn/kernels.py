@@ -129,16 +129,18 @@ def lif_scan(x: torch.Tensor, beta, v_threshold, v_reset):
     return spikes, potentials
 
 
-def lif_forward(x: torch.Tensor, beta, v_threshold, v_reset):
-    """Spikes ``(T, M)``. Only the input is kept for backward: writing potentials costs more than recomputing."""
+def lif_forward(x: torch.Tensor, beta, v_threshold, v_reset, dtype=None):
+    """Spikes ``(T, M)``, in ``dtype`` if given (bf16 for a consumer that multiplies in bf16: 0/1 are exact and
+    the compiled kernel writes half the bytes). Only the input is kept for backward: writing potentials costs
+    more than recomputing."""
     spikes, _ = lif_scan(x, beta, v_threshold, v_reset)
-    return torch.stack(spikes)
+    return torch.stack(spikes) if dtype is None else torch.stack(spikes).to(dtype)
 
 
 def lif_backward(grad_spikes, x, beta, v_threshold, v_reset, detach_reset: bool, surrogate: str, surrogate_param):
     """Backpropagation through time for `lif_forward`, recomputing U from X; returns dL/dX, ``(T, M)``."""
     _, potentials = lif_scan(x, beta, v_threshold, v_reset)
-    carry = torch.zeros_like(grad_spikes[0])  # dL/dH[t]
+    carry = torch.zeros_like(x[0])  # dL/dH[t], in the dtype of X (gradients of bf16 spikes may arrive as bf16)
     grads = []
     for t in reversed(range(grad_spikes.shape[0])):
         potential = potentials[t]
@@ -151,6 +153,23 @@ def lif_backward(grad_spikes, x, beta, v_threshold, v_reset, detach_reset: bool,
         carry = grad_spikes[t] * slope + carry * reset_slope
         grads.append(carry)
     return torch.stack(grads[::-1])
+
+
+def masked_lif_forward(scores, allowed, scale, beta, v_threshold, v_reset, dtype):
+    """Spikes ``(T, …)`` in ``dtype`` of a LIF fed X = scale · (scores ⊙ allowed), computed in ``scale``'s dtype;
+    ``scores`` (any float dtype, e.g. the bf16 overlap counts of SFSA) and ``allowed`` broadcast. X is never
+    written out: compiled, mask, scale, recurrence and cast are one pass."""
+    spikes, _ = lif_scan(scores.to(scale.dtype) * allowed * scale, beta, v_threshold, v_reset)
+    return torch.stack(spikes).to(dtype)
+
+
+def masked_lif_backward(
+    grad_spikes, scores, allowed, scale, beta, v_threshold, v_reset, detach_reset, surrogate, alpha
+):
+    """dL/dscores for `masked_lif_forward`, in the dtype of ``scores``, recomputing X."""
+    x = scores.to(scale.dtype) * allowed * scale
+    grad_x = lif_backward(grad_spikes.to(x.dtype), x, beta, v_threshold, v_reset, detach_reset, surrogate, alpha)
+    return (grad_x * scale * allowed).to(scores.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,12 +239,13 @@ def _flatten_time(x: torch.Tensor) -> torch.Tensor:
 
 
 class MultiStepLIF(torch.autograd.Function):
-    """Fused multi-step LIF; ``apply(x, beta, v_threshold, v_reset, detach_reset, surrogate, param, backend)``."""
+    """Fused multi-step LIF; ``apply(x, beta, v_threshold, v_reset, detach_reset, surrogate, param, backend,
+    dtype)``, spikes in ``dtype`` (`None`: the dtype of x)."""
 
     @staticmethod
-    def forward(ctx, x, beta, v_threshold, v_reset, detach_reset, surrogate, surrogate_param, backend):
+    def forward(ctx, x, beta, v_threshold, v_reset, detach_reset, surrogate, surrogate_param, backend, dtype=None):
         flat = _flatten_time(x)
-        spikes = run_kernel(lif_forward, backend, flat, beta, v_threshold, v_reset)
+        spikes = run_kernel(lif_forward, backend, flat, beta, v_threshold, v_reset, dtype)
         ctx.save_for_backward(flat)
         ctx.options = (beta, v_threshold, v_reset, detach_reset, surrogate, surrogate_param)
         ctx.backend = backend
@@ -235,8 +255,36 @@ class MultiStepLIF(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         (inputs,) = ctx.saved_tensors
         flat = grad_spikes.reshape(inputs.shape)
-        grad_x = run_kernel(lif_backward, ctx.backend, flat, inputs, *ctx.options)
-        return grad_x.view(grad_spikes.shape), None, None, None, None, None, None, None
+        # The numbers become 0-d tensors in the dtype of X, not of a bf16 gradient (which would round them).
+        options = _as_graph_inputs(ctx.options, inputs)
+        grad_x = run_kernel(lif_backward, ctx.backend, flat, inputs, *options)
+        return grad_x.view(grad_spikes.shape), *([None] * 8)
+
+
+class MaskedMultiStepLIF(torch.autograd.Function):
+    """`masked_lif_forward` with its backward; ``apply(scores, allowed, scale, beta, v_threshold, v_reset,
+    detach_reset, surrogate, alpha, dtype, backend)``. Keeps ``scores`` and ``allowed`` (not the fp32 input X)."""
+
+    @staticmethod
+    def forward(
+        ctx, scores, allowed, scale, beta, v_threshold, v_reset, detach_reset, surrogate, alpha, dtype, backend
+    ):
+        # The numbers go in as fp32 0-d tensors: converted in the dtype of bf16 scores they would be rounded.
+        like = scores.new_empty((), dtype=torch.float32)
+        numbers = _as_graph_inputs((scale, beta, v_threshold, *(() if v_reset is None else (v_reset,)), alpha), like)
+        scale, beta, v_threshold, *rest, alpha = numbers
+        v_reset = rest[0] if rest else None
+        spikes = run_kernel(masked_lif_forward, backend, scores, allowed, scale, beta, v_threshold, v_reset, dtype)
+        ctx.save_for_backward(scores, allowed)
+        ctx.options = (scale, beta, v_threshold, v_reset, detach_reset, surrogate)
+        ctx.alpha, ctx.backend = alpha, backend
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        scores, allowed = ctx.saved_tensors
+        grad = run_kernel(masked_lif_backward, ctx.backend, grad_spikes, scores, allowed, *ctx.options, ctx.alpha)
+        return grad, *([None] * 10)
 
 
 class MultiStepIntegerLIF(torch.autograd.Function):

@@ -80,7 +80,9 @@ class SpikeLinearFunction(torch.autograd.Function):
     """y_i = x W_iᵀ + b_i for one or more Linears fed the same spikes x, for training, keeping x for the weight
     gradients as compactly as it allows.
 
-    ``apply(x, coding, matmul_dtype, weight_1, bias_1, weight_2, bias_2, ...)`` returns one output per Linear.
+    ``apply(x, coding, matmul_dtype, exact_outputs, weight_1, bias_1, weight_2, bias_2, ...)`` returns one output
+    per Linear: in x's dtype, or, with ``exact_outputs`` (only where `exact_output_dtype` allows it), as the bf16
+    GEMM produced them, for a consumer that keeps them in bf16 and widens them itself (a recomputed region).
 
     ``coding = (scale, offset)`` says x holds spikes scale·k + offset with integer counts k ∈ [0, 255]: x is then
     kept once as uint8 counts (1 byte instead of 4; spike inputs are the largest activations a spiking model
@@ -97,24 +99,29 @@ class SpikeLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, coding, matmul_dtype, *parameters):
+    def forward(ctx, x, coding, matmul_dtype, exact_outputs, *parameters):
         weights, biases = parameters[0::2], parameters[1::2]
-        counts = None if coding is None else encode_counts(x, *coding)
         low = matmul_dtype != torch.float32  # float32 means: the input's own dtype
+        # 0/1 spikes that arrive in the GEMM dtype (`low_spike_dtype`) are the operand and what is kept, as they
+        # are: 2 bytes instead of 1, but no conversion either way (bf16 → uint8 alone cost more than the
+        # neuron that made them).
+        direct = low and x.dtype == matmul_dtype and coding in (None, (1.0, 0.0))
+        counts = None if coding is None or direct else encode_counts(x, *coding)
         ctx.coding, ctx.has_bias = coding, [bias is not None for bias in biases]
-        ctx.matmul_dtype = matmul_dtype if low else None
+        ctx.matmul_dtype, ctx.input_dtype = (matmul_dtype if low else None), x.dtype
         kept = counts if counts is not None else (x.to(matmul_dtype) if low else x)
         ctx.save_for_backward(kept, *weights)
         if not low:
             return tuple(F.linear(x, weight, bias) for weight, bias in zip(weights, biases, strict=True))
-        operand = (x if counts is None else counts).to(matmul_dtype)  # counts are exact bf16 operands
+        operand = kept.to(matmul_dtype)  # counts are exact bf16 operands
         outputs = []
         for weight, bias in zip(weights, biases, strict=True):
             if coding is None or coding == (1.0, 0.0):  # the bias joins the GEMM
                 low_bias = None if bias is None else bias.to(matmul_dtype)
-                outputs.append(F.linear(operand, weight.to(matmul_dtype), low_bias).float())
+                output = F.linear(operand, weight.to(matmul_dtype), low_bias)
+                outputs.append(output if exact_outputs else output.to(weight.dtype))
                 continue
-            output = _apply_coding(F.linear(operand, weight.to(matmul_dtype)).float(), weight, *coding)
+            output = _apply_coding(F.linear(operand, weight.to(matmul_dtype)).to(weight.dtype), weight, *coding)
             outputs.append(output if bias is None else output + bias)
         return tuple(outputs)
 
@@ -133,26 +140,30 @@ class SpikeLinearFunction(torch.autograd.Function):
                 part.copy_(grad)
         needs = ctx.needs_input_grad
         grad_input = None
-        if needs[0]:
+        if needs[0]:  # in the dtype of the input (bf16 spikes take the bf16 product as it is)
             weight = weights[0] if len(weights) == 1 else torch.cat(weights)
-            grad_input = (joined @ weight.to(dtype)).to(reference.dtype).view(*reference.shape[:-1], -1)
+            grad_input = (joined @ weight.to(dtype)).to(ctx.input_dtype).view(*reference.shape[:-1], -1)
         grad_parameters = []
         weight_grads = [None] * len(weights)
-        if any(needs[3::2]):
+        if any(needs[4::2]):
             inputs = kept.reshape(-1, kept.shape[-1]).to(dtype)
-            weight_grads = (joined.T @ inputs).to(reference.dtype).split(widths)
+            weight_grads = (joined.T @ inputs).to(weights[0].dtype).split(widths)
         scale, offset = ctx.coding or (1.0, 0.0)
         for index, (grad, flat_grad) in enumerate(zip(weight_grads, flat_grads, strict=True)):
-            if grad is not None and needs[3 + 2 * index]:
+            # Output gradients that arrive in bf16 (`exact_outputs`) are summed in bf16 (fp32 accumulation, the
+            # sum rounded like the weight gradients' GEMM outputs): widening them first cost 10x the sum.
+            wants_bias = ctx.has_bias[index] and needs[5 + 2 * index]
+            sums = flat_grad.sum(0).to(weights[index].dtype) if wants_bias or offset != 0 else None
+            if grad is not None and needs[4 + 2 * index]:
                 if scale != 1:
                     grad = grad * scale
                 if offset != 0:
-                    grad = grad + offset * flat_grad.sum(0).unsqueeze(1)
+                    grad = grad + offset * sums.unsqueeze(1)
             else:
                 grad = None
-            bias_grad = flat_grad.sum(0) if ctx.has_bias[index] and needs[4 + 2 * index] else None
+            bias_grad = sums if wants_bias else None
             grad_parameters += [grad, bias_grad]
-        return grad_input, None, None, *grad_parameters
+        return grad_input, None, None, None, *grad_parameters
 
 
 def _apply_coding(counts_product: torch.Tensor, weight: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
@@ -191,13 +202,13 @@ def train_matmul_dtype(linear: nn.Linear) -> torch.dtype:
     return MATMUL_DTYPES[getattr(linear, "train_matmul_dtype", "float32")]
 
 
-def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:
+def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron, exact_outputs: bool = False) -> torch.Tensor:
     """``linear`` applied to the output of ``neuron``, always returning ``(T, ..., out)``.
 
     In binary mode the Linear sees only 0/1 virtual steps; their results are summed per step, scaled, and the
     constant offset of the adaptive-shift neurons is folded in as W·offset: exactly W·S + b. When training, the
     spikes are kept for backward as uint8 counts and the GEMMs run in the Linear's training dtype
-    (`SpikeLinearFunction`).
+    (`SpikeLinearFunction`); ``exact_outputs`` then returns the output in `exact_output_dtype` where there is one.
     """
     for recorder in OPERATION_RECORDERS:
         recorder.spike_fed_linear(linear, spikes, neuron)
@@ -207,7 +218,7 @@ def linear_on_spikes(linear: nn.Linear, spikes: torch.Tensor, neuron) -> torch.T
         options = _training_function_options([linear], neuron)
         if options is None:
             return linear(spikes)
-        (output,) = SpikeLinearFunction.apply(spikes, *options, linear.weight, linear.bias)
+        (output,) = SpikeLinearFunction.apply(spikes, *options, exact_outputs, linear.weight, linear.bias)
         return output
     output = binary_to_integer(F.linear(spikes, linear.weight), neuron.spike_max) * neuron.spike_scale
     offset = neuron.spike_offset
@@ -226,21 +237,31 @@ def exact_output_dtype(linears, neuron) -> torch.dtype | None:
     return options[1]
 
 
-def linears_on_spikes(linears, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
+def low_spike_dtype(linears, neuron) -> torch.dtype | None:
+    """The dtype in which ``neuron`` should emit the 0/1 spikes these Linears consume, if not its own: their
+    bf16 training GEMM dtype (exact for 0/1; the neuron then writes half the bytes and nothing converts them
+    before the GEMM); else `None`."""
+    options = _training_function_options(linears, neuron) if linears else None
+    if options is None or options[1] == torch.float32 or options[0] != (1.0, 0.0):
+        return None
+    return options[1]
+
+
+def linears_on_spikes(linears, spikes: torch.Tensor, neuron, exact_outputs: bool = False) -> list[torch.Tensor]:
     """`linear_on_spikes` for several Linears fed the same spikes. On the event path they gather together
     (`event_linears`: the spikes are located once, each reads a row of the concatenated weights); when training
     they share one `SpikeLinearFunction` (the spikes are converted and kept once)."""
     grouped = _training_function_options(linears, neuron) if len(linears) > 1 else None
     event = len(linears) > 1 and all(uses_event_path(linear) for linear in linears) and worth_gathering(linears)
     if not (event or grouped):
-        return [linear_on_spikes(linear, spikes, neuron) for linear in linears]
+        return [linear_on_spikes(linear, spikes, neuron, exact_outputs) for linear in linears]
     for recorder in OPERATION_RECORDERS:
         for linear in linears:
             recorder.spike_fed_linear(linear, spikes, neuron)
     if event:
         return event_linears(linears, spikes, neuron)
     parameters = [tensor for linear in linears for tensor in (linear.weight, linear.bias)]
-    return list(SpikeLinearFunction.apply(spikes, *grouped, *parameters))
+    return list(SpikeLinearFunction.apply(spikes, *grouped, exact_outputs, *parameters))
 
 
 def _training_function_options(linears, neuron):
@@ -275,10 +296,13 @@ class RMSNorm(nn.RMSNorm):
 FUSED_NORM_MAX_WIDTH = 512  # measured: fusing helped 6x at width 256 and was slower at 1024 on 2 CPU cores
 
 
-def _normalize_and_fire(x, weight, bias, eps, is_rms, fire, options):
+def _normalize_and_fire(x, weight, bias, eps, is_rms, fire, options, dtype=None, compute_dtype=None):
+    if compute_dtype is not None:  # a bf16 GEMM output widens here, fused into the norm
+        x = x.to(compute_dtype)
     width = (x.shape[-1],)
     membrane = F.rms_norm(x, width, weight, eps) if is_rms else F.layer_norm(x, width, weight, bias, eps)
-    return fire(membrane, **options)
+    spikes = fire(membrane, **options)
+    return spikes if dtype is None else spikes.to(dtype)
 
 
 def _fusable_neuron(neuron):
@@ -296,11 +320,25 @@ def _fusable_neuron(neuron):
     return None
 
 
-def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor, exact_dtype: torch.dtype | None = None):
-    """``neuron(norm(x))``; for LayerNorm/RMSNorm feeding a parameter-free neuron, one compiled region (forward
-    and backward fused, the norm output recomputed rather than stored) when no wider than
-    `FUSED_NORM_MAX_WIDTH`; below the compile threshold the same composition runs eagerly. Otherwise, when
-    training with T > 1, a recomputed region that keeps only x (in ``exact_dtype`` if x is exact in it)."""
+def normalize_and_fire(
+    norm: nn.Module,
+    neuron,
+    x: torch.Tensor,
+    exact_dtype: torch.dtype | None = None,
+    spike_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None,
+):
+    """``neuron(norm(x))``, the spikes in ``spike_dtype`` if given (see `low_spike_dtype`); for LayerNorm/RMSNorm
+    feeding a parameter-free neuron, one compiled region (forward and backward fused, the norm output recomputed
+    rather than stored) when no wider than `FUSED_NORM_MAX_WIDTH`; below the compile threshold the same
+    composition runs eagerly. Otherwise, when training with T > 1, a recomputed region that keeps only x (in
+    ``exact_dtype`` if x is exact in it). ``compute_dtype``: the dtype the norm computes in, if x arrives in a
+    narrower one (a bf16 GEMM output, `SpikeLinearFunction`'s ``exact_outputs``): x is widened inside the region
+    or the compiled function, never stored wide."""
+
+    def widened(membrane):
+        return membrane if compute_dtype is None else membrane.to(compute_dtype)
+
     is_rms = isinstance(norm, nn.RMSNorm)
     fusable = (is_rms or isinstance(norm, nn.LayerNorm)) and neuron.backend != "torch"
     fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
@@ -310,11 +348,15 @@ def normalize_and_fire(norm: nn.Module, neuron, x: torch.Tensor, exact_dtype: to
         def parameters():
             return [p for module in (norm, neuron) for p in module.parameters() if p.requires_grad]
 
-        return recompute_region(lambda membrane: neuron(norm(membrane)), (x,), (exact_dtype,), parameters)
+        def run(membrane):
+            return neuron(norm(widened(membrane)), spike_dtype)
+
+        return recompute_region(run, (x,), (exact_dtype,), parameters)
     if form is None:  # T = 1: the neuron keeps a 1-byte mask at most, recomputing would only cost time
-        return neuron(norm(x))
+        return neuron(norm(widened(x)), spike_dtype)
     bias = None if is_rms else norm.bias
-    return run_differentiable(_normalize_and_fire, neuron.backend, x, norm.weight, bias, norm.eps, is_rms, *form)
+    fused = (x, norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype)
+    return run_differentiable(_normalize_and_fire, neuron.backend, *fused)
 
 
 def build_norm(config, size: int | None = None, enabled: bool = True) -> nn.Module:
@@ -355,8 +397,12 @@ def mean_over_time(membrane: torch.Tensor) -> torch.Tensor:
 
 def spiking_mlp(spikes, source_neuron, fc1, norm1, neuron, fc2, norm2) -> torch.Tensor:
     """MLP(s) = Norm₂(Linear₂(SN(Norm₁(Linear₁(s))))), a membrane value for the residual stream."""
-    exact = exact_output_dtype([fc1], source_neuron)
-    hidden = normalize_and_fire(norm1, neuron, linear_on_spikes(fc1, spikes, source_neuron), exact)
+    exact, spike_dtype = exact_output_dtype([fc1], source_neuron), low_spike_dtype([fc2], neuron)
+    # fc1's bf16 output goes on as the GEMM made it (`exact_outputs`) and widens inside the norm's compiled
+    # function or recomputed region, which then keeps it as it is.
+    low = exact is not None
+    fc1_output = linear_on_spikes(fc1, spikes, source_neuron, exact_outputs=low)
+    hidden = normalize_and_fire(norm1, neuron, fc1_output, exact, spike_dtype, fc1.weight.dtype if low else None)
     return norm2(linear_on_spikes(fc2, hidden, neuron))
 
 
@@ -454,10 +500,21 @@ class SpikingSelfAttention(nn.Module):
         return [getattr(self, name) for name in self.names[:3]]
 
     def _project(self, membranes) -> list[torch.Tensor]:
-        """Q, K and V spike values ``(T, B, H, L, d)`` from the outputs of their Linears: norm → neuron."""
+        """Q, K and V spike values ``(T, B, H, L, d)`` from the outputs of their Linears: norm → neuron. While
+        training in bf16 they come out in bf16, the dtype the attention products convert them to."""
         norms, neurons = (self.q_norm, self.k_norm, self.v_norm), (self.q_neuron, self.k_neuron, self.v_neuron)
+        dtype = MATMUL_DTYPES[self.config.train_matmul_dtype]
+        # The spikes need gradients if the membranes or the norms do (a recomputed region's first run gets
+        # detached inputs); only then do the products run in bf16.
+        grads = any(m.requires_grad for m in membranes) or any(p.requires_grad for n in norms for p in n.parameters())
+        low = dtype != torch.float32 and torch.is_grad_enabled() and grads
+        spike_dtype = dtype if low and not OPERATION_RECORDERS else None
+        width = self._projections()[0].weight.dtype  # bf16 Linear outputs (`exact_outputs`) widen in the norm
+        compute_dtype = width if membranes[0].dtype != width else None
         return [
-            self._split_heads(spike_values(normalize_and_fire(norm, neuron, membrane), neuron))
+            self._split_heads(
+                spike_values(normalize_and_fire(norm, neuron, membrane, None, spike_dtype, compute_dtype), neuron)
+            )
             for membrane, norm, neuron in zip(membranes, norms, neurons, strict=True)
         ]
 
@@ -516,7 +573,7 @@ class SpikingSelfAttention(nn.Module):
         if exact is not None:  # training keeps the Q/K/V Linear
             # outputs in the dtype of their GEMM (bf16: 2 bytes per value, lossless), so that the norms, neurons
             # and the attention recompute in backward without the three GEMMs.
-            membranes = linears_on_spikes(self._projections(), spikes, source_neuron)
+            membranes = linears_on_spikes(self._projections(), spikes, source_neuron, exact_outputs=True)
             parameters = partial(self._attention_parameters, self.names[:3])
             context, weights = recompute_region(attend, tuple(membranes), (exact,) * 3, parameters)
         elif training:  # training keeps only the input spikes (uint8): Q, K, V
@@ -577,17 +634,29 @@ class SpikingSelfAttention(nn.Module):
 
 
 def membrane_shortcut_layer(
-    hidden, attention_mask, cache, attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp
+    hidden,
+    attention_mask,
+    cache,
+    attn_norm,
+    attn_neuron,
+    attention,
+    mlp_norm,
+    mlp_neuron,
+    mlp,
+    attention_linears=(),
+    mlp_linears=(),
 ):
     """One block: x = x + Attn(SN(Norm(x))); x = x + MLP(SN(Norm(x))). Returns ``(x, attention weights)``.
 
     ``attention(spikes, neuron, attention_mask, cache)`` returns ``(membrane, _, map)``;
-    ``mlp(spikes, neuron)`` returns a membrane.
+    ``mlp(spikes, neuron)`` returns a membrane. ``attention_linears`` and ``mlp_linears`` are the Linears their
+    input spikes feed: training in bf16, the neurons emit bf16 spikes for them (`low_spike_dtype`).
     """
-    spikes = normalize_and_fire(attn_norm, attn_neuron, hidden)
+    spike_dtype = low_spike_dtype(attention_linears, attn_neuron)
+    spikes = normalize_and_fire(attn_norm, attn_neuron, hidden, spike_dtype=spike_dtype)
     attention_output, _, attention_map = attention(spikes, attn_neuron, attention_mask, cache)
     hidden = hidden + attention_output
-    spikes = normalize_and_fire(mlp_norm, mlp_neuron, hidden)
+    spikes = normalize_and_fire(mlp_norm, mlp_neuron, hidden, spike_dtype=low_spike_dtype(mlp_linears, mlp_neuron))
     return hidden + mlp(spikes, mlp_neuron), attention_map
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .functional import ceil_ste, integer_lif, lif, masked_psn, psn, sliding_psn, tlif
-from .kernels import check_backend
+from .kernels import MaskedMultiStepLIF, check_backend
 from .recompute import is_recomputing
 from .spike_coding import integer_to_binary
 from .surrogate import build_surrogate
@@ -73,13 +73,18 @@ class SpikingNeuron(nn.Module):
         self.record_firing_rate = bool(record_firing_rate)
         self.reset_firing_stats()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Spikes of ``x`` ``(T, ...)``; ``dtype`` asks for them in that dtype (bf16 for a consumer that multiplies
+        in bf16; the LIF kernels then write it directly), the membrane staying in the dtype of ``x``."""
         if x.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects time-major input [T, ...], got shape {tuple(x.shape)}")
-        spikes = self.fire(x)
+        if dtype is None or dtype == x.dtype:
+            spikes = self.fire(x)
+        else:
+            spikes = self.fire(x, dtype=dtype) if self.fires_in_any_dtype else self.fire(x).to(dtype)
         if self.record_firing_rate and not is_recomputing():  # a backward-pass rerun fires nothing new
             with torch.no_grad():
-                count = self.count_spikes(spikes).double()
+                count = self.count_spikes(spikes if spikes.dtype.itemsize >= 4 else spikes.float()).double()
                 self._spike_total = count if self._spike_total is None else self._spike_total + count
             self._element_steps += spikes.numel() * self.virtual_steps_per_output
         return spikes
@@ -88,6 +93,7 @@ class SpikingNeuron(nn.Module):
         raise NotImplementedError
 
     virtual_steps_per_output = 1
+    fires_in_any_dtype = False  # True where `fire` takes ``dtype=`` and emits it itself
     binary_output = True  # spikes are 0/1 (the integer and ternary neurons override this)
 
     def count_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
@@ -139,8 +145,24 @@ class LIFNeuron(SpikingNeuron):
         self.surrogate = build_surrogate(surrogate)
         self.detach_reset = bool(detach_reset)
 
-    def fire(self, x):
-        return lif(x, self.beta, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset, self.backend)
+    fires_in_any_dtype = True
+
+    def fire(self, x, dtype=None):
+        options = (self.beta, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset, self.backend)
+        return lif(x, *options, dtype=dtype)
+
+    def fire_masked(self, scores: torch.Tensor, allowed: torch.Tensor, scale: float, dtype: torch.dtype):
+        """``self(scale · (scores ⊙ allowed))`` as ``dtype`` spikes, from low-precision ``scores`` (SFSA's bf16
+        overlap counts while training): one fused kernel that widens, masks, scales and fires, and keeps only
+        ``scores`` for backward; the same values and gradients as the composition, which runs when firing rates
+        are recorded or nothing needs a gradient."""
+        if self.record_firing_rate or not (torch.is_grad_enabled() and scores.requires_grad):
+            return self(scores.float() * allowed * scale).to(dtype)
+        surrogate = self.surrogate
+        return MaskedMultiStepLIF.apply(
+            scores, allowed, float(scale), self.beta, self.v_threshold, self.v_reset, self.detach_reset,
+            surrogate.name, surrogate.param, dtype, self.backend,
+        )  # fmt: skip
 
     def extra_repr(self):
         reset = "soft" if self.v_reset is None else f"hard to {self.v_reset}"

@@ -113,3 +113,32 @@ def test_spike_matmul_on_a_batch_major_operand_equals_the_plain_product(a_shape)
     keys = stored.view(2, 3, 4, 5, 8).permute(1, 0, 2, 3, 4)  # (T, B, H, L, d), batch-major in memory
     a = torch.randint(0, 3, a_shape, generator=generator).float()
     assert torch.equal(spike_matmul(a, keys.transpose(-1, -2)), torch.matmul(a, keys.transpose(-1, -2)))
+
+
+@pytest.mark.parametrize("head_dim,output_scale", [(16, "sqrt_d"), (12, "sqrt_d"), (16, "causal_count")])
+def test_sfsa_training_in_bf16_equals_the_unfused_products_bit_for_bit(head_dim, output_scale):
+    """Training in bf16, SFSA keeps the overlap counts, the attention spikes and (for a power-of-two 1/√d) the
+    context in bf16 and fires through one fused kernel; values and gradients must be those of the plain
+    composition (widened scores, mask, scale, neuron, fp32 context)."""
+    from spiking_lm.nn import build_neuron
+    from spiking_lm.nn.attention import row_normalized, softmax_free_attention
+
+    torch.manual_seed(0)
+    shape = (4, 2, 3, 16, head_dim)
+    q, k, v = ((torch.rand(shape) < 0.4).float().requires_grad_() for _ in range(3))
+    allowed = allowed_keys(torch.tensor([[0, 0] + [1] * 14, [1] * 16]), 16, 16, causal=True, device=q.device)
+    neuron = build_neuron("lif", v_threshold=0.4)
+    grad = torch.randn(shape)
+    results = []
+    for attn_neuron in (neuron, lambda x: neuron(x)):  # a plain callable has no fused form
+        output, spikes = softmax_free_attention(q, k, v, allowed, attn_neuron, 0.3, output_scale, torch.bfloat16)
+        results.append((output, spikes, *torch.autograd.grad(output, [q, k, v], grad.to(output.dtype))))
+    (fused, fused_spikes, *fused_grads), (plain, plain_spikes, *plain_grads) = results
+    assert fused_spikes.dtype == torch.bfloat16 and fused_spikes.grad_fn.name().startswith("MaskedMultiStepLIF")
+    assert fused.dtype == (torch.bfloat16 if head_dim == 16 and output_scale == "sqrt_d" else torch.float32)
+    assert torch.equal(fused_spikes.float(), plain_spikes) and torch.equal(fused.float(), plain)
+    for got, expected in zip(fused_grads, plain_grads, strict=True):
+        assert torch.equal(got, expected)
+    assert 0 < plain_spikes.mean() < 1  # the neuron fired on some pairs, not all
+    maps = row_normalized(fused_spikes)  # distillation's attention maps: summed in fp32, not bf16
+    assert maps.dtype == torch.float32 and torch.equal(maps, row_normalized(plain_spikes))

@@ -166,3 +166,38 @@ def test_grouped_spike_linears_train_when_only_some_outputs_reach_the_loss():
         torch.nn.functional.linear(spikes, linears[1].weight).add(linears[1].bias).pow(2).sum(), linears[1].weight
     )[0]
     torch.testing.assert_close(linears[1].weight.grad, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("exact_outputs", [False, True])
+def test_bf16_spikes_into_a_bf16_spike_linear_give_the_float32_spikes_results(exact_outputs):
+    """Spikes that arrive in bf16 (`low_spike_dtype`) are the GEMM operand and what is kept, as they are; outputs
+    and gradients equal those of the same spikes in fp32, the input gradient comes back in bf16, and
+    ``exact_outputs`` hands over the bf16 GEMM output that the fp32 output is the widening of."""
+    from spiking_lm.nn.layers import exact_output_dtype, low_spike_dtype
+
+    torch.manual_seed(0)
+    neuron = build_neuron("lif")
+    linears = [torch.nn.Linear(64, 32) for _ in range(3)]
+    for linear in linears:
+        linear.train_matmul_dtype = "bfloat16"
+    assert low_spike_dtype(linears, neuron) == exact_output_dtype(linears, neuron) == torch.bfloat16
+    assert low_spike_dtype(linears, build_neuron("nilif")) is None  # counts/4 take no bf16 detour
+    spikes = neuron(torch.randn(2, 8, 64) * 3).detach()
+    grads = [torch.randn(2, 8, 32).bfloat16().float() for _ in linears]  # bf16 values: the GEMMs round them anyway
+    parameters = [p for linear in linears for p in linear.parameters()]
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x = spikes.to(dtype).requires_grad_()
+        outputs = linears_on_spikes(linears, x, neuron, exact_outputs=dtype == torch.bfloat16 and exact_outputs)
+        kept = outputs[0].grad_fn.saved_tensors[0]
+        assert kept.dtype == (torch.uint8 if dtype == torch.float32 else torch.bfloat16)
+        output_grads = [g.to(outputs[0].dtype) for g in grads]
+        results.append([*outputs, *torch.autograd.grad(outputs, [x, *parameters], output_grads)])
+    assert results[1][3].dtype == torch.bfloat16  # the input gradient, in the input's dtype
+    for index, (reference, low) in enumerate(zip(*results, strict=True)):
+        if exact_outputs and index < 3:
+            assert low.dtype == torch.bfloat16 and torch.equal(low.float(), reference)
+        elif exact_outputs and index >= 4 and (index - 4) % 2 == 1:  # bias gradients: sums rounded to bf16
+            torch.testing.assert_close(low, reference, rtol=2**-8, atol=0)
+        else:
+            assert torch.equal(low.float() if index == 3 else low, reference), index

@@ -119,7 +119,7 @@ def test_inference_path_is_bitwise_the_training_kernel(v_reset, dtype):
     assert torch.equal(x, original)  # the in-place steps never touch the input
 
 
-def test_reaching_the_recompile_limit_keeps_compiled_variants_and_runs_new_ones_eagerly(monkeypatch, caplog):
+def test_reaching_the_recompile_limit_keeps_compiled_variants_and_runs_new_ones_eagerly(caplog):
     import torch._dynamo
 
     from spiking_lm.nn import kernels
@@ -127,13 +127,59 @@ def test_reaching_the_recompile_limit_keeps_compiled_variants_and_runs_new_ones_
     def doubled(x, flag):  # a fresh kernel: its own dynamo cache
         return x * 2 if flag else x + 1
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    first = torch.ones(kernels.AUTO_COMPILE_MIN_NUMEL)
-    assert torch.equal(kernels.run_kernel(doubled, "auto", first, True), first * 2)  # compiled
-    other = first.double()  # a new dtype needs a second graph: over the limit
-    with caplog.at_level("WARNING", logger=kernels.__name__):
-        assert torch.equal(kernels.run_kernel(doubled, "auto", other, True), other * 2)
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from dynamo's config, which then
+    # fails every later compilation in the process
+    with torch._dynamo.config.patch(recompile_limit=1):
+        first = torch.ones(kernels.AUTO_COMPILE_MIN_NUMEL)
+        assert torch.equal(kernels.run_kernel(doubled, "auto", first, True), first * 2)  # compiled
+        other = first.double()  # a new dtype needs a second graph: over the limit
+        with caplog.at_level("WARNING", logger=kernels.__name__):
+            assert torch.equal(kernels.run_kernel(doubled, "auto", other, True), other * 2)
     assert "recompile limit" in caplog.text
     assert doubled not in kernels._broken_kernels  # the first variant is still served compiled
     compiled = kernels._compiled_kernels[doubled]
     assert torch.equal(compiled(first, True), first * 2)
+
+
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+def test_lif_emits_bf16_spikes_with_the_float32_values_and_gradients(backend):
+    """A consumer that multiplies in bf16 asks the neuron for bf16 spikes: the same 0/1 values, and a bf16
+    gradient arriving for them gives the input gradient that its fp32 widening gives (numbers stay fp32)."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 64, 300) * 1.5).requires_grad_()
+    grad = torch.randn(4, 64, 300).bfloat16()
+    neuron = build_neuron("lif", beta=0.9, v_threshold=0.7, backend=backend)  # 0.9 and 0.7 are not bf16 numbers
+    spikes = neuron(x)
+    low = neuron(x, dtype=torch.bfloat16)
+    assert low.dtype == torch.bfloat16 and torch.equal(low.float(), spikes)
+    (expected,) = torch.autograd.grad(spikes, x, grad.float())
+    (got,) = torch.autograd.grad(low, x, grad)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_firing_rate_of_bf16_spikes_is_counted_exactly():
+    neuron = build_neuron("lif", record_firing_rate=True)
+    x = torch.randn(2, 600, 700) * 3  # 840,000 elements: far more spikes than bf16 counts exactly
+    spikes = neuron(x, dtype=torch.bfloat16)
+    assert neuron.firing_rate == spikes.double().mean().item()
+
+
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+@pytest.mark.parametrize("v_reset", [None, 0.0])
+def test_masked_lif_on_bf16_scores_equals_the_widened_masked_composition(backend, v_reset):
+    """SFSA's attention neuron while training in bf16: one kernel from bf16 overlap counts to bf16 spikes must
+    give the values and gradients of widen → mask → scale → LIF → cast."""
+    torch.manual_seed(0)
+    scores = torch.randint(0, 40, (4, 2, 3, 64, 64)).to(torch.bfloat16).requires_grad_()
+    allowed = torch.ones(64, 64, dtype=torch.bool).tril().view(1, 1, 64, 64).expand(2, 1, 64, 64)
+    grad = torch.randn(4, 2, 3, 64, 64).bfloat16()
+    neuron = build_neuron("lif", beta=0.9, v_threshold=0.3, v_reset=v_reset, backend=backend)
+    reference = neuron(scores.float() * allowed * 0.125).to(torch.bfloat16)
+    (expected,) = torch.autograd.grad(reference, scores, grad)
+    fused = neuron.fire_masked(scores, allowed, 0.125, torch.bfloat16)
+    assert fused.grad_fn.name().startswith("MaskedMultiStepLIF")
+    assert fused.dtype == torch.bfloat16 and torch.equal(fused, reference)
+    (got,) = torch.autograd.grad(fused, scores, grad)
+    assert torch.equal(got, expected)
+    assert torch.equal(got[..., ~allowed[0, 0]], torch.zeros_like(got[..., ~allowed[0, 0]]))  # masked: no grad

@@ -60,6 +60,8 @@ class BiSpikCLMDecoderLayer(GradientCheckpointingLayer):
             self.final_layer_norm,
             self.mlp_input_neuron,
             self.mlp,
+            attention_linears=(self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj),
+            mlp_linears=(self.fc1,),
         )
 
 

@@ -76,6 +76,8 @@ class WDSpikingformerDecoderLayer(GradientCheckpointingLayer):
             self.post_attention_layernorm,
             self.mlp_input_neuron,
             self.mlp,
+            attention_linears=(self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj),
+            mlp_linears=(self.mlp.up_proj,),
         )
 
 

@@ -129,6 +129,8 @@ class WESpikingformerLayer(GradientCheckpointingLayer):
             self.mlp_norm,
             self.mlp_neuron,
             self.mlp,
+            attention_linears=(self.attention.self.query, self.attention.self.key, self.attention.self.value),
+            mlp_linears=(self.intermediate.dense,),
         )
 
 
