@@ -296,13 +296,25 @@ class RMSNorm(nn.RMSNorm):
 FUSED_NORM_MAX_WIDTH = 512  # measured: fusing helped 6x at width 256 and was slower at 1024 on 2 CPU cores
 
 
-def _normalize_and_fire(x, weight, bias, eps, is_rms, fire, options, dtype=None, compute_dtype=None):
+def _normalize(x, weight, bias, eps, is_rms, compute_dtype=None):
     if compute_dtype is not None:  # a bf16 GEMM output widens here, fused into the norm
         x = x.to(compute_dtype)
     width = (x.shape[-1],)
-    membrane = F.rms_norm(x, width, weight, eps) if is_rms else F.layer_norm(x, width, weight, bias, eps)
-    spikes = fire(membrane, **options)
-    return spikes if dtype is None else spikes.to(dtype)
+    return F.rms_norm(x, width, weight, eps) if is_rms else F.layer_norm(x, width, weight, bias, eps)
+
+
+def _normalize_and_fire(x, weight, bias, eps, is_rms, fire, options, dtype=None, compute_dtype=None, heads=None):
+    spikes = fire(_normalize(x, weight, bias, eps, is_rms, compute_dtype), **options)
+    spikes = spikes if dtype is None else spikes.to(dtype)
+    if heads is None:
+        return spikes
+    return split_heads(spikes, heads).contiguous()  # written in the attention's layout, fused
+
+
+def split_heads(values: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(T, B, L, D)`` → ``(T, B, H, L, D/H)`` (a view)."""
+    steps, batch, length, width = values.shape
+    return values.view(steps, batch, length, heads, width // heads).transpose(2, 3)
 
 
 def _fusable_neuron(neuron):
@@ -327,6 +339,7 @@ def normalize_and_fire(
     exact_dtype: torch.dtype | None = None,
     spike_dtype: torch.dtype | None = None,
     compute_dtype: torch.dtype | None = None,
+    heads: int | None = None,
 ):
     """``neuron(norm(x))``, the spikes in ``spike_dtype`` if given (see `low_spike_dtype`); for LayerNorm/RMSNorm
     feeding a parameter-free neuron, one compiled region (forward and backward fused, the norm output recomputed
@@ -334,13 +347,27 @@ def normalize_and_fire(
     composition runs eagerly. Otherwise, when training with T > 1, a recomputed region that keeps only x (in
     ``exact_dtype`` if x is exact in it). ``compute_dtype``: the dtype the norm computes in, if x arrives in a
     narrower one (a bf16 GEMM output, `SpikeLinearFunction`'s ``exact_outputs``): x is widened inside the region
-    or the compiled function, never stored wide."""
-
-    def widened(membrane):
-        return membrane if compute_dtype is None else membrane.to(compute_dtype)
+    or the compiled function, never stored wide. ``heads``: return the spikes split into attention heads,
+    ``(T, B, H, L, D/H)``; the compiled function writes them contiguous in that layout (the attention products
+    would otherwise copy them into it, forward and backward)."""
 
     is_rms = isinstance(norm, nn.RMSNorm)
-    fusable = (is_rms or isinstance(norm, nn.LayerNorm)) and neuron.backend != "torch"
+    is_norm = is_rms or isinstance(norm, nn.LayerNorm)
+    bias = None if is_rms else getattr(norm, "bias", None)
+
+    def normalized(membrane):
+        if compute_dtype is None:
+            return norm(membrane)
+        if not is_norm:
+            return norm(membrane.to(compute_dtype))
+        # Widening and norm compiled together: eager, the bf16 → fp32 conversion alone cost more than the norm.
+        arguments = (membrane, norm.weight, bias, norm.eps, is_rms, compute_dtype)
+        return run_differentiable(_normalize, neuron.backend, *arguments)
+
+    def split(spikes):
+        return spikes if heads is None else split_heads(spikes, heads)
+
+    fusable = is_norm and neuron.backend != "torch"
     fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
     form = _fusable_neuron(neuron) if fusable and not OPERATION_RECORDERS else None
     if form is None and x.shape[0] > 1:  # training keeps only x: the norm output and neuron input recompute
@@ -349,13 +376,12 @@ def normalize_and_fire(
             return [p for module in (norm, neuron) for p in module.parameters() if p.requires_grad]
 
         def run(membrane):
-            return neuron(norm(widened(membrane)), spike_dtype)
+            return neuron(normalized(membrane), spike_dtype)
 
-        return recompute_region(run, (x,), (exact_dtype,), parameters)
+        return split(recompute_region(run, (x,), (exact_dtype,), parameters))
     if form is None:  # T = 1: the neuron keeps a 1-byte mask at most, recomputing would only cost time
-        return neuron(norm(widened(x)), spike_dtype)
-    bias = None if is_rms else norm.bias
-    fused = (x, norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype)
+        return split(neuron(normalized(x), spike_dtype))
+    fused = (x, norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype, heads)
     return run_differentiable(_normalize_and_fire, neuron.backend, *fused)
 
 
@@ -492,10 +518,6 @@ class SpikingSelfAttention(nn.Module):
             self.output_norm_name = output_norm_name
             self.add_module(output_norm_name, build_norm(config))
 
-    def _split_heads(self, values: torch.Tensor) -> torch.Tensor:
-        steps, batch, length, _ = values.shape  # (T, B, L, D) -> (T, B, H, L, d)
-        return values.view(steps, batch, length, self.num_heads, self.head_dim).transpose(2, 3)
-
     def _projections(self) -> list[nn.Linear]:
         return [getattr(self, name) for name in self.names[:3]]
 
@@ -511,10 +533,9 @@ class SpikingSelfAttention(nn.Module):
         spike_dtype = dtype if low and not OPERATION_RECORDERS else None
         width = self._projections()[0].weight.dtype  # bf16 Linear outputs (`exact_outputs`) widen in the norm
         compute_dtype = width if membranes[0].dtype != width else None
+        options = (None, spike_dtype, compute_dtype, self.num_heads)
         return [
-            self._split_heads(
-                spike_values(normalize_and_fire(norm, neuron, membrane, None, spike_dtype, compute_dtype), neuron)
-            )
+            spike_values(normalize_and_fire(norm, neuron, membrane, *options), neuron)
             for membrane, norm, neuron in zip(membranes, norms, neurons, strict=True)
         ]
 
