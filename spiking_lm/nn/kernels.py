@@ -134,11 +134,20 @@ def lif_forward(x: torch.Tensor, beta, v_threshold, v_reset, dtype=None):
     the compiled kernel writes half the bytes). Only the input is kept for backward: writing potentials costs
     more than recomputing."""
     spikes, _ = lif_scan(x, beta, v_threshold, v_reset)
-    return torch.stack(spikes) if dtype is None else torch.stack(spikes).to(dtype)
+    if dtype is None:
+        return torch.stack(spikes)
+    return torch.stack([spike.to(dtype) for spike in spikes])  # cast per step: inductor writes bf16 at once
 
 
 def lif_backward(grad_spikes, x, beta, v_threshold, v_reset, detach_reset: bool, surrogate: str, surrogate_param):
     """Backpropagation through time for `lif_forward`, recomputing U from X; returns dL/dX, ``(T, M)``."""
+    options = (beta, v_threshold, v_reset, detach_reset, surrogate, surrogate_param)
+    return torch.stack(lif_backward_steps(grad_spikes, x, *options))
+
+
+def lif_backward_steps(grad_spikes, x, beta, v_threshold, v_reset, detach_reset, surrogate, surrogate_param):
+    """`lif_backward` as the list of per-step gradients dL/dX[t] (what a caller transforms before stacking: a
+    compiled kernel then writes each step once)."""
     _, potentials = lif_scan(x, beta, v_threshold, v_reset)
     carry = torch.zeros_like(x[0])  # dL/dH[t], in the dtype of X (gradients of bf16 spikes may arrive as bf16)
     grads = []
@@ -152,7 +161,7 @@ def lif_backward(grad_spikes, x, beta, v_threshold, v_reset, detach_reset: bool,
             reset_slope = beta * no_spike if detach_reset else beta * (no_spike + (v_reset - potential) * slope)
         carry = grad_spikes[t] * slope + carry * reset_slope
         grads.append(carry)
-    return torch.stack(grads[::-1])
+    return grads[::-1]
 
 
 def masked_lif_forward(scores, allowed, scale, beta, v_threshold, v_reset, dtype):
@@ -160,7 +169,7 @@ def masked_lif_forward(scores, allowed, scale, beta, v_threshold, v_reset, dtype
     ``scores`` (any float dtype, e.g. the bf16 overlap counts of SFSA) and ``allowed`` broadcast. X is never
     written out: compiled, mask, scale, recurrence and cast are one pass."""
     spikes, _ = lif_scan(scores.to(scale.dtype) * allowed * scale, beta, v_threshold, v_reset)
-    return torch.stack(spikes).to(dtype)
+    return torch.stack([spike.to(dtype) for spike in spikes])
 
 
 def masked_lif_backward(
@@ -168,8 +177,9 @@ def masked_lif_backward(
 ):
     """dL/dscores for `masked_lif_forward`, in the dtype of ``scores``, recomputing X."""
     x = scores.to(scale.dtype) * allowed * scale
-    grad_x = lif_backward(grad_spikes.to(x.dtype), x, beta, v_threshold, v_reset, detach_reset, surrogate, alpha)
-    return (grad_x * scale * allowed).to(scores.dtype)
+    options = (beta, v_threshold, v_reset, detach_reset, surrogate, alpha)
+    steps = lif_backward_steps(grad_spikes.to(x.dtype), x, *options)
+    return torch.stack([(grad * scale * allowed).to(scores.dtype) for grad in steps])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -304,11 +304,13 @@ def _normalize(x, weight, bias, eps, is_rms, compute_dtype=None):
 
 
 def _normalize_and_fire(x, weight, bias, eps, is_rms, fire, options, dtype=None, compute_dtype=None, heads=None):
-    spikes = fire(_normalize(x, weight, bias, eps, is_rms, compute_dtype), **options)
-    spikes = spikes if dtype is None else spikes.to(dtype)
-    if heads is None:
-        return spikes
-    return split_heads(spikes, heads).contiguous()  # written in the attention's layout, fused
+    membrane = _normalize(x, weight, bias, eps, is_rms, compute_dtype)
+    if heads is not None:  # the neuron is elementwise: firing on the heads' layout writes the spikes in it
+        membrane = split_heads(membrane, heads)
+    if dtype is not None and fire is lif:  # cast per step inside the kernel: the spikes are written once
+        return fire(membrane, **options, dtype=dtype)
+    spikes = fire(membrane, **options)
+    return spikes if dtype is None else spikes.to(dtype)
 
 
 def split_heads(values: torch.Tensor, heads: int) -> torch.Tensor:
