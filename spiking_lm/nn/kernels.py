@@ -11,8 +11,8 @@ Backends:
     ``"auto"`` (default): inductor for tensors of at least `AUTO_COMPILE_MIN_NUMEL` elements, eager below (tiny
     tensors gain nothing from a compiled kernel and would pay its guard overhead). If compiling a kernel
     fails, ``"auto"`` logs a warning and runs that kernel eagerly for the rest of the process; if it only
-    reached dynamo's recompile limit (a process that builds many models), the variants compiled so far keep
-    running compiled and only new ones run eagerly.
+    reached the recompile limit (`KERNEL_RECOMPILE_LIMIT` variants per kernel, raised from dynamo's 8: a process
+    that builds many models), the variants compiled so far keep running compiled and only new ones run eagerly.
 
 Compiled kernels receive their scalar parameters as 0-d tensors, so one graph per number of time steps
 serves every neuron configuration.
@@ -37,6 +37,7 @@ AUTO_COMPILE_MIN_NUMEL = int(os.environ.get("SPIKING_LM_COMPILE_MIN_NUMEL", 1 <<
 _compiled_kernels: dict = {}
 _broken_kernels: set = set()
 _limited_kernels: set = set()
+KERNEL_RECOMPILE_LIMIT = 64  # compiled variants per kernel before new ones run eagerly (see `_call_compiled`)
 RECOMPILE_LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")  # torch ≥ 2.7 / older names
 
 
@@ -70,6 +71,22 @@ def _hit_recompile_limit(error: Exception) -> bool:
     return type(error).__name__ in RECOMPILE_LIMIT_ERRORS or "recompile limit" in str(error)
 
 
+def _call_compiled(function, args: tuple):
+    """The compiled ``function(*args)``, run with dynamo's `recompile_limit` raised to `KERNEL_RECOMPILE_LIMIT`
+    for the call: dynamo allows 8 variants per function by default, and one of these kernels meets more in a
+    process that trains, evaluates and generates (dtypes, head layouts, T = 1 and T > 1, grad modes, several
+    models). Set and restored around the call (a few µs), so dynamo's setting for other code is unchanged."""
+    config = torch._dynamo.config
+    limit = config.recompile_limit
+    if limit >= KERNEL_RECOMPILE_LIMIT:
+        return _compiled(function)(*args)
+    config.recompile_limit = KERNEL_RECOMPILE_LIMIT
+    try:
+        return _compiled(function)(*args)
+    finally:
+        config.recompile_limit = limit
+
+
 def _run(function, backend: str, x: torch.Tensor, args: tuple, graph_inputs):
     """The backend rule of the module docstring; ``graph_inputs`` prepares the arguments of a compiled call."""
     if backend == "torch" or torch.compiler.is_compiling():
@@ -78,9 +95,9 @@ def _run(function, backend: str, x: torch.Tensor, args: tuple, graph_inputs):
         return function(x, *args)
     compiled_args = graph_inputs((x, *args), x)
     if backend == "inductor":
-        return _compiled(function)(*compiled_args)
+        return _call_compiled(function, compiled_args)
     try:
-        return _compiled(function)(*compiled_args)
+        return _call_compiled(function, compiled_args)
     except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
         if _hit_recompile_limit(error):  # the compiled variants stay; new ones run eagerly
             if function not in _limited_kernels:
