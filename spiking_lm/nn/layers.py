@@ -296,6 +296,16 @@ class RMSNorm(nn.RMSNorm):
 FUSED_NORM_MAX_WIDTH = 1024  # measured on 2 CPU cores: 6x at width 256; at 1024 2-3 % faster steps (WD, BiSpikCLM)
 
 
+def _static_time_and_width(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its time and feature dims marked static for `torch.compile`: a compiled norm kernel then
+    specializes on T and the width (a few values per model) while batch and length may still turn dynamic.
+    Without it, the second width one kernel meets (256 and 1024 in one model) made every later variant dynamic
+    in the width, measured 25 % slower at 1024."""
+    if not torch.compiler.is_compiling():  # inside a compiled model the whole graph's shapes rule
+        torch._dynamo.mark_static(x, [0, x.dim() - 1])
+    return x
+
+
 def _normalize(x, weight, bias, eps, is_rms, compute_dtype=None):
     if compute_dtype is not None:  # a bf16 GEMM output widens here, fused into the norm
         x = x.to(compute_dtype)
@@ -363,7 +373,7 @@ def normalize_and_fire(
         if not is_norm:
             return norm(membrane.to(compute_dtype))
         # Widening and norm compiled together: eager, the bf16 → fp32 conversion alone cost more than the norm.
-        arguments = (membrane, norm.weight, bias, norm.eps, is_rms, compute_dtype)
+        arguments = (_static_time_and_width(membrane), norm.weight, bias, norm.eps, is_rms, compute_dtype)
         return run_differentiable(_normalize, neuron.backend, *arguments)
 
     def split(spikes):
@@ -383,7 +393,7 @@ def normalize_and_fire(
         return split(recompute_region(run, (x,), (exact_dtype,), parameters))
     if form is None:  # T = 1: the neuron keeps a 1-byte mask at most, recomputing would only cost time
         return split(neuron(normalized(x), spike_dtype))
-    fused = (x, norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype, heads)
+    fused = (_static_time_and_width(x), norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype, heads)
     return run_differentiable(_normalize_and_fire, neuron.backend, *fused)
 
 
