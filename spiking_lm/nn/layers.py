@@ -499,8 +499,9 @@ class SpikingSelfAttention(nn.Module):
     consume and ``producer`` the neuron that produced it (for binary-mode folding). ``weights`` are the raw
     attention weights ``(T, B, H, Lq, Lk)``; `run_layers` turns them into maps only when they are asked for.
 
-    While training with T > 1, only the input spikes are kept for backward (as uint8 counts): Q, K, V, the
-    attention and the re-spiked context are recomputed in the backward pass (`spiking_lm.nn.recompute`).
+    While training with T > 1, only the input spikes (as uint8 counts), or with bf16 GEMMs the exact bf16 Q/K/V
+    Linear outputs, are kept for backward: the rest of the attention and the re-spiked context are recomputed in
+    the backward pass (`spiking_lm.nn.recompute`).
     """
 
     def __init__(self, config, layer_idx, projection_names, output_norm_name="o_norm", bias=False, causal=False):
