@@ -160,3 +160,28 @@ def test_single_step_models_keep_the_plain_graph():
     with recompute_disabled():
         plain, _ = saved_bytes_and_sizes(model, "causal_lm", inputs)
     assert saved == plain  # at T = 1 a neuron keeps a 1-byte mask at most: nothing worth recomputing
+
+
+@pytest.mark.parametrize("model_class,kind", MODEL_CLASSES)
+def test_bfloat16_fast_paths_compute_what_the_widened_bf16_path_computes(model_class, kind, monkeypatch):
+    """Training in bf16 keeps spikes, exact GEMM outputs and SFSA's scores in bf16 between kernels and fuses
+    SFSA's neuron; with those paths switched off (fp32 spikes and outputs, converted at every product) the loss
+    is bit for bit the same and the gradients agree up to summation order and the bias gradients' bf16 sums."""
+    from spiking_lm.nn import attention, layers
+
+    # 2 heads of 16: SFSA's context stays bf16 (1/√16 is a power of two)
+    overrides = {"neuron_type": "lif", "time_steps": 4, "train_matmul_dtype": "bfloat16", "num_attention_heads": 2}
+    model = tiny_model(model_class, **overrides)
+    inputs = model_inputs(model_class, batch=3, length=12)
+    inputs["attention_mask"][0, :3] = 0
+    loss, grads = loss_and_grads(model, kind, inputs)
+    with monkeypatch.context() as patch:
+        patch.setattr(layers, "low_spike_dtype", lambda linears, neuron: None)
+        patch.setattr(layers, "exact_output_dtype", lambda linears, neuron: None)
+        patch.setattr(attention, "_trains_low", lambda dtype, *operands: False)
+        plain_loss, plain_grads = loss_and_grads(model, kind, inputs)
+    assert torch.equal(loss, plain_loss)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        scale = float(plain_grads[name].abs().max())
+        torch.testing.assert_close(grad, plain_grads[name], rtol=0, atol=scale * 2**-6 + 1e-7, msg=name)
