@@ -293,7 +293,9 @@ class RMSNorm(nn.RMSNorm):
         return run_differentiable(rms_norm, self.backend, x, self.weight, self.eps)
 
 
-FUSED_NORM_MAX_WIDTH = 1024  # measured on 2 CPU cores: 6x at width 256; at 1024 2-3 % faster steps (WD, BiSpikCLM)
+# Widest norm → neuron pair compiled as one function. Measured on 2 CPU cores: 6x at width 256. At 1024 it was 2-3 %
+# faster for WD and BiSpikCLM run alone, but in bench_models' one process WE then ran 0.87x instead of 0.99x BERT.
+FUSED_NORM_MAX_WIDTH = 512
 
 
 def _static_time_and_width(x: torch.Tensor) -> torch.Tensor:
