@@ -31,13 +31,14 @@ def probe(**env):
 
 @pytest.mark.skipif(runtime._glibc_mallopt() is None, reason="the setting exists only for glibc")
 def test_freed_blocks_are_reused_without_page_faults():
-    applied, faults = probe()
+    applied, kept_faults = probe()
     assert applied
-    # ten 64 MiB blocks: at most two come from fresh pages (16,384 faults each, seen: 0 or 1), the rest reuse memory
-    assert faults <= 2 * 16_384
-    applied, faults = probe(SPIKING_LM_KEEP_FREED_MEMORY="0")
+    applied, default_faults = probe(SPIKING_LM_KEEP_FREED_MEMORY="0")
     assert not applied
-    assert faults > 10 * 16_384 // 2  # the default: every block is fresh pages (16,384 of 4 KiB each)
+    assert default_faults > 10 * 16_384 // 2  # the default: every 64 MiB block is fresh pages (16,384 of 4 KiB each)
+    # kept: most blocks reuse memory (seen: 0-3 of the ten fresh; the kernel's proactive reclaim may take a kept
+    # block back now and then, so this asserts the halving, not an exact count)
+    assert kept_faults <= default_faults // 2
 
 
 def test_sizes_out_of_range_are_refused():
