@@ -303,14 +303,13 @@ class MaskedMultiStepLIF(torch.autograd.Function):
         v_reset = rest[0] if rest else None
         spikes = run_kernel(masked_lif_forward, backend, scores, allowed, scale, beta, v_threshold, v_reset, dtype)
         ctx.save_for_backward(scores, allowed)
-        ctx.options = (scale, beta, v_threshold, v_reset, detach_reset, surrogate)
-        ctx.alpha, ctx.backend = alpha, backend
+        ctx.options, ctx.backend = (scale, beta, v_threshold, v_reset, detach_reset, surrogate, alpha), backend
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         scores, allowed = ctx.saved_tensors
-        grad = run_kernel(masked_lif_backward, ctx.backend, grad_spikes, scores, allowed, *ctx.options, ctx.alpha)
+        grad = run_kernel(masked_lif_backward, ctx.backend, grad_spikes, scores, allowed, *ctx.options)
         return grad, *([None] * 10)
 
 

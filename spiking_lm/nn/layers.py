@@ -231,18 +231,20 @@ def exact_output_dtype(linears, neuron) -> torch.dtype | None:
     """The low-precision dtype that holds the training outputs of these spike-fed Linears exactly, else `None`:
     bf16 when they multiply in bf16 with the bias inside the GEMM (`SpikeLinearFunction` rounds the product to
     bf16 once, then widens it), so that what keeps them for backward may keep them in bf16 at no loss."""
-    options = _training_function_options(linears, neuron)
-    if options is None or options[1] == torch.float32 or options[0] not in (None, (1.0, 0.0)):
-        return None
-    return options[1]
+    return _low_training_dtype(linears, neuron, (None, (1.0, 0.0)))
 
 
 def low_spike_dtype(linears, neuron) -> torch.dtype | None:
     """The dtype in which ``neuron`` should emit the 0/1 spikes these Linears consume, if not its own: their
     bf16 training GEMM dtype (exact for 0/1; the neuron then writes half the bytes and nothing converts them
     before the GEMM); else `None`."""
+    return _low_training_dtype(linears, neuron, ((1.0, 0.0),))
+
+
+def _low_training_dtype(linears, neuron, codings) -> torch.dtype | None:
+    """The low-precision GEMM dtype these Linears train in when ``neuron``'s spike coding is one of ``codings``."""
     options = _training_function_options(linears, neuron) if linears else None
-    if options is None or options[1] == torch.float32 or options[0] != (1.0, 0.0):
+    if options is None or options[1] == torch.float32 or options[0] not in codings:
         return None
     return options[1]
 

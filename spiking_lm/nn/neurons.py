@@ -157,7 +157,7 @@ class LIFNeuron(SpikingNeuron):
         ``scores`` for backward; the same values and gradients as the composition, which runs when firing rates
         are recorded or nothing needs a gradient."""
         if self.record_firing_rate or not (torch.is_grad_enabled() and scores.requires_grad):
-            return self(scores.float() * allowed * scale).to(dtype)
+            return self(scores.float() * allowed * scale, dtype)
         surrogate = self.surrogate
         return MaskedMultiStepLIF.apply(
             scores, allowed, float(scale), self.beta, self.v_threshold, self.v_reset, self.detach_reset,

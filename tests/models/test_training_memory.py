@@ -167,7 +167,8 @@ def test_bfloat16_fast_paths_compute_what_the_widened_bf16_path_computes(model_c
     """Training in bf16 keeps spikes, exact GEMM outputs and SFSA's scores in bf16 between kernels and fuses
     SFSA's neuron; with those paths switched off (fp32 spikes and outputs, converted at every product) the loss
     is bit for bit the same and the gradients agree up to summation order and the bias gradients' bf16 sums."""
-    from spiking_lm.nn import attention, layers
+    from spiking_lm.nn import layers
+    from spiking_lm.nn.neurons import LIFNeuron
 
     # 2 heads of 16: SFSA's context stays bf16 (1/√16 is a power of two)
     overrides = {"neuron_type": "lif", "time_steps": 4, "train_matmul_dtype": "bfloat16", "num_attention_heads": 2}
@@ -178,7 +179,7 @@ def test_bfloat16_fast_paths_compute_what_the_widened_bf16_path_computes(model_c
     with monkeypatch.context() as patch:
         patch.setattr(layers, "low_spike_dtype", lambda linears, neuron: None)
         patch.setattr(layers, "exact_output_dtype", lambda linears, neuron: None)
-        patch.setattr(attention, "_trains_low", lambda dtype, *operands: False)
+        patch.delattr(LIFNeuron, "fire_masked")  # SFSA's unfused path
         plain_loss, plain_grads = loss_and_grads(model, kind, inputs)
     assert torch.equal(loss, plain_loss)
     assert grads.keys() == plain_grads.keys()
