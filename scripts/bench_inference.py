@@ -11,7 +11,7 @@ three contenders of one (shape, batch) run back to back and the table reports to
 seconds, prefill included) and the ratio to the ANN measured in the same round (medians over ``--rounds``).
 
 A fourth contender, "OPT fp32, few_rows_linear", is the same ANN with every Linear computed by
-`spiking_lm.nn.event.few_rows_linear`, the kernel our LM head uses (on this CPU `F.linear` reads a matrix with
+`spiking_lm.nn.cpu_linear.few_rows_linear`, the kernel our LM head uses (on this CPU `F.linear` reads a matrix with
 one core when it has few rows). It is not the target's baseline; it shows how much of the spiking model's lead
 comes from that kernel rather than from reading only what spiked.
 
@@ -23,9 +23,9 @@ every Linear (and T rows of spikes).
 
 Beside it, the K/V cache bytes the attention reads per step at the mean cached length (prompt + half the new
 tokens), from the cache `generate` left: fp32 for the ANN and our dense path (T times the positions at T > 1),
-on the event path int8 counts, and binary keys as bits (`spiking_lm.nn.event.pack_bits`).
+on the event path int8 counts, and binary keys as bits (`spiking_lm.nn.bitpack.pack_bits`).
 
-All contenders run in one process with freed memory kept for reuse (`spiking_lm.runtime.keep_freed_memory`):
+All contenders run in one process with freed memory kept for reuse (`spiking_lm.memory.keep_freed_memory`):
 the caches grow by a token per step, and with glibc's defaults every step's larger buffers are fresh pages from
 the kernel, a per-run toll that varied from nothing to ~150,000 page faults between identical runs;
 ``--system-allocator`` measures with the defaults.
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 
@@ -45,9 +46,10 @@ from transformers import OPTConfig, OPTForCausalLM
 
 import spiking_lm
 from spiking_lm.energy import estimate_energy
+from spiking_lm.memory import keep_freed_memory
 from spiking_lm.nn import event
-from spiking_lm.nn.event import few_rows_linear
-from spiking_lm.runtime import keep_freed_memory
+from spiking_lm.nn.cpu_linear import few_rows_linear
+from spiking_lm.nn.recording import OperationRecorder, WeightReads, recording
 
 SHAPES = {
     "8m": {"vocab_size": 16384, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -81,7 +83,7 @@ def linear_bytes(model) -> tuple[int, int]:
 
 def dense_code_bytes(model) -> int:
     """Bytes of the spike-fed Linears under the event path's size floor, which the event backend leaves to the
-    dense code (read whole at every step, uncounted by `event.WEIGHT_READS`)."""
+    dense code (read whole at every step, uncounted by `WeightReads`)."""
     head = model.get_output_embeddings()
     return sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
                if isinstance(m, torch.nn.Linear) and m is not head and not event.worth_gathering((m,)))  # fmt: skip
@@ -105,27 +107,15 @@ def density_on(model, prompt) -> tuple[float, float]:
     report = estimate_energy(model, prompt).to_dict()
     nonzero, total = 0, 0
 
-    def count(linear, spikes, neuron):
-        nonlocal nonzero, total
-        values = spikes if neuron is None else spikes - getattr(neuron, "spike_offset", 0.0)
-        nonzero += torch.count_nonzero(values).item()
-        total += values.numel()
+    class Density(OperationRecorder):
+        def spike_fed_linear(self, linear, spikes, neuron):
+            nonlocal nonzero, total
+            values = spikes if neuron is None else spikes - neuron.coding.offset
+            nonzero += torch.count_nonzero(values).item()
+            total += values.numel()
 
-    class Recorder:
-        spike_fed_linear = staticmethod(count)
-
-        @staticmethod
-        def spiking_attention(*args):
-            pass
-
-    from spiking_lm.nn import layers
-
-    layers.OPERATION_RECORDERS.append(Recorder)
-    try:
-        with torch.no_grad():
-            model(prompt)
-    finally:
-        layers.OPERATION_RECORDERS.remove(Recorder)
+    with torch.no_grad(), recording(Density()):
+        model(prompt)
     return report["firing_rate"], nonzero / max(total, 1)
 
 
@@ -151,6 +141,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=1, help="rounds per (shape, batch); medians are reported")
     parser.add_argument("--system-allocator", action="store_true", help="do not call keep_freed_memory()")
+    parser.add_argument("--json", help="also write the table to this JSON file (scripts/plot_benchmarks.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"freed memory kept for reuse: {False if args.system_allocator else keep_freed_memory()}")
@@ -177,13 +168,13 @@ def main() -> None:
                     if backend is not None:
                         model.set_inference_backend(backend)
                     decode(model, prompt, 2)  # warm-up at the prompt's shape (compiled kernels, caches)
-                    event.reset_weight_reads()
-                    seconds, cache_reads[label] = decode(model, prompt, args.new_tokens)
+                    with recording(WeightReads()) as weight_reads:
+                        seconds, cache_reads[label] = decode(model, prompt, args.new_tokens)
                     speed = batch * args.new_tokens / seconds
                     speeds[label].append(speed)
                     ratios[label].append(speed / speeds["OPT fp32 (HF)"][-1])
                     if backend == "event":
-                        gathered = event.WEIGHT_READS["gathered_bytes"] + event.WEIGHT_READS["dense_bytes"]
+                        gathered = weight_reads["gathered_bytes"] + weight_reads["dense_bytes"]
                         reads[label] = gathered / (args.new_tokens + 1) + head_bytes + dense_code_bytes(model)
                     else:
                         reads[label] = block_bytes + head_bytes
@@ -199,6 +190,14 @@ def main() -> None:
     for shape, parameters, batch, label, speed, ratio, rate, density, read, cache_read in rows:
         print(f"{shape:<6} {parameters:>6.1f}M {batch:>5}  {label:<32} {speed:>8.1f} {ratio:>6.2f} {rate:>6} "
               f"{density:>6} {read:>12.1f} {cache_read:>11.1f}")  # fmt: skip
+    if args.json:
+        keys = ("shape", "params_m", "batch", "model", "tokens_per_s", "x_ann", "rate", "density", "mb_read_per_step",
+                "kv_mb_per_step")  # fmt: skip
+        settings = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
+                    "new_tokens": args.new_tokens, "prompt": PROMPT}  # fmt: skip
+        with open(args.json, "w") as handle:
+            table = [dict(zip(keys, row, strict=True)) for row in rows]
+            json.dump({"benchmark": "bench_inference", "settings": settings, "rows": table}, handle, indent=1)
 
 
 if __name__ == "__main__":

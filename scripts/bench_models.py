@@ -11,13 +11,14 @@ Shape (issue 3): batch 8 x 128 tokens, hidden 256, 4 layers, 4 heads, FFN 1024, 
 Targets: WD-Spikingformer (nilif) training >= 0.9x Llama, memory <= 1.2x; BiSpikCLM (lif, T=4) training
 >= 0.5x OPT, memory <= 2.5x; generation >= 0.5x the ANN. ``bispikclm-bf16`` is the same BiSpikCLM trained with
 ``train_matmul_dtype="bfloat16"`` (bf16 operands in the spike-fed GEMMs; the ANN stays fp32).
-Both models run in one process with freed memory kept for reuse (`spiking_lm.runtime.keep_freed_memory`, what
+Both models run in one process with freed memory kept for reuse (`spiking_lm.memory.keep_freed_memory`, what
 `spiking-lm train`/`distill` apply); ``--system-allocator`` measures with glibc's defaults instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -32,7 +33,7 @@ from transformers import (
 )
 
 import spiking_lm
-from spiking_lm.runtime import keep_freed_memory
+from spiking_lm.memory import keep_freed_memory
 
 SHAPE = {"vocab_size": 8192, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
 BATCH, LENGTH = 8, 128
@@ -121,6 +122,7 @@ def main():
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--system-allocator", action="store_true", help="do not call keep_freed_memory()")
+    parser.add_argument("--json", help="also write the table to this JSON file (scripts/plot_benchmarks.py)")
     args = parser.parse_args()
     kept = False if args.system_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)
@@ -134,12 +136,19 @@ def main():
     )
     header = f"{'pair':<44} {'train tok/s (snn / ann)':>24} {'x ANN':>6} {'gen tok/s (snn / ann)':>22} {'x ANN':>6}"
     print(header + f" {'act. MB (snn / ann)':>20} {'x ANN':>6}")
+    rows = []
     for label, spiking, ann, causal in build_pairs(args.pairs).values():
-        print(f"{label:<44} {measure_pair(spiking, ann, causal, args, input_ids, prompt)}", flush=True)
+        text, row = measure_pair(spiking, ann, causal, args, input_ids, prompt)
+        print(f"{label:<44} {text}", flush=True)
+        rows.append({"pair": label, **row})
+    if args.json:
+        settings = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds, "allocator": allocator}
+        with open(args.json, "w") as handle:
+            json.dump({"benchmark": "bench_models", "settings": settings, "rows": rows}, handle, indent=1)
 
 
-def measure_pair(spiking, ann, causal, args, input_ids, prompt) -> str:
-    """One table row: training speed, generation speed (causal models) and saved activations."""
+def measure_pair(spiking, ann, causal, args, input_ids, prompt) -> tuple[str, dict]:
+    """One table row (text and values): training speed, generation speed (causal models), saved activations."""
     spiking.train()
     ann.train()
     spiking_opt = torch.optim.AdamW(spiking.parameters(), lr=1e-4)
@@ -154,6 +163,7 @@ def measure_pair(spiking, ann, causal, args, input_ids, prompt) -> str:
     memory_snn = saved_activation_bytes(spiking, input_ids) / 2**20
     memory_ann = saved_activation_bytes(ann, input_ids) / 2**20
     gen_text = f"{'-':>22} {'-':>6}"
+    gen_ratio = None
     if causal and not args.skip_generation:
         spiking.eval()
         ann.eval()
@@ -162,7 +172,10 @@ def measure_pair(spiking, ann, causal, args, input_ids, prompt) -> str:
         )
         gen_text = f"{64 / gen_spiking:>9.1f} / {64 / gen_ann:<10.1f} {gen_ratio:>6.2f}"
     memory_text = f"{memory_snn:>8.1f} / {memory_ann:<9.1f} {memory_snn / memory_ann:>6.2f}"
-    return f"{train_text} {gen_text} {memory_text}"
+    row = {"training": ratio, "generation": gen_ratio, "activations": memory_snn / memory_ann,
+           "train_tokens_per_s": [tokens / spiking_s, tokens / ann_s],
+           "activation_mb": [memory_snn, memory_ann]}  # fmt: skip
+    return f"{train_text} {gen_text} {memory_text}", row
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ they train ("1×D": one integer step over the same T·N·D elements). Targets (i
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -101,7 +102,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--shapes", nargs="+", default=["4x1024x512", "8x1024x512"])
     parser.add_argument("--neurons", nargs="+", default=list(ALL_NEURONS), choices=ALL_NEURONS)
+    parser.add_argument("--json", help="also write the table to this JSON file (scripts/plot_benchmarks.py)")
     args = parser.parse_args()
+    rows = []
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, forward+backward, median of {args.rounds} rounds")
@@ -113,10 +116,17 @@ def main():
             elements = torch.Size(case_shape).numel()
             shape_text = "x".join(map(str, case_shape))
             print(f"{label:<38} {shape_text:<16} {elements / seconds / 1e6:>9.1f} {ratio:>8.2f}", flush=True)
+            rows.append(
+                {"neuron": label, "shape": shape_text, "melem_per_s": elements / seconds / 1e6, "x_gelu": ratio}
+            )
         node = spikingjelly_lif()
         if node is not None and "lif" in args.neurons:
             ratio, _ = measure(build_neuron("lif"), shape, args.rounds, baseline=_SpikingjellyFresh(node))
             print(f"{'lif speed-up over spikingjelly (same rounds)':<55} {ratio:>7.2f}x", flush=True)
+    if args.json:
+        settings = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds}
+        with open(args.json, "w") as handle:
+            json.dump({"benchmark": "bench_neurons", "settings": settings, "rows": rows}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,12 @@ def check_kernels(device: str) -> None:
 @contextlib.contextmanager
 def gather_everything():
     """Send every spike-fed Linear through the gather (tiny layers would otherwise take the GEMM)."""
-    saved = event.EVENT_MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY
-    event.EVENT_MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY = 0, 1.0
+    saved = event.MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY
+    event.MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY = 0, 1.0
     try:
         yield
     finally:
-        event.EVENT_MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY = saved
+        event.MIN_WEIGHT_BYTES, event.EVENT_MAX_DENSITY = saved
 
 
 def check_model(model_class, device: str) -> None:

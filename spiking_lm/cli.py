@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .runtime import keep_freed_memory
+from .memory import keep_freed_memory
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -27,8 +27,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _run_recipe(args: argparse.Namespace, overrides: list[str]) -> int:
     from spiking_lm.distributed import describe_backend
+    from spiking_lm.recipe_runner import run_distill, run_train
     from spiking_lm.recipes import load_recipe
-    from spiking_lm.run import run_distill, run_train
 
     recipe = load_recipe(args.recipe, overrides)
     folder = (run_distill if args.command == "distill" else run_train)(recipe, resume=args.resume)
@@ -67,7 +67,7 @@ def _neurons(args: argparse.Namespace) -> int:
 
 
 def _energy(args: argparse.Namespace) -> int:
-    from spiking_lm.evaluation.commands import run_energy
+    from spiking_lm.evaluation.runners import run_energy
 
     run_energy(args.model, args.data, args.sequences, args.length, args.baseline, args.output_dir, args.results,
                args.trust_remote_code)  # fmt: skip
@@ -75,7 +75,7 @@ def _energy(args: argparse.Namespace) -> int:
 
 
 def _perplexity(args: argparse.Namespace) -> int:
-    from spiking_lm.evaluation.commands import run_perplexity
+    from spiking_lm.evaluation.runners import run_perplexity
 
     run_perplexity(args.model, args.data, args.split, args.text_column, args.window, args.stride, args.results,
                    args.trust_remote_code)  # fmt: skip
@@ -83,7 +83,7 @@ def _perplexity(args: argparse.Namespace) -> int:
 
 
 def _zero_shot(args: argparse.Namespace) -> int:
-    from spiking_lm.evaluation.commands import run_zero_shot
+    from spiking_lm.evaluation.runners import run_zero_shot
 
     run_zero_shot(args.model, args.tasks, args.data_dir, args.batch_size, args.limit, args.num_fewshot,
                   args.results, args.trust_remote_code)  # fmt: skip
@@ -91,7 +91,7 @@ def _zero_shot(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from spiking_lm.evaluation.cards import render_card, write_card
+    from spiking_lm.publishing.cards import render_card, write_card
 
     if args.print:
         print(render_card(args.folder, args.repo_id, args.template))
@@ -101,7 +101,7 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from spiking_lm.evaluation.hub import push_folder
+    from spiking_lm.publishing.hub import push_folder
 
     url = push_folder(args.folder, args.repo_id, args.private, args.token, args.message, not args.keep_card)
     print(f"pushed {args.folder} to {args.repo_id}: {url}")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--resume", action="store_true", help="resume from the last checkpoint in output_dir")
         command.set_defaults(handler=_run_recipe, takes_overrides=True)
     energy = commands.add_parser(
-        "energy", help="count MACs/ACs on real text: energy table, firing-rate plot, JSON (SPEC §5)"
+        "energy", help="count MACs/ACs on real text: energy table, firing-rate plot, JSON (see docs/design.md)"
     )
     _add_model_arguments(energy)
     energy.add_argument("--data", help="text file(s) or dataset name (default: the shipped held-out play)")

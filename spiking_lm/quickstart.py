@@ -24,12 +24,13 @@ from .distill import SpADConfig, SpADTrainer
 from .distill.calibration import calibrate_output_norms
 from .evaluation.perplexity import sliding_window_perplexity
 from .evaluation.results import RESULTS_FILE, record_training
+from .memory import keep_freed_memory
 from .models.bispikclm import BiSpikCLMForCausalLM
-from .runtime import keep_freed_memory
+from .publishing.cards import TEMPLATES
 
 logger = logging.get_logger(__name__)
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "quickstart.md.j2"
+MODEL_CARD_TEMPLATE = TEMPLATES.joinpath("quickstart.md.j2")
 SAMPLE_PROMPT = "ROMEO.\n"
 
 
@@ -174,7 +175,7 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     settings = SMOKE if smoke else FULL
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    keep_freed_memory()  # a training run: freed activation buffers are reused (spiking_lm.runtime)
+    keep_freed_memory()  # a training run: freed activation buffers are reused (spiking_lm.memory)
     set_seed(seed)
     started = time.perf_counter()
     train_files, held_out_files = shakespeare_files()

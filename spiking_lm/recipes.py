@@ -19,17 +19,9 @@ from pathlib import Path
 import yaml
 
 from .distill.config import SpADConfig
-from .models.bispikclm import BiSpikCLMForCausalLM
-from .models.wd_spikingformer import WDSpikingformerForCausalLM
-from .models.we_spikingformer import WESpikingformerForMaskedLM
+from .models.auto import ARCHITECTURES
 
-__all__ = ["STUDENT_CLASSES", "DataSettings", "Recipe", "load_recipe"]
-
-STUDENT_CLASSES = {
-    "bispikclm": BiSpikCLMForCausalLM,
-    "wd_spikingformer": WDSpikingformerForCausalLM,
-    "we_spikingformer": WESpikingformerForMaskedLM,
-}
+__all__ = ["DataSettings", "Recipe", "load_recipe"]
 SECTIONS = ("teacher", "student", "data", "training")
 
 
@@ -57,7 +49,7 @@ class Recipe:
 
     @property
     def student_class(self):
-        return STUDENT_CLASSES[self.student["architecture"]]
+        return ARCHITECTURES[self.student["architecture"]].student_class
 
     def student_overrides(self) -> dict:
         return {key: value for key, value in self.student.items() if key != "architecture"}
@@ -122,9 +114,9 @@ def load_recipe(path, overrides: list[str] | None = None) -> Recipe:
     _apply_overrides(raw, overrides or [])
     student = dict(raw.get("student") or {})
     architecture = student.get("architecture")
-    if architecture not in STUDENT_CLASSES:
-        raise ValueError(f"student.architecture={architecture!r} is invalid: must be one of {sorted(STUDENT_CLASSES)}")
-    _check_keys("student", student, _config_fields(STUDENT_CLASSES[architecture].config_class) | {"architecture"})
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"student.architecture={architecture!r} is invalid: must be one of {sorted(ARCHITECTURES)}")
+    _check_keys("student", student, _config_fields(ARCHITECTURES[architecture].config_class) | {"architecture"})
     data = dict(raw.get("data") or {})
     _check_keys("data", data, {f.name for f in dataclasses.fields(DataSettings)})
     training = dict(raw.get("training") or {})

@@ -4,7 +4,8 @@ A student block adds Norm(Linear(spikes)) to its residual stream. Fresh norms ou
 teacher's attention and MLP outputs are often 10-100x smaller, so a student built by `from_teacher` starts
 with a residual stream the copied weights no longer fit. Setting each output norm's gain and bias to the
 per-channel std and mean of the matching teacher sublayer output (one calibration batch) restores the
-teacher's scale before distillation starts (SPEC §3).
+teacher's scale before distillation starts. Which norms, and which teacher sublayer each matches, is a class
+attribute of the student (``output_norms``).
 """
 
 from __future__ import annotations
@@ -13,15 +14,8 @@ import torch
 from torch import nn
 
 from .losses import layer_map
-from .trainer import spiking_layers
 
-__all__ = ["OUTPUT_NORMS", "calibrate_output_norms"]
-
-# student model_type -> [(teacher sublayer path, student output-norm path)], both relative to a layer
-OUTPUT_NORMS = {
-    "bispikclm": [("self_attn", "self_attn.out_norm"), ("fc2", "fc2_norm")],
-    "wd_spikingformer": [("self_attn", "self_attn.o_norm"), ("mlp", "mlp.down_norm")],
-}
+__all__ = ["calibrate_output_norms"]
 
 
 def _teacher_layers(teacher: nn.Module) -> nn.ModuleList:
@@ -36,13 +30,13 @@ def calibrate_output_norms(student: nn.Module, teacher: nn.Module, input_ids: to
     """Set the student's sublayer output norms from the teacher's outputs on ``input_ids``; returns how many.
 
     Raises:
-        ValueError: the student's architecture has no known output norms, or a module path is missing.
+        ValueError: the student's architecture has no output norms to calibrate, or a module path is missing.
     """
-    pairs = OUTPUT_NORMS.get(student.config.model_type)
-    if pairs is None:
-        raise ValueError(f"no output-norm calibration for model_type {student.config.model_type!r}")
+    pairs = student.output_norms
+    if not pairs:
+        raise ValueError(f"{type(student).__name__} has no output norms to calibrate (its output_norms is empty)")
     teacher_layers = _teacher_layers(teacher)
-    student_layers = spiking_layers(student)
+    student_layers = student.spiking_blocks()
     captured: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
     for index, layer in enumerate(teacher_layers):

@@ -11,7 +11,7 @@ LOSS_TERMS = ("ea", "saa", "sfa", "sta", "hta")
 
 @dataclass
 class SpADConfig(TrainingArguments):
-    """`TrainingArguments` plus the SpAD loss weights (SPEC §4). Every field maps one-to-one to a recipe key."""
+    """`TrainingArguments` plus the SpAD loss weights. Every field maps one-to-one to a recipe key."""
 
     teacher_name_or_path: str | None = field(
         default=None, metadata={"help": "HF ANN teacher (hub name or local folder); the trainer may also get one."}

@@ -1,4 +1,4 @@
-"""SpAD loss terms (SPEC §4) as pure functions.
+"""SpAD loss terms as pure functions (docs/design.md, "SpAD").
 
 Student quantities are already time-averaged (the models return mean-over-T hidden states and maps).
 ``mask`` is the usual ``(B, L)`` attention mask (1 = token, 0 = padding); padded positions never contribute.

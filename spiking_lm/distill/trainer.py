@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 
 from ..distributed import prepare_teacher
-from ..nn.neurons import SpikingNeuron
+from ..training import CompleteCheckpointMixin
 from .config import SpADConfig
 from .losses import (
     attention_alignment_loss,
@@ -25,43 +23,14 @@ from .losses import (
 
 logger = logging.get_logger(__name__)
 TEACHER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+TEACHER_CLASSES = {"causal-lm": AutoModelForCausalLM, "masked-lm": AutoModelForMaskedLM}
 
 
-def last_complete_checkpoint(output_dir) -> str | None:
-    """The newest ``checkpoint-N`` in ``output_dir`` whose writing finished (it holds `COMPLETE_MARKER`)."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists() and p.name[11:].isdigit()]
-    return str(max(complete, key=lambda p: int(p.name[11:]))) if complete else None
-
-
-class CompleteCheckpointMixin:
-    """Marks a checkpoint complete only after the Trainer wrote all of it, so that a crash mid-save leaves the
-    previous checkpoint as the one to resume from (the Trainer writes ``checkpoint-N`` in place)."""
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            (folder / COMPLETE_MARKER).write_text(f"{self.state.global_step}\n")
-
-
-def load_teacher(name_or_path: str, masked: bool, need_attentions: bool):
-    """Load an HF teacher, a masked LM for encoder students, else a causal LM; with eager attention if SAA needs
-    its maps."""
-    auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+def load_teacher(name_or_path: str, head: str, need_attentions: bool):
+    """Load an HF teacher with the head a student asks for (its class's ``teacher_head``: ``"causal-lm"`` or
+    ``"masked-lm"``); with eager attention if SAA needs its maps."""
     options = {"attn_implementation": "eager"} if need_attentions else {}
-    return auto.from_pretrained(name_or_path, **options)
-
-
-def spiking_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's list of blocks."""
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) and isinstance(module[0], GradientCheckpointingLayer):
-            return module
-    raise ValueError(f"{type(model).__name__} has no list of layers")
+    return TEACHER_CLASSES[head].from_pretrained(name_or_path, **options)
 
 
 def check_pair(student, teacher, args: SpADConfig) -> None:
@@ -100,8 +69,7 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
         if teacher is None:
             if args.teacher_name_or_path is None:
                 raise ValueError("no teacher: pass teacher= or set teacher_name_or_path")
-            masked = model.config.model_type == "we_spikingformer"
-            teacher = load_teacher(args.teacher_name_or_path, masked, args.saa_weight > 0)
+            teacher = load_teacher(args.teacher_name_or_path, model.teacher_head, args.saa_weight > 0)
         check_pair(model, teacher, args)
         super().__init__(model=model, args=args, **kwargs)
         self.teacher = prepare_teacher(teacher, self.accelerator, self.args.device)
@@ -118,23 +86,8 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
                 nn.Linear(model.config.hidden_size, teacher.config.hidden_size),
                 nn.LayerNorm(teacher.config.hidden_size),
             ).to(self.args.device)
-        self._input_rates: dict[int, torch.Tensor] = {}
-        if args.sfa_weight > 0 and args.rate_gamma > 0:
-            self._hook_input_neurons(model)
         self._term_sums = defaultdict(float)
         self._term_steps = 0
-
-    def _hook_input_neurons(self, model) -> None:
-        """Record, per layer, the firing rate of the neuron that feeds the block (for RateMSE)."""
-        for index, layer in enumerate(spiking_layers(model)):
-            neuron = next(child for child in layer.children() if isinstance(child, SpikingNeuron))
-            units = getattr(neuron, "spike_max", 1) * getattr(neuron, "spike_scale", 1.0)
-
-            def record(module, inputs, output, index=index, units=units):
-                if module.training and output.shape[0] == module_time_steps(model):
-                    self._input_rates[index] = output.mean(0) / units
-
-            neuron.register_forward_hook(record)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
@@ -146,7 +99,9 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
         args = self.args
         mask = inputs.get("attention_mask")
         need_maps = args.saa_weight > 0
-        outputs = model(**inputs, output_hidden_states=True, output_attentions=need_maps)
+        need_rates = args.sfa_weight > 0 and args.rate_gamma > 0
+        flags = {"output_hidden_states": True, "output_attentions": need_maps}
+        outputs = model(**inputs, **flags, **({"output_firing_rates": True} if need_rates else {}))
         with torch.no_grad():
             teacher_inputs = {key: inputs[key] for key in TEACHER_INPUTS if key in inputs}
             teacher = self.teacher(**teacher_inputs, output_hidden_states=True, output_attentions=need_maps)
@@ -165,7 +120,8 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
                 embeddings = self.projection(embeddings)
             terms["ea"] = embedding_alignment_loss(embeddings, teacher.hidden_states[0], mask)
         if args.sfa_weight > 0:
-            terms["sfa"] = self._feature_loss(outputs.hidden_states, teacher.hidden_states, mask)
+            rates = outputs.firing_rates if need_rates else None
+            terms["sfa"] = self._feature_loss(outputs.hidden_states, teacher.hidden_states, rates, mask)
         if need_maps:
             pairs = [(outputs.attentions[s], teacher.attentions[t]) for s, t in enumerate(self.layer_map)]
             terms["saa"] = torch.stack([attention_alignment_loss(a, b, mask) for a, b in pairs]).mean()
@@ -173,13 +129,13 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
         self._accumulate(terms)
         return (loss, outputs) if return_outputs else loss
 
-    def _feature_loss(self, student_hidden, teacher_hidden, mask):
+    def _feature_loss(self, student_hidden, teacher_hidden, student_rates, mask):
         losses = []
         for student_layer, teacher_layer in enumerate(self.layer_map):
             target = teacher_hidden[teacher_layer + 1]
             losses.append(feature_alignment_loss(student_hidden[student_layer + 1], target, mask, self.projection))
-            rate = self._input_rates.get(student_layer)
-            if rate is not None and self.args.rate_gamma > 0:
+            if student_rates is not None:
+                rate = student_rates[student_layer]
                 # The student's block input passes a norm before its first neuron; drive the reference LIF alike.
                 drive = nn.functional.layer_norm(
                     teacher_hidden[teacher_layer], teacher_hidden[teacher_layer].shape[-1:]
@@ -187,7 +143,6 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
                 if drive.shape == rate.shape:
                     steps = module_time_steps(self.model)
                     losses[-1] = losses[-1] + self.args.rate_gamma * rate_mse(rate, drive, steps, mask)
-        self._input_rates.clear()
         return torch.stack(losses).mean()
 
     def _accumulate(self, terms) -> None:

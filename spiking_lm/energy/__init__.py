@@ -1,4 +1,4 @@
-"""Energy and operation counting for spiking models (SPEC §5): `estimate_energy`, `energy_mj` and the
+"""Energy and operation counting for spiking models: `estimate_energy`, `energy_mj` and the
 45 nm constants `E_MAC_PJ` / `E_AC_PJ`."""
 
 from .counting import (

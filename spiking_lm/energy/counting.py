@@ -1,4 +1,4 @@
-"""Operation counting and the energy estimate of SPEC §5.
+"""Operation counting and the energy estimate (docs/design.md, "Energy").
 
 E = E_MAC · #MAC + E_AC · #AC. A layer fed real values does multiply-accumulates (MACs); a layer fed spikes
 only adds the weight columns its spikes select (accumulates, ACs): for a Linear with ``out`` outputs that is
@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..nn import layers as spiking_layers
 from ..nn.neurons import SpikingNeuron
+from ..nn.recording import OperationRecorder, recording
 
 E_MAC_PJ = 4.6
 """Energy of one 32-bit floating-point multiply-accumulate in 45 nm CMOS, picojoules (Horowitz, ISSCC 2014),
@@ -139,16 +139,15 @@ def _unit_counts(values: torch.Tensor, neuron) -> torch.Tensor:
     """Per-element binary spike counts of a neuron's output in its own units (0/1, 0..D_max, |±1|)."""
     if neuron is None:
         return values.abs()
-    offset = getattr(neuron, "spike_offset", 0.0)
-    scale = getattr(neuron, "spike_scale", 1.0)
-    return ((values - offset) / scale).abs()
+    coding = neuron.coding
+    return ((values - coding.offset) / coding.scale).abs()
 
 
-class OperationCounter:
+class OperationCounter(OperationRecorder):
     """Context manager that counts the operations of the forward passes run inside it.
 
     Every `nn.Linear` (and `transformers`' GPT-2 ``Conv1D``) fed real values counts MACs; the spiking layers
-    report spike-fed Linears and spiking attention through `spiking_lm.nn.layers.OPERATION_RECORDERS`; neuron
+    report spike-fed Linears and spiking attention through the recorder protocol (`spiking_lm.nn.recording`); neuron
     and norm hooks add firing rates and the separately reported norm/neuron work. While counting, norm + neuron
     fusion is off so that each neuron's own output is observed.
     """
@@ -180,11 +179,12 @@ class OperationCounter:
                 self._handles.append(module.register_forward_hook(self._neuron))
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 self._handles.append(module.register_forward_pre_hook(self._norm))
-        spiking_layers.OPERATION_RECORDERS.append(self)
+        self._recording = recording(self)
+        self._recording.__enter__()
         return self
 
     def __exit__(self, *exc):
-        spiking_layers.OPERATION_RECORDERS.remove(self)
+        self._recording.__exit__(None, None, None)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

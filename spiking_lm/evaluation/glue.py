@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from transformers.utils import logging
 
 from ..data import encode_examples
-from .common import check_model_reference, energy_probe
+from .loading import check_model_reference, energy_probe
 from .results import default_results_path, record_evaluation
 
 logger = logging.get_logger(__name__)
@@ -116,7 +116,7 @@ def run_glue(model_path: str, task: str, settings: GlueSettings | None = None, r
     """Fine-tune ``model_path`` on GLUE ``task`` and score every evaluation split; returns
     ``{split: {metric: value}}`` and records them (with an energy probe on the first evaluation batch) in the
     results file. The fine-tuned model is saved to ``settings.output_dir/<task>/final``."""
-    from ..run import SpikingTrainer
+    from ..training import SpikingTrainer
 
     settings = settings or GlueSettings()
     spec = glue_task(task)

@@ -6,7 +6,7 @@ every activation instead of recomputing attention and unfused norm → neuron pa
 """
 
 from . import functional
-from .kernels import BACKENDS
+from .dispatch import BACKENDS
 from .neurons import (
     COMMON_OPTIONS,
     NEURONS,

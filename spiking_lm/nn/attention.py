@@ -1,4 +1,4 @@
-"""Spiking self-attention (SPEC §2): WSSA / CWSSA (winner-take-all), SFSA (softmax-free), SSA (baseline).
+"""Spiking self-attention products: WSSA / CWSSA (winner-take-all), SFSA (softmax-free), SSA (baseline).
 
 Q, K and V are spike values ``(T, B, H, L, d)``. A = Q Kᵀ are overlap counts. What differs is how A selects
 values:
@@ -19,11 +19,10 @@ import math
 
 import torch
 
-from .event import and_popcount, pack_bits
+from .bitpack import and_popcount, pack_bits
 
 __all__ = [
     "ATTENTION_TYPES",
-    "MATMUL_DTYPES",
     "SFSA_SCALES",
     "WTA_MODES",
     "allowed_keys",
@@ -107,10 +106,6 @@ def winner_take_all(
     return hard + soft - soft.detach()
 
 
-MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-"""Names a config may give for the dtype of training matrix products (``train_matmul_dtype``)."""
-
-
 def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``a @ b``; while training with ``dtype=torch.bfloat16``, on bf16 operands with an fp32 result (spike
     operands are exact, the gradients flowing back are rounded). Inference always multiplies in fp32.
@@ -128,7 +123,7 @@ def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.fl
 
 def spike_scores(query: torch.Tensor, key: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Q Kᵀ, the overlap counts ``(…, Lq, Lk)``. ``key`` may be binary spikes packed into int64 words (the event
-    backend's K cache, `spiking_lm.nn.event.pack_bits`); the caller then guarantees 0/1 queries, and the counts
+    backend's K cache, `spiking_lm.nn.bitpack.pack_bits`); the caller then guarantees 0/1 queries, and the counts
     come from AND and popcount on the words."""
     if key.dtype == torch.int64:
         return and_popcount(pack_bits(query), key).to(query.dtype)

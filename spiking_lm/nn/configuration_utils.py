@@ -9,8 +9,9 @@ import math
 
 from transformers import PreTrainedConfig
 
-from .attention import ATTENTION_TYPES, MATMUL_DTYPES, SFSA_SCALES, WTA_MODES
-from .kernels import BACKENDS
+from .attention import ATTENTION_TYPES, SFSA_SCALES, WTA_MODES
+from .dispatch import BACKENDS
+from .execution import MATMUL_DTYPES
 from .neurons import NEURONS
 from .surrogate import SURROGATES
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import AUTO_COMPILE_MIN_NUMEL, MultiStepIntegerLIF, MultiStepLIF, check_backend
+from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend
+from .kernels import MultiStepIntegerLIF, MultiStepLIF
 from .surrogate import SurrogateFunction, build_surrogate
 
 __all__ = [

@@ -2,127 +2,18 @@
 
 Each kernel is a plain function over a time-major tensor ``(T, M)`` (M = everything after T, flattened).
 The same Python function is the reference implementation (backend ``"torch"``) and, compiled by
-`torch.compile`, the fast one (backend ``"inductor"``): the loop over T unrolls and every step fuses into
-one pass over memory, which is what makes a LIF as cheap as a GELU.
-
-Backends:
-    ``"torch"``: eager PyTorch, always available.
-    ``"inductor"``: `torch.compile`; errors are raised, never hidden.
-    ``"auto"`` (default): inductor for tensors of at least `AUTO_COMPILE_MIN_NUMEL` elements, eager below (tiny
-    tensors gain nothing from a compiled kernel and would pay its guard overhead). If compiling a kernel
-    fails, ``"auto"`` logs a warning and runs that kernel eagerly for the rest of the process; if it only
-    reached the recompile limit (`KERNEL_RECOMPILE_LIMIT` variants per kernel, raised from dynamo's 8: a process
-    that builds many models), the variants compiled so far keep running compiled and only new ones run eagerly.
-
-Compiled kernels receive their scalar parameters as 0-d tensors, so one graph per number of time steps
-serves every neuron configuration.
+`torch.compile` (`spiking_lm.nn.dispatch`), the fast one (backend ``"inductor"``): the loop over T unrolls and
+every step fuses into one pass over memory, which is what makes a LIF as cheap as a GELU.
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-
 import torch
 
+from .dispatch import as_graph_inputs, run_kernel
 from .surrogate import surrogate_derivative
-
-logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "inductor")
-AUTO_COMPILE_MIN_NUMEL = int(os.environ.get("SPIKING_LM_COMPILE_MIN_NUMEL", 1 << 17))
-
-_compiled_kernels: dict = {}
-_broken_kernels: set = set()
-_limited_kernels: set = set()
-KERNEL_RECOMPILE_LIMIT = 64  # compiled variants per kernel before new ones run eagerly (see `_call_compiled`)
-RECOMPILE_LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")  # torch ≥ 2.7 / older names
-
-
-def check_backend(backend: str) -> str:
-    """Return ``backend`` if valid, else raise `ValueError` listing the valid backends."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    return backend
-
-
-def _compiled(kernel):
-    if kernel not in _compiled_kernels:
-        _compiled_kernels[kernel] = torch.compile(kernel, dynamic=None, fullgraph=True)
-    return _compiled_kernels[kernel]
-
-
-def _as_graph_inputs(args, like: torch.Tensor) -> tuple:
-    """Numbers become 0-d tensors so that one compiled graph serves every neuron configuration (dynamo would
-    otherwise specialize on each value and recompile); tensors are detached so grad-mode never forks a graph."""
-    converted = []
-    for arg in args:
-        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            arg = torch.tensor(arg, dtype=like.dtype, device=like.device)
-        elif torch.is_tensor(arg):
-            arg = arg.detach()
-        converted.append(arg)
-    return tuple(converted)
-
-
-def _hit_recompile_limit(error: Exception) -> bool:
-    return type(error).__name__ in RECOMPILE_LIMIT_ERRORS or "recompile limit" in str(error)
-
-
-def _call_compiled(function, args: tuple):
-    """The compiled ``function(*args)``, run with dynamo's `recompile_limit` raised to `KERNEL_RECOMPILE_LIMIT`
-    for the call: dynamo allows 8 variants per function by default, and one of these kernels meets more in a
-    process that trains, evaluates and generates (dtypes, head layouts, T = 1 and T > 1, grad modes, several
-    models). Set and restored around the call (a few µs), so dynamo's setting for other code is unchanged."""
-    config = torch._dynamo.config
-    limit = config.recompile_limit
-    if limit >= KERNEL_RECOMPILE_LIMIT:
-        return _compiled(function)(*args)
-    config.recompile_limit = KERNEL_RECOMPILE_LIMIT
-    try:
-        return _compiled(function)(*args)
-    finally:
-        config.recompile_limit = limit
-
-
-def _run(function, backend: str, x: torch.Tensor, args: tuple, graph_inputs):
-    """The backend rule of the module docstring; ``graph_inputs`` prepares the arguments of a compiled call."""
-    if backend == "torch" or torch.compiler.is_compiling():
-        return function(x, *args)
-    if backend == "auto" and (function in _broken_kernels or x.numel() < AUTO_COMPILE_MIN_NUMEL):
-        return function(x, *args)
-    compiled_args = graph_inputs((x, *args), x)
-    if backend == "inductor":
-        return _call_compiled(function, compiled_args)
-    try:
-        return _call_compiled(function, compiled_args)
-    except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
-        if _hit_recompile_limit(error):  # the compiled variants stay; new ones run eagerly
-            if function not in _limited_kernels:
-                _limited_kernels.add(function)
-                logger.warning(
-                    "%s reached torch._dynamo's recompile limit (many shapes or configurations in one process): "
-                    "the variants compiled so far stay compiled, new ones run eagerly",
-                    function.__name__,
-                )
-            return function(x, *args)
-        _broken_kernels.add(function)
-        logger.warning("torch.compile of %s failed (%s); it runs eagerly from now on", function.__name__, error)
-        return function(x, *args)
-
-
-def run_kernel(kernel, backend: str, x: torch.Tensor, *args):
-    """Run the no-grad kernel ``kernel(x, *args)`` on the chosen backend."""
-    return _run(kernel, backend, x, args, _as_graph_inputs)
-
-
-def run_differentiable(function, backend: str, x: torch.Tensor, *args):
-    """Like `run_kernel`, for a function autograd differentiates (compiled forward and backward via AOTAutograd);
-    its tensors keep their autograd history."""
-    return _run(function, backend, x, args, lambda arguments, _: arguments)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # LIF: U[t] = H[t-1] + X[t];  S[t] = Θ(U[t] - V_th);  H[t] = β (U[t] - S[t] V_th)  (soft reset)
@@ -283,7 +174,7 @@ class MultiStepLIF(torch.autograd.Function):
         (inputs,) = ctx.saved_tensors
         flat = grad_spikes.reshape(inputs.shape)
         # The numbers become 0-d tensors in the dtype of X, not of a bf16 gradient (which would round them).
-        options = _as_graph_inputs(ctx.options, inputs)
+        options = as_graph_inputs(ctx.options, inputs)
         grad_x = run_kernel(lif_backward, ctx.backend, flat, inputs, *options)
         return grad_x.view(grad_spikes.shape), *([None] * 8)
 
@@ -298,7 +189,7 @@ class MaskedMultiStepLIF(torch.autograd.Function):
     ):
         # The numbers go in as fp32 0-d tensors: converted in the dtype of bf16 scores they would be rounded.
         like = scores.new_empty((), dtype=torch.float32)
-        numbers = _as_graph_inputs((scale, beta, v_threshold, *(() if v_reset is None else (v_reset,)), alpha), like)
+        numbers = as_graph_inputs((scale, beta, v_threshold, *(() if v_reset is None else (v_reset,)), alpha), like)
         scale, beta, v_threshold, *rest, alpha = numbers
         v_reset = rest[0] if rest else None
         spikes = run_kernel(masked_lif_forward, backend, scores, allowed, scale, beta, v_threshold, v_reset, dtype)

@@ -1,7 +1,9 @@
 """What every spiking `PreTrainedModel` adds to the Hugging Face contract.
 
 - `SpikingModelMixin.set_spike_mode("binary" | "integer")`: the exact integer-training → spike-inference switch.
-- Firing-rate recording for the energy report.
+- One `SpikeExecution` per model (inference backend, training GEMM dtype), passed down to every layer.
+- Firing-rate recording for the energy report; per-layer block-input firing rates in the outputs
+  (``output_firing_rates=True``) for distillation.
 - `from_teacher(teacher)`: a student shaped like an ANN teacher, with every matching weight copied.
 - `save_pretrained` writes the config's ``auto_map`` for every Auto class the model supports and copies the
   model code with the `spiking_lm.nn` modules it needs beside it, so the folder loads with
@@ -19,14 +21,20 @@ import sys
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import logging
 
-from .attention import MATMUL_DTYPES
-from .configuration_utils import check_choice
-from .event import INFERENCE_BACKENDS, clear_event_cache
-from .layers import expand_time, mean_over_time, positions_from_mask, run_layers
+from .blocks import expand_time, mean_over_time, positions_from_mask, run_layers
+from .execution import SpikeExecution
 from .neurons import SpikingNeuron
+from .outputs import (
+    SpikingCausalLMOutput,
+    SpikingMaskedLMOutput,
+    SpikingModelOutput,
+    SpikingModelOutputWithPooling,
+    SpikingSequenceClassifierOutput,
+    SpikingSequenceClassifierOutputWithPast,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -36,6 +44,12 @@ CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__
 
 __all__ = [
     "REMOTE_CODE_MODULES",
+    "SpikingCausalLMOutput",
+    "SpikingMaskedLMOutput",
+    "SpikingModelOutput",
+    "SpikingModelOutputWithPooling",
+    "SpikingSequenceClassifierOutput",
+    "SpikingSequenceClassifierOutputWithPast",
     "SpikingCausalLMMixin",
     "SpikingDecoderMixin",
     "SpikingModelMixin",
@@ -47,15 +61,26 @@ __all__ = [
 # The spiking_lm.nn modules a saved model's code needs, copied flat beside the modeling file.
 REMOTE_CODE_MODULES = (
     "surrogate",
+    "dispatch",
     "kernels",
-    "neurons",
-    "functional",
     "spike_coding",
-    "event",
+    "recording",
+    "execution",
     "recompute",
+    "functional",
+    "neuron_base",
+    "parallel_neurons",
+    "neurons",
+    "bitpack",
+    "cpu_linear",
+    "event",
+    "spike_linear",
+    "norms",
     "attention",
-    "layers",
+    "self_attention",
+    "blocks",
     "configuration_utils",
+    "outputs",
     "modeling_utils",
 )
 _PACKAGE_IMPORT = re.compile(r"^from spiking_lm\.nn\.(\w+) import", flags=re.MULTILINE)
@@ -118,6 +143,17 @@ def copy_matching_weights(student: nn.Module, teacher: nn.Module) -> dict[str, l
 class SpikingModelMixin:
     """Spike-mode switch, firing rates, teacher initialization and portable saving for spiking models."""
 
+    blocks_path = "layers"
+    """Where the blocks live, relative to the base model (`PreTrainedModel.base_model`)."""
+    output_norms: tuple = ()
+    """``(teacher sublayer, student output norm)`` paths, relative to a block, that teacher calibration sets."""
+    teacher_head = "causal-lm"
+    """The head an ANN teacher of this architecture has (``"causal-lm"`` or ``"masked-lm"``)."""
+
+    def spiking_blocks(self) -> nn.ModuleList:
+        """The model's blocks, in order."""
+        return self.base_model.get_submodule(self.blocks_path)
+
     def spiking_neurons(self) -> list[tuple[str, SpikingNeuron]]:
         """Every neuron of the model with its module name."""
         return [(name, module) for name, module in self.named_modules() if isinstance(module, SpikingNeuron)]
@@ -142,27 +178,23 @@ class SpikingModelMixin:
 
         Both give the same logits up to fp32 summation order; training always uses the dense path.
         """
-        if backend not in INFERENCE_BACKENDS:
-            raise ValueError(f"inference backend must be one of {INFERENCE_BACKENDS}, got {backend!r}")
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.inference_backend = backend
-                if backend == "dense":
-                    clear_event_cache(module)
+        self.execution.inference_backend = backend
         return self
 
     def post_init(self):
         super().post_init()
-        self.set_train_matmul_dtype(self.config.train_matmul_dtype)
+        # One SpikeExecution per model: the outermost model's post_init runs last and shares its object with
+        # every spiking model nested in it (a causal LM's base model and decoder), which pass it to their layers.
+        execution = SpikeExecution(train_matmul_dtype=self.config.train_matmul_dtype)
+        for module in self.modules():
+            if isinstance(module, SpikingModelMixin):
+                module.execution = execution
 
     def set_train_matmul_dtype(self, dtype: str):
         """GEMM operand dtype of the spike-fed Linears while training, ``"float32"`` or ``"bfloat16"`` (see
         ``train_matmul_dtype`` in the config, which this updates); returns self."""
-        check_choice("train_matmul_dtype", dtype, tuple(MATMUL_DTYPES))
+        self.execution.train_matmul_dtype = dtype
         self.config.train_matmul_dtype = dtype
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.train_matmul_dtype = dtype
         return self
 
     def record_firing_rates(self, enabled: bool = True):
@@ -235,6 +267,7 @@ class SpikingDecoderMixin:
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
+        output_firing_rates=False,
         past_key_values=None,
         **kwargs,
     ):
@@ -258,14 +291,14 @@ class SpikingDecoderMixin:
         if self.embed_positions is not None:
             inputs_embeds = inputs_embeds + self.embed_positions(position_ids + self.position_offset)
         hidden = expand_time(inputs_embeds, self.config.time_steps)  # (T, B, L, D)
-        hidden, all_hidden, all_attentions = run_layers(
-            self.layers, hidden, attention_mask, cache, output_hidden_states, output_attentions
-        )
-        last_hidden = getattr(self, self.final_norm_name)(mean_over_time(hidden))
-        return BaseModelOutputWithPast(
+        flags = (output_hidden_states, output_attentions, self.execution, output_firing_rates)
+        layers = run_layers(self.layers, hidden, attention_mask, cache, *flags)
+        last_hidden = getattr(self, self.final_norm_name)(mean_over_time(layers.hidden))
+        return SpikingModelOutput(
             last_hidden_state=last_hidden,
-            hidden_states=all_hidden,
-            attentions=all_attentions,
+            hidden_states=layers.hidden_states,
+            attentions=layers.attentions,
+            firing_rates=layers.firing_rates,
             **{CACHE_FIELD: cache if use_cache else None},
         )
 
@@ -290,6 +323,7 @@ class SpikingCausalLMMixin:
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
+        output_firing_rates=False,
         logits_to_keep=0,
         past_key_values=None,
         **kwargs,
@@ -305,6 +339,7 @@ class SpikingCausalLMMixin:
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            output_firing_rates=output_firing_rates,
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -312,11 +347,12 @@ class SpikingCausalLMMixin:
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
+        return SpikingCausalLMOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            firing_rates=outputs.firing_rates,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 

@@ -6,7 +6,9 @@ All neurons share one constructor vocabulary (``beta``, ``v_threshold``, ``v_res
 membrane starts at zero on every call: HF ``generate`` calls ``forward`` once per token, so state carried
 across calls would leak between tokens.
 
-Use `build_neuron(name, **kwargs)`; `NEURONS` maps every name to its class.
+Use `build_neuron(name, **kwargs)`; `NEURONS` maps every name to its class. This module holds the LIF family
+(binary, integer, adaptive-shift, ternary) and the registry; the base class is in `neuron_base`, the parallel
+spiking neurons in `parallel_neurons`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import math
 import torch
 from torch import nn
 
-from .functional import ceil_ste, integer_lif, lif, masked_psn, psn, sliding_psn, tlif
-from .kernels import MaskedMultiStepLIF, check_backend
-from .recompute import is_recomputing
-from .spike_coding import integer_to_binary
+from .functional import ceil_ste, integer_lif, lif, tlif
+from .kernels import MaskedMultiStepLIF
+from .neuron_base import SpikingNeuron, _check_int, _check_number
+from .parallel_neurons import MaskedParallelSpikingNeuron, ParallelSpikingNeuron, SlidingParallelSpikingNeuron
+from .spike_coding import SPIKE_MODES, SpikeCoding, integer_to_binary
 from .surrogate import build_surrogate
 
 __all__ = [
@@ -37,84 +40,8 @@ __all__ = [
     "SpikingNeuron",
     "TernaryLIFNeuron",
     "build_neuron",
+    "neuron_from_config",
 ]
-
-SPIKE_MODES = ("integer", "binary")
-
-
-def _check_number(field: str, value, low: float, high: float = math.inf, low_inclusive: bool = True):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if low_inclusive else value > low) and value <= high
-    if not ok:
-        bracket = "[" if low_inclusive else "("
-        raise ValueError(f"{field} must be a number in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _check_int(field: str, value, low: int):
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-class SpikingNeuron(nn.Module):
-    """Base class: firing-rate bookkeeping and the backend option. Subclasses implement `fire`.
-
-    Args:
-        backend (`str`, *optional*, defaults to `"auto"`):
-            kernel backend for the LIF family: `"auto"`, `"torch"` (eager) or `"inductor"` (`torch.compile`).
-        record_firing_rate (`bool`, *optional*, defaults to `False`):
-            accumulate spikes and element-steps on every forward; read them with `firing_rate`.
-    """
-
-    def __init__(self, backend: str = "auto", record_firing_rate: bool = False):
-        super().__init__()
-        self.backend = check_backend(backend)
-        self.record_firing_rate = bool(record_firing_rate)
-        self.reset_firing_stats()
-
-    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Spikes of ``x`` ``(T, ...)``; ``dtype`` asks for them in that dtype (bf16 for a consumer that multiplies
-        in bf16; the LIF kernels then write it directly), the membrane staying in the dtype of ``x``."""
-        if x.dim() < 2:
-            raise ValueError(f"{type(self).__name__} expects time-major input [T, ...], got shape {tuple(x.shape)}")
-        if dtype is None or dtype == x.dtype:
-            spikes = self.fire(x)
-        else:
-            spikes = self.fire(x, dtype=dtype) if self.fires_in_any_dtype else self.fire(x).to(dtype)
-        if self.record_firing_rate and not is_recomputing():  # a backward-pass rerun fires nothing new
-            with torch.no_grad():
-                count = self.count_spikes(spikes if spikes.dtype.itemsize >= 4 else spikes.float()).double()
-                self._spike_total = count if self._spike_total is None else self._spike_total + count
-            self._element_steps += spikes.numel() * self.virtual_steps_per_output
-        return spikes
-
-    def fire(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    virtual_steps_per_output = 1
-    fires_in_any_dtype = False  # True where `fire` takes ``dtype=`` and emits it itself
-    binary_output = True  # spikes are 0/1 (the integer and ternary neurons override this)
-
-    def count_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
-        """Number of binary spikes represented by ``spikes`` (a 0-d tensor)."""
-        return spikes.sum()
-
-    @property
-    def firing_rate(self) -> float:
-        """Mean spikes per element per (virtual) time step since the last `reset_firing_stats`; NaN if none."""
-        if not self._element_steps or self._spike_total is None:
-            return float("nan")
-        return float(self._spike_total) / self._element_steps
-
-    @property
-    def recorded_elements(self) -> int:
-        """Element-steps seen while recording (the denominator of `firing_rate`)."""
-        return self._element_steps
-
-    def reset_firing_stats(self) -> None:
-        self._spike_total = None  # created on the spikes' device at the first recorded call
-        self._element_steps = 0
 
 
 class LIFNeuron(SpikingNeuron):
@@ -183,7 +110,6 @@ class IntegerLIFNeuron(SpikingNeuron):
     """
 
     normalized = False
-    binary_output = False
 
     def __init__(
         self,
@@ -220,6 +146,10 @@ class IntegerLIFNeuron(SpikingNeuron):
         lower = self.lower_bound()
         lower = lower.detach() if torch.is_tensor(lower) else lower
         return lower * self.spike_scale
+
+    @property
+    def coding(self) -> SpikeCoding:
+        return SpikeCoding(self.spike_scale, self.spike_offset, self.spike_max, False, self.spike_mode)
 
     @property
     def virtual_steps_per_output(self) -> int:
@@ -292,7 +222,7 @@ class TernaryLIFNeuron(SpikingNeuron):
         detach_reset (`bool`, *optional*, defaults to `False`): no gradient through the reset.
     """
 
-    binary_output = False
+    coding = SpikeCoding(binary=False, counts=False)  # {−a, 0, a} with learned a: no integer counts
 
     def __init__(
         self,
@@ -329,102 +259,6 @@ class TernaryLIFNeuron(SpikingNeuron):
 
     def count_spikes(self, spikes):
         return (spikes != 0).sum()
-
-
-class ParallelSpikingNeuron(SpikingNeuron):
-    """Parallel spiking neuron (``psn``): H = W X + b over the T axis; S = Θ(H). No recurrence over T.
-
-    W ∈ ℝ^{T×T} is initialized like `nn.Linear` (kaiming-uniform, a = √5) and b = −1 (the threshold).
-
-    Args:
-        time_steps (`int`, *optional*, defaults to 4): T; the input must have exactly T steps.
-        surrogate (`str` or `SurrogateFunction`, *optional*, defaults to `"atan"`): surrogate gradient.
-    """
-
-    def __init__(self, time_steps: int = 4, surrogate="atan", backend: str = "auto", record_firing_rate=False):
-        super().__init__(backend, record_firing_rate)
-        self.time_steps = _check_int("time_steps", time_steps, 1)
-        self.surrogate = build_surrogate(surrogate)
-        self.weight = nn.Parameter(torch.empty(time_steps, time_steps))
-        self.bias = nn.Parameter(torch.full((time_steps,), -1.0))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-
-    def _check_steps(self, x):
-        if x.shape[0] != self.time_steps:
-            raise ValueError(f"{type(self).__name__} was built for time_steps={self.time_steps}, got T={x.shape[0]}")
-
-    def fire(self, x):
-        self._check_steps(x)
-        return psn(x, self.weight, self.bias, self.surrogate)
-
-    def extra_repr(self):
-        return f"time_steps={self.time_steps}"
-
-
-class MaskedParallelSpikingNeuron(ParallelSpikingNeuron):
-    """Masked PSN (``masked_psn``): H = (W ⊙ M_k(λ)) X + b, M_k the causal band of order k.
-
-    M_k(λ) = λ M_k + (1 − λ): anneal ``mask_lambda`` from 0 to 1 during training (`set_mask_lambda`); at 1 the
-    neuron is causal over T with memory k.
-
-    Args:
-        order (`int`, *optional*, defaults to 2): k, in [1, time_steps].
-        mask_lambda (`float`, *optional*, defaults to 1.0): λ in [0, 1].
-    """
-
-    def __init__(
-        self,
-        time_steps: int = 4,
-        order: int = 2,
-        mask_lambda: float = 1.0,
-        surrogate="atan",
-        backend: str = "auto",
-        record_firing_rate: bool = False,
-    ):
-        super().__init__(time_steps, surrogate, backend, record_firing_rate)
-        self.order = _check_int("order", order, 1)
-        if order > time_steps:
-            raise ValueError(f"order must be <= time_steps={time_steps}, got {order}")
-        self.set_mask_lambda(mask_lambda)
-
-    def set_mask_lambda(self, mask_lambda: float) -> None:
-        self.mask_lambda = _check_number("mask_lambda", mask_lambda, 0.0, 1.0)
-
-    def fire(self, x):
-        self._check_steps(x)
-        return masked_psn(x, self.weight, self.bias, self.order, self.mask_lambda, self.surrogate)
-
-    def extra_repr(self):
-        return f"time_steps={self.time_steps}, order={self.order}, mask_lambda={self.mask_lambda}"
-
-
-class SlidingParallelSpikingNeuron(SpikingNeuron):
-    """Sliding PSN (``sliding_psn``): H[t] = Σ_{i<k} w_i X[t−k+1+i]; S = Θ(H − b). Works for any T.
-
-    Weights start as a LIF-like decay, w_i = β^{k−1−i} with β = 0.5, and b at ``v_threshold``; both learn.
-
-    Args:
-        order (`int`, *optional*, defaults to 2): k, the number of taps.
-        v_threshold (`float`, *optional*, defaults to 1.0): initial threshold b, > 0.
-        surrogate (`str` or `SurrogateFunction`, *optional*, defaults to `"atan"`): surrogate gradient.
-    """
-
-    def __init__(
-        self, order: int = 2, v_threshold: float = 1.0, surrogate="atan", backend="auto", record_firing_rate=False
-    ):
-        super().__init__(backend, record_firing_rate)
-        self.order = _check_int("order", order, 1)
-        self.surrogate = build_surrogate(surrogate)
-        decay = 0.5 ** torch.arange(order - 1, -1, -1, dtype=torch.get_default_dtype())
-        self.weight = nn.Parameter(decay)
-        threshold = _check_number("v_threshold", v_threshold, 0.0, low_inclusive=False)
-        self.threshold = nn.Parameter(torch.tensor(threshold))
-
-    def fire(self, x):
-        return sliding_psn(x, self.weight, self.threshold, self.surrogate)
-
-    def extra_repr(self):
-        return f"order={self.order}"
 
 
 NEURONS: dict[str, type[SpikingNeuron]] = {
@@ -471,3 +305,19 @@ def build_neuron(name: str, *, strict: bool = True, **kwargs) -> SpikingNeuron:
     if unknown:
         raise ValueError(f"neuron {name!r} got unknown option(s) {unknown}; it accepts {sorted(accepted)}")
     return NEURONS[name](**kwargs)
+
+
+def neuron_from_config(config, **overrides) -> SpikingNeuron:
+    """A fresh neuron of ``config.neuron_type`` with the config's shared options (overridable)."""
+    options = {
+        "beta": config.beta,
+        "v_threshold": config.v_threshold,
+        "surrogate": config.surrogate,
+        "detach_reset": config.detach_reset,
+        "spike_max": config.spike_max,
+        "time_steps": config.time_steps,
+        "backend": config.neuron_backend,
+    }
+    neuron_type = overrides.pop("neuron_type", config.neuron_type)
+    options.update(overrides)
+    return build_neuron(neuron_type, strict=False, **options)

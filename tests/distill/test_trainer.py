@@ -110,7 +110,7 @@ def test_output_norm_calibration_matches_the_teacher_sublayer_statistics():
     outputs = captured["fc2"].flatten(0, -2)
     torch.testing.assert_close(norm.weight, outputs.std(0))
     torch.testing.assert_close(norm.bias, outputs.mean(0))
-    with pytest.raises(ValueError, match="no output-norm calibration for model_type 'we_spikingformer'"):
+    with pytest.raises(ValueError, match="WESpikingformerForMaskedLM has no output norms to calibrate"):
         calibrate_output_norms(spiking_lm.WESpikingformerForMaskedLM(spiking_lm.WESpikingformerConfig(
             vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8)),
             teacher, input_ids)  # fmt: skip
@@ -142,7 +142,7 @@ def run_losses(tmp_path, name, callbacks=(), resume=None):
 
 
 def test_killed_and_resumed_run_reaches_the_same_losses(tmp_path):
-    from spiking_lm.distill.trainer import last_complete_checkpoint
+    from spiking_lm.training import last_complete_checkpoint
 
     uninterrupted = run_losses(tmp_path, "a")
     run_losses(tmp_path, "b", callbacks=[StopAt(4)])
@@ -154,7 +154,7 @@ def test_killed_and_resumed_run_reaches_the_same_losses(tmp_path):
 
 
 def test_a_checkpoint_without_its_completion_marker_is_never_resumed(tmp_path):
-    from spiking_lm.distill.trainer import COMPLETE_MARKER, last_complete_checkpoint
+    from spiking_lm.training import COMPLETE_MARKER, last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
     for step in (4, 8):
@@ -162,3 +162,28 @@ def test_a_checkpoint_without_its_completion_marker_is_never_resumed(tmp_path):
     (tmp_path / "checkpoint-4" / COMPLETE_MARKER).write_text("4\n")
     # checkpoint-8 was being written when the process died
     assert last_complete_checkpoint(tmp_path).endswith("checkpoint-4")
+
+
+def spad_loss(trainer, student, batch):
+    inputs = {"input_ids": batch, "labels": batch, "attention_mask": torch.ones_like(batch)}
+    return trainer.compute_loss(student, inputs)
+
+
+@pytest.mark.parametrize("neuron_type", ["lif", "nilif"])
+def test_rate_mse_acts_under_the_default_kernels_and_reaches_the_student(tmp_path, neuron_type):
+    """The student's block-input rates come from its outputs, so RateMSE acts on every kernel path, the fused
+    norm → neuron included (a forward hook on the neuron never saw those spikes and left the term at 0)."""
+    teacher = tiny_opt()
+    batch = blocks().blocks[:4]
+    losses, grads = {}, {}
+    for gamma in (0.0, 0.5):
+        student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(teacher, time_steps=2, neuron_type=neuron_type)
+        assert student.config.neuron_backend == "auto"  # the default kernels: norm → neuron fused
+        args = config(tmp_path / str(gamma), rate_gamma=gamma, hta_weight=0.0, sta_weight=0.0, ea_weight=0.0,
+                      saa_weight=0.0)  # fmt: skip
+        trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=blocks())
+        loss = spad_loss(trainer, student, batch)
+        norm = student.model.decoder.layers[0].self_attn_layer_norm  # feeds the first block's input neuron
+        losses[gamma], grads[gamma] = loss.detach(), torch.autograd.grad(loss, norm.weight)[0]
+    assert losses[0.5] > losses[0.0]  # the rate term adds a positive MSE
+    assert not torch.equal(grads[0.5], grads[0.0])  # and sends its own gradient to the student

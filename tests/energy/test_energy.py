@@ -10,7 +10,7 @@ from transformers import OPTConfig, OPTForCausalLM
 import spiking_lm
 from spiking_lm.energy import E_AC_PJ, E_MAC_PJ, energy_mj, estimate_energy
 from spiking_lm.nn import SpikingNeuron
-from spiking_lm.nn import layers as spiking_layers
+from spiking_lm.nn.recording import active_recorders
 
 D, F, V, H = 8, 16, 11, 2  # hidden, intermediate, vocabulary, heads
 
@@ -103,7 +103,7 @@ def test_counting_observes_without_changing_the_model():
     with torch.no_grad():
         after = model(input_ids).logits
     assert torch.equal(before, after)
-    assert spiking_layers.OPERATION_RECORDERS == []
+    assert active_recorders() == ()
     assert all(not neuron.record_firing_rate for _, neuron in model.spiking_neurons())
     data = report.to_dict()
     json.dumps(data, allow_nan=False)

@@ -13,8 +13,8 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from spiking_lm.evaluation.common import load_model_and_tokenizer  # noqa: E402
 from spiking_lm.evaluation.harness import TASK_SUITES, evaluate_zero_shot, expand_tasks, write_local_tasks  # noqa: E402
+from spiking_lm.evaluation.loading import load_model_and_tokenizer  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval"
 ALL_TASKS = TASK_SUITES["qa"] + TASK_SUITES["commonsense"]

@@ -4,7 +4,8 @@ generates the same text with the cache."""
 import pytest
 import torch
 
-from spiking_lm.nn import attention, event
+from spiking_lm.nn import attention, bitpack, event
+from spiking_lm.nn.recording import WeightReads, recording
 
 from .conftest import CAUSAL_LM_CLASSES, MODEL_CLASSES, model_inputs, tiny_model
 
@@ -16,7 +17,7 @@ IDS = [cls.__name__ for cls, _ in MODEL_CLASSES]
 def gather_every_call(monkeypatch):
     """Compare the gather itself: tiny layers sit under the size floor, and random tiny models fire densely
     enough that the rule would pick the GEMM (whose result is the dense path's by construction)."""
-    monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)
     monkeypatch.setattr(event, "EVENT_MAX_DENSITY", 1.0)
 
 
@@ -40,9 +41,8 @@ def test_event_logits_equal_dense_logits(model_class, kind, neuron_type, side, m
     inputs = model_inputs(model_class)
     with torch.no_grad():
         dense = model(**inputs).logits
-        event.reset_weight_reads()
-        fast = model.set_inference_backend("event")(**inputs).logits
-    reads = event.WEIGHT_READS
+        with recording(WeightReads()) as reads:
+            fast = model.set_inference_backend("event")(**inputs).logits
     if side == "gather":
         assert reads["gathered_calls"] > 0  # the gather really ran
     elif neuron_type == "tlif":  # learned ternary scales are no integer counts: the fp32 GEMM stays
@@ -61,7 +61,7 @@ def test_event_logits_equal_dense_logits(model_class, kind, neuron_type, side, m
 @pytest.mark.parametrize("neuron_type", ["lif", "nilif"])
 @pytest.mark.parametrize("side", ["gather", "int8"])
 def test_event_backend_generates_the_same_text_with_the_cache(model_class, neuron_type, side, monkeypatch):
-    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)  # lif keys as bits (nilif's stay int8 counts)
+    monkeypatch.setattr(bitpack, "PACKED_MIN_HEADS", 0)  # lif keys as bits (nilif's stay int8 counts)
     if side == "int8":
         products_every_call(monkeypatch)
     model = tiny_model(model_class, neuron_type=neuron_type)
@@ -98,18 +98,18 @@ def test_unknown_backend_is_rejected():
 def test_event_backend_caches_spike_keys_packed_and_values_as_int8(
     model_class, neuron_type, key_dtype, value_dtype, monkeypatch
 ):
-    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)  # tiny caches would keep int8 keys (module rule)
+    monkeypatch.setattr(bitpack, "PACKED_MIN_HEADS", 0)  # tiny caches would keep int8 keys (module rule)
     model = tiny_model(model_class, neuron_type=neuron_type)
     inputs = model_inputs(model_class)
     with torch.no_grad():
         dense = model(**inputs, use_cache=True).cache
         event_cache = model.set_inference_backend("event")(**inputs, use_cache=True).cache
     k_neuron = next(module.k_neuron for module in model.modules() if hasattr(module, "k_neuron"))
-    unit = getattr(k_neuron, "spike_scale", 1.0)
+    unit = k_neuron.coding.scale
 
     def widened(stored, width):
         if stored.dtype == torch.int64:  # binary keys: bits packed into int64 words
-            return event.unpack_bits(stored, width)
+            return bitpack.unpack_bits(stored, width)
         return stored.float() * unit if stored.dtype == torch.int8 else stored  # asn spikes carry an offset: fp32
 
     for plain, compact in zip(dense.layers, event_cache.layers, strict=True):
@@ -126,8 +126,9 @@ def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class
     """Binary keys cached as bits: chunks of at most `PACKED_MAX_QUERIES` rows multiply them by AND/popcount,
     longer chunks unpack them; both give the logits of one dense forward over the whole sequence."""
     popcounts = []
-    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)
-    monkeypatch.setattr(attention, "and_popcount", lambda q, k: popcounts.append(q.shape) or event.and_popcount(q, k))
+    monkeypatch.setattr(bitpack, "PACKED_MIN_HEADS", 0)
+    counted = bitpack.and_popcount
+    monkeypatch.setattr(attention, "and_popcount", lambda q, k: popcounts.append(q.shape) or counted(q, k))
     model = tiny_model(model_class, neuron_type="lif")
     input_ids = model_inputs(model_class, length=12)["input_ids"]
     with torch.no_grad():
@@ -144,7 +145,7 @@ def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class
 
 @pytest.mark.parametrize("first", ["dense", "event"])
 def test_a_cache_filled_on_one_backend_cannot_be_continued_on_the_other(first, monkeypatch):
-    monkeypatch.setattr(event, "PACKED_MIN_HEADS", 0)
+    monkeypatch.setattr(bitpack, "PACKED_MIN_HEADS", 0)
     model_class = CAUSAL_LM_CLASSES[0]
     model = tiny_model(model_class, neuron_type="lif").set_inference_backend(first)
     input_ids = model_inputs(model_class)["input_ids"]
@@ -163,7 +164,7 @@ def test_binary_keys_are_packed_only_in_caches_of_enough_heads(model_class, monk
     inputs = model_inputs(model_class, batch=2)
     heads = config.time_steps * 2 * config.num_attention_heads
     for limit, key_dtype in ((heads + 1, torch.int8), (heads, torch.int64)):
-        monkeypatch.setattr(event, "PACKED_MIN_HEADS", limit)
+        monkeypatch.setattr(bitpack, "PACKED_MIN_HEADS", limit)
         with torch.no_grad():
             cache = model(**inputs, use_cache=True).cache
         assert {layer.keys.dtype for layer in cache.layers} == {key_dtype}
@@ -173,17 +174,18 @@ def test_binary_keys_are_packed_only_in_caches_of_enough_heads(model_class, monk
 def test_under_the_size_floor_the_event_backend_runs_the_dense_code(model_class, monkeypatch):
     """Matrices that stay in the CPU cache always take the GEMM: the event backend then adds only bookkeeping, so
     it leaves such layers (and their K/V cache) to the dense code, bit for bit."""
-    monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 2**21)  # the library's floor; the tiny model is under it
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 2**21)  # the library's floor; the tiny model is under it
     model = tiny_model(model_class, neuron_type="nilif")
     inputs = model_inputs(model_class)
     with torch.no_grad():
         dense = model(**inputs, use_cache=True)
-        event.reset_weight_reads()
-        small = model.set_inference_backend("event")(**inputs, use_cache=True)
-        assert event.WEIGHT_READS["calls"] == 0
+        with recording(WeightReads()) as reads:
+            small = model.set_inference_backend("event")(**inputs, use_cache=True)
+        assert reads["calls"] == 0
         assert torch.equal(small.logits, dense.logits)
         assert {layer.keys.dtype for layer in small.cache.layers} == {torch.float32}
-        monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 0)
-        large = model(**inputs, use_cache=True)
-    assert event.WEIGHT_READS["calls"] > 0
+        monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)
+        with recording(WeightReads()) as reads:
+            large = model(**inputs, use_cache=True)
+    assert reads["calls"] > 0
     assert {layer.keys.dtype for layer in large.cache.layers} == {torch.int8}

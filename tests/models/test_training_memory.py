@@ -148,7 +148,7 @@ def test_train_matmul_dtype_is_validated_and_survives_save_and_load(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = BiSpikCLMForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.train_matmul_dtype == "bfloat16"
-    assert loaded.model.decoder.layers[0].fc1.train_matmul_dtype == "bfloat16"
+    assert loaded.execution.train_matmul_dtype == "bfloat16"
 
 
 def test_single_step_models_keep_the_plain_graph():
@@ -167,7 +167,7 @@ def test_bfloat16_fast_paths_compute_what_the_widened_bf16_path_computes(model_c
     """Training in bf16 keeps spikes, exact GEMM outputs and SFSA's scores in bf16 between kernels and fuses
     SFSA's neuron; with those paths switched off (fp32 spikes and outputs, converted at every product) the loss
     is bit for bit the same and the gradients agree up to summation order and the bias gradients' bf16 sums."""
-    from spiking_lm.nn import layers
+    from spiking_lm.nn import blocks, self_attention
     from spiking_lm.nn.neurons import LIFNeuron
 
     # 2 heads of 16: SFSA's context stays bf16 (1/√16 is a power of two)
@@ -177,8 +177,10 @@ def test_bfloat16_fast_paths_compute_what_the_widened_bf16_path_computes(model_c
     inputs["attention_mask"][0, :3] = 0
     loss, grads = loss_and_grads(model, kind, inputs)
     with monkeypatch.context() as patch:
-        patch.setattr(layers, "low_spike_dtype", lambda linears, neuron: None)
-        patch.setattr(layers, "exact_output_dtype", lambda linears, neuron: None)
+        for module in (blocks, self_attention):  # where the blocks and the attention look them up
+            for name in ("low_spike_dtype", "exact_output_dtype"):
+                if hasattr(module, name):
+                    patch.setattr(module, name, lambda linears, neuron, execution=None: None)
         patch.delattr(LIFNeuron, "fire_masked")  # SFSA's unfused path
         plain_loss, plain_grads = loss_and_grads(model, kind, inputs)
     assert torch.equal(loss, plain_loss)

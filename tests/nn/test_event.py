@@ -4,15 +4,29 @@ import pytest
 import torch
 from torch import nn
 
-from spiking_lm.nn import build_neuron, event
-from spiking_lm.nn.event import EVENT_MAX_DENSITY, event_linear, gather_rows
-from spiking_lm.nn.layers import linear_on_spikes
+from spiking_lm.nn import bitpack, build_neuron, cpu_linear, event
+from spiking_lm.nn.event import EVENT_MAX_DENSITY, gather_rows
+from spiking_lm.nn.execution import SpikeExecution
+from spiking_lm.nn.recording import WeightReads, recording
+from spiking_lm.nn.spike_linear import linear_on_spikes
 
 
 @pytest.fixture(autouse=True)
 def gather_even_small_matrices(monkeypatch):
     """Tiny test layers stay under the size floor that sends cache-resident matrices to the GEMM."""
-    monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(cpu_linear, "MIN_WEIGHT_BYTES", 0)
+
+
+EXECUTION = SpikeExecution("event")
+
+
+def event_linear(linear, spikes, neuron):
+    return event.event_linears((linear,), spikes, neuron, EXECUTION)[0]
+
+
+def event_linears(linears, spikes, neuron):
+    return event.event_linears(linears, spikes, neuron, EXECUTION)
 
 
 def sparse_values(rows, width, density, generator, levels=4):
@@ -76,22 +90,20 @@ def test_a_group_where_only_some_linears_have_a_bias():
     linears = [nn.Linear(16, 4, bias=False).eval(), nn.Linear(16, 6).eval()]
     spikes = (torch.rand(2, 1, 16) < 0.3).float()
     with torch.no_grad():
-        for output, linear in zip(event.event_linears(linears, spikes, None), linears, strict=True):
+        for output, linear in zip(event_linears(linears, spikes, None), linears, strict=True):
             torch.testing.assert_close(output, linear(spikes), rtol=1e-6, atol=1e-6)
 
 
 def test_gathering_is_what_runs_below_the_density_limit(monkeypatch):
     linear = nn.Linear(40, 8).eval()
     spikes = (torch.rand(1, 2, 40, generator=torch.Generator().manual_seed(0)) < 0.1).float()
-    event.reset_weight_reads()
-    with torch.no_grad():
+    with torch.no_grad(), recording(WeightReads()) as reads:
         event_linear(linear, spikes, None)
-    assert event.WEIGHT_READS["gathered_calls"] == 1
-    assert event.WEIGHT_READS["gathered_bytes"] == torch.count_nonzero(spikes).item() * 8 * 4
-    monkeypatch.setattr(event, "EVENT_MIN_WEIGHT_BYTES", 10**9)  # small matrices go to the GEMM
-    with torch.no_grad():
+        assert reads["gathered_calls"] == 1
+        assert reads["gathered_bytes"] == torch.count_nonzero(spikes).item() * 8 * 4
+        monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 10**9)  # small matrices go to the GEMM
         event_linear(linear, spikes, None)
-    assert event.WEIGHT_READS["gathered_calls"] == 1 and event.WEIGHT_READS["dense_bytes"] == 40 * 8 * 4
+    assert reads["gathered_calls"] == 1 and reads["dense_bytes"] == 40 * 8 * 4
 
 
 def test_the_density_limit_is_higher_for_few_rows_where_the_gemm_is_memory_bound():
@@ -103,10 +115,9 @@ def test_the_density_limit_is_higher_for_few_rows_where_the_gemm_is_memory_bound
     for rows, gathered in ((8, 1), (128, 0)):  # 40 % density: a gather for 8 rows, the GEMM for 128
         spikes = torch.zeros(rows, 40)
         spikes[:, :16] = 1.0
-        event.reset_weight_reads()
-        with torch.no_grad():
+        with torch.no_grad(), recording(WeightReads()) as reads:
             torch.testing.assert_close(event_linear(linear, spikes, None), linear(spikes), rtol=1e-5, atol=1e-5)
-        assert event.WEIGHT_READS["gathered_calls"] == gathered
+        assert reads["gathered_calls"] == gathered
 
 
 @pytest.mark.parametrize(("name", "mode"), [("nilif", "integer"), ("asn", "integer"), ("nilif", "binary")])
@@ -119,21 +130,24 @@ def test_linears_sharing_spikes_gather_together_and_equal_each_dense_linear(name
     with torch.no_grad():
         spikes = neuron(torch.randn(1, 2, 3, 40) * 0.45)
         dense = [linear_on_spikes(linear, spikes, neuron) for linear in linears]
-        event.reset_weight_reads()
-        grouped = event.event_linears(linears, spikes, neuron)
-        assert event.WEIGHT_READS["calls"] == 3 and event.WEIGHT_READS["gathered_calls"] == 3
+        with recording(WeightReads()) as reads:
+            grouped = event_linears(linears, spikes, neuron)
+        assert reads["calls"] == 3 and reads["gathered_calls"] == 3
         for got, expected in zip(grouped, dense, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         linears[1].weight.mul_(-3)  # the concatenated copy must follow an update of any member
         torch.testing.assert_close(
-            event.event_linears(linears, spikes, neuron)[1], linear_on_spikes(linears[1], spikes, neuron)
+            event_linears(linears, spikes, neuron)[1], linear_on_spikes(linears[1], spikes, neuron)
         )
 
 
 def test_the_attention_mask_is_shared_between_layers_and_rebuilt_when_it_changes():
     from spiking_lm.nn.attention import allowed_keys
-    from spiking_lm.nn.layers import shared_allowed_keys
 
+    def shared_allowed_keys(mask, *arguments):
+        return execution.allowed_keys(allowed_keys, mask, *arguments)
+
+    execution = SpikeExecution()
     mask = torch.tensor([[0, 1, 1, 1]])
     first = shared_allowed_keys(mask, 4, 4, True, None, 1)
     assert shared_allowed_keys(mask, 4, 4, True, None, 1) is first  # the next layer reuses it
@@ -170,7 +184,7 @@ def test_a_single_row_is_gathered_in_one_piece_per_thread(monkeypatch, two_threa
     assert bags == [2, 1]
 
 
-@pytest.mark.parametrize("rows", [1, 5, event.FEW_ROWS_MAX, event.FEW_ROWS_MAX + 1])
+@pytest.mark.parametrize("rows", [1, 5, cpu_linear.FEW_ROWS_MAX, cpu_linear.FEW_ROWS_MAX + 1])
 @pytest.mark.parametrize("out_features", [50, 51])
 @pytest.mark.parametrize("threads", [2, 3])
 def test_few_rows_linear_equals_the_linear(rows, out_features, threads, monkeypatch):
@@ -182,16 +196,16 @@ def test_few_rows_linear_equals_the_linear(rows, out_features, threads, monkeypa
     x = torch.randn(rows, 1, 24)
     with torch.no_grad():
         torch.testing.assert_close(
-            event.few_rows_linear(x, linear.weight, linear.bias), linear(x), rtol=1e-5, atol=1e-6
+            cpu_linear.few_rows_linear(x, linear.weight, linear.bias), linear(x), rtol=1e-5, atol=1e-6
         )
         torch.testing.assert_close(
-            event.few_rows_linear(x, linear.weight), x @ linear.weight.t(), rtol=1e-5, atol=1e-6
+            cpu_linear.few_rows_linear(x, linear.weight), x @ linear.weight.t(), rtol=1e-5, atol=1e-6
         )
-    assert bool(calls) == (rows <= event.FEW_ROWS_MAX)  # split into blocks only for few rows
+    assert bool(calls) == (rows <= cpu_linear.FEW_ROWS_MAX)  # split into blocks only for few rows
 
 
 def test_few_rows_linear_keeps_autograd_and_the_head_keeps_linear_keys():
-    head = event.FewRowsLinear(16, 40)
+    head = cpu_linear.FewRowsLinear(16, 40)
     x = torch.randn(1, 16, requires_grad=True)
     head(x).pow(2).sum().backward()
     reference = nn.Linear(16, 40)
@@ -231,10 +245,12 @@ def test_int8_products_equal_the_float64_product(levels):
 @pytest.mark.parametrize(
     "name,kwargs,unit", [("lif", {}, 1.0), ("nilif", {}, 0.25), ("ilif", {"spike_max": 8}, 1.0), ("tlif", {}, None)]
 )
-def test_integer_unit_names_the_step_between_spike_values(name, kwargs, unit):
-    assert event.integer_unit(build_neuron(name, **kwargs)) == unit
-    assert event.integer_unit(None) is None
-    assert event.integer_unit(build_neuron("ilif", spike_max=200)) is None  # counts over 127 do not fit int8
+def test_the_coding_unit_names_the_step_between_spike_values(name, kwargs, unit):
+    from spiking_lm.nn.spike_coding import coding_of
+
+    assert build_neuron(name, **kwargs).coding.unit == unit
+    assert coding_of(None).unit is None  # real values have no unit
+    assert build_neuron("ilif", spike_max=200).coding.unit is None  # counts over 127 do not fit int8
 
 
 @pytest.mark.parametrize(
@@ -248,14 +264,13 @@ def test_the_int8_side_of_the_rule_equals_the_dense_linear(name, kwargs, monkeyp
     neuron = build_neuron(name, **kwargs)
     linears = [nn.Linear(40, 24).eval(), nn.Linear(40, 8, bias=False).eval()]
     spikes = neuron(torch.randn(1, 6, 40) * 3)
-    event.reset_weight_reads()
-    with torch.no_grad():
-        outputs = event.event_linears(linears, spikes, neuron)
+    with torch.no_grad(), recording(WeightReads()) as reads:
+        outputs = event_linears(linears, spikes, neuron)
         for output, linear in zip(outputs, linears, strict=True):
             torch.testing.assert_close(output, linear_on_spikes(linear, spikes, neuron), rtol=1e-6, atol=1e-6)
-        assert event.WEIGHT_READS["int8_calls"] == 2 and event.WEIGHT_READS["dense_bytes"] == 40 * 32 * 3
+        assert reads["int8_calls"] == 2 and reads["dense_bytes"] == 40 * 32 * 3
         linears[0].weight.mul_(-3)  # the int8 pieces follow weight updates like the transposed copy
-        output = event.event_linears(linears, spikes, neuron)[0]
+        output = event_linears(linears, spikes, neuron)[0]
         torch.testing.assert_close(output, linear_on_spikes(linears[0], spikes, neuron), rtol=1e-6, atol=1e-6)
 
 
@@ -265,10 +280,10 @@ def test_packed_bits_round_trip_and_and_popcount_equals_the_product(width):
     query = (torch.rand(3, 2, 4, width, generator=generator) < 0.5).float()
     keys = (torch.rand(3, 2, 9, width, generator=generator) < 0.5).float()
     keys[0, 0, 0] = 1.0  # every bit of a word set, the sign bit included
-    words = event.pack_bits(keys)
+    words = bitpack.pack_bits(keys)
     assert words.dtype == torch.int64 and words.shape == (3, 2, 9, -(-width // 64))
-    assert torch.equal(event.unpack_bits(words, width), keys)
-    counts = event.and_popcount(event.pack_bits(query), words)
+    assert torch.equal(bitpack.unpack_bits(words, width), keys)
+    counts = bitpack.and_popcount(bitpack.pack_bits(query), words)
     assert counts.dtype == torch.int64
     assert torch.equal(counts.float(), query @ keys.transpose(-1, -2))
 
@@ -276,4 +291,4 @@ def test_packed_bits_round_trip_and_and_popcount_equals_the_product(width):
 def test_popcount_counts_the_bits_of_any_word():
     words = torch.tensor([0, 1, -1, -(2**63), 2**63 - 1, 0x5555555555555555, -0x5555555555555556])
     expected = [bin(int(w) & (2**64 - 1)).count("1") for w in words]
-    assert event.popcount(words).tolist() == expected
+    assert bitpack.popcount(words).tolist() == expected

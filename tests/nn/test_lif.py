@@ -122,41 +122,41 @@ def test_inference_path_is_bitwise_the_training_kernel(v_reset, dtype):
 def test_reaching_the_recompile_limit_keeps_compiled_variants_and_runs_new_ones_eagerly(caplog, monkeypatch):
     import torch._dynamo
 
-    from spiking_lm.nn import kernels
+    from spiking_lm.nn import dispatch
 
     def doubled(x, flag):  # a fresh kernel: its own dynamo cache
         return x * 2 if flag else x + 1
 
-    monkeypatch.setattr(kernels, "KERNEL_RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(dispatch, "KERNEL_RECOMPILE_LIMIT", 1)
     # config.patch, not monkeypatch: undoing a monkeypatch deletes the setting from dynamo's config, which then
     # fails every later compilation in the process
     with torch._dynamo.config.patch(recompile_limit=1):
-        first = torch.ones(kernels.AUTO_COMPILE_MIN_NUMEL)
-        assert torch.equal(kernels.run_kernel(doubled, "auto", first, True), first * 2)  # compiled
+        first = torch.ones(dispatch.AUTO_COMPILE_MIN_NUMEL)
+        assert torch.equal(dispatch.run_kernel(doubled, "auto", first, True), first * 2)  # compiled
         other = first.double()  # a new dtype needs a second graph: over the limit
-        with caplog.at_level("WARNING", logger=kernels.__name__):
-            assert torch.equal(kernels.run_kernel(doubled, "auto", other, True), other * 2)
+        with caplog.at_level("WARNING", logger=dispatch.__name__):
+            assert torch.equal(dispatch.run_kernel(doubled, "auto", other, True), other * 2)
     assert "recompile limit" in caplog.text
-    assert doubled not in kernels._broken_kernels  # the first variant is still served compiled
-    compiled = kernels._compiled_kernels[doubled]
+    assert doubled not in dispatch._broken_kernels  # the first variant is still served compiled
+    compiled = dispatch._compiled_kernels[doubled]
     assert torch.equal(compiled(first, True), first * 2)
 
 
 def test_kernels_compile_more_variants_than_dynamos_default_limit(caplog):
     import torch._dynamo
 
-    from spiking_lm.nn import kernels
+    from spiking_lm.nn import dispatch
 
     def tripled(x):  # a fresh kernel: its own dynamo cache
         return x * 3
 
-    first = torch.ones(kernels.AUTO_COMPILE_MIN_NUMEL)
+    first = torch.ones(dispatch.AUTO_COMPILE_MIN_NUMEL)
     before = torch._dynamo.config.recompile_limit
-    with torch._dynamo.config.patch(recompile_limit=1), caplog.at_level("WARNING", logger=kernels.__name__):
+    with torch._dynamo.config.patch(recompile_limit=1), caplog.at_level("WARNING", logger=dispatch.__name__):
         for dtype in (torch.float32, torch.float64, torch.bfloat16):  # three variants, dynamo allows one
             x = first.to(dtype)
-            assert torch.equal(kernels.run_kernel(tripled, "auto", x), x * 3)
-    assert "recompile limit" not in caplog.text and tripled not in kernels._limited_kernels
+            assert torch.equal(dispatch.run_kernel(tripled, "auto", x), x * 3)
+    assert "recompile limit" not in caplog.text and tripled not in dispatch._limited_kernels
     assert torch._dynamo.config.recompile_limit == before  # dynamo's own setting is untouched
 
 

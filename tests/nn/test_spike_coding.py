@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spiking_lm.nn import binary_to_integer, build_neuron, integer_to_binary
+from spiking_lm.nn import NEURONS, binary_to_integer, build_neuron, integer_to_binary
 
 INTEGER = ["ilif", "nilif", "asn", "nasn"]
 
@@ -104,3 +104,28 @@ def test_spike_mode_switch_back_and_errors():
     assert torch.equal(neuron(x), before)
     with pytest.raises(ValueError, match="spike mode must be one of"):
         neuron.set_spike_mode("ternary")
+
+
+@pytest.mark.parametrize("name", sorted(NEURONS))
+def test_every_neuron_describes_its_output_with_one_coding(name):
+    torch.manual_seed(0)
+    neuron = build_neuron(name, strict=False, time_steps=2, spike_max=4)
+    spikes = neuron(torch.randn(2, 3, 16) * 2)
+    coding = neuron.coding
+    assert coding.mode == "integer" and not coding.in_binary_mode
+    if coding.binary:
+        assert set(spikes.unique().tolist()) <= {0.0, 1.0} and coding.unit == 1.0
+    if coding.counts:  # values are scale · k + offset with integer 0 <= k <= max
+        counts = (spikes - coding.offset) / coding.scale
+        assert torch.allclose(counts, counts.round(), atol=1e-5)
+        assert counts.min() >= -1e-5 and counts.max() <= coding.max + 1e-5
+    else:  # ternary spikes with learned scales are no integer counts: no int8 unit, no uint8 coding
+        assert coding.unit is None and coding.linear is None
+    if hasattr(neuron, "set_spike_mode"):  # the integer family: a binary train folds back into the same values
+        x = torch.randn(2, 3, 16) * 2
+        integer = neuron(x)
+        neuron.set_spike_mode("binary")
+        assert neuron.coding.in_binary_mode and neuron.coding.max == 4
+        train = neuron(x)
+        assert train.shape[0] == 2 * neuron.coding.max
+        torch.testing.assert_close(neuron.coding.values(train), integer)

@@ -1,4 +1,4 @@
-"""BiSpikCLM configuration: a binary spiking causal LM on the OPT layout (SPEC §3)."""
+"""BiSpikCLM configuration: a binary spiking causal LM on the OPT layout."""
 
 from __future__ import annotations
 

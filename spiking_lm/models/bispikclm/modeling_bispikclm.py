@@ -1,4 +1,4 @@
-"""BiSpikCLM: binary spiking causal LM with softmax-free spiking attention, on OPT's layout (SPEC §2–3).
+"""BiSpikCLM: binary spiking causal LM with softmax-free spiking attention (SFSA), on OPT's layout.
 
 Parameter names follow OPT (``model.decoder.embed_tokens``, ``embed_positions`` with OPT's offset of 2,
 ``layers.N.self_attn.{q,k,v,out}_proj``, ``self_attn_layer_norm``, ``fc1``, ``fc2``, ``final_layer_norm``), so an
@@ -11,15 +11,12 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from spiking_lm.nn.event import FewRowsLinear
-from spiking_lm.nn.layers import (
-    SpikingSelfAttention,
-    build_norm,
-    membrane_shortcut_layer,
-    neuron_from_config,
-    spiking_mlp,
-)
+from spiking_lm.nn.blocks import membrane_shortcut_layer, spiking_mlp
+from spiking_lm.nn.cpu_linear import FewRowsLinear
 from spiking_lm.nn.modeling_utils import SpikingCausalLMMixin, SpikingDecoderMixin, SpikingModelMixin
+from spiking_lm.nn.neurons import neuron_from_config
+from spiking_lm.nn.norms import build_norm
+from spiking_lm.nn.self_attention import SpikingSelfAttention
 
 from .configuration_bispikclm import BiSpikCLMConfig
 
@@ -46,10 +43,12 @@ class BiSpikCLMDecoderLayer(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.fc2_norm = build_norm(config)
 
-    def mlp(self, spikes, source_neuron):
-        return spiking_mlp(spikes, source_neuron, self.fc1, self.fc1_norm, self.fc_neuron, self.fc2, self.fc2_norm)
+    def mlp(self, spikes, source_neuron, execution=None):
+        modules = (self.fc1, self.fc1_norm, self.fc_neuron, self.fc2, self.fc2_norm)
+        return spiking_mlp(spikes, source_neuron, *modules, execution)
 
-    def forward(self, hidden, attention_mask=None, cache=None):  # hidden: (T, B, L, D) membrane
+    def forward(self, hidden, attention_mask=None, cache=None, execution=None, output_firing_rate=False):
+        # hidden: (T, B, L, D) membrane
         return membrane_shortcut_layer(
             hidden,
             attention_mask,
@@ -62,6 +61,8 @@ class BiSpikCLMDecoderLayer(GradientCheckpointingLayer):
             self.mlp,
             attention_linears=(self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj),
             mlp_linears=(self.fc1,),
+            execution=execution,
+            output_firing_rate=output_firing_rate,
         )
 
 
@@ -71,6 +72,9 @@ class BiSpikCLMPreTrainedModel(SpikingModelMixin, PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BiSpikCLMDecoderLayer"]
+    blocks_path = "decoder.layers"
+    output_norms = (("self_attn", "self_attn.out_norm"), ("fc2", "fc2_norm"))
+    teacher_head = "causal-lm"
 
 
 class BiSpikCLMDecoder(SpikingDecoderMixin, BiSpikCLMPreTrainedModel):

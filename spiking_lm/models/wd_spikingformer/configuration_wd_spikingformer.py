@@ -1,4 +1,4 @@
-"""WD-Spikingformer configuration: a spiking decoder with causal winner-take-all attention (SPEC §3)."""
+"""WD-Spikingformer configuration: a spiking decoder with causal winner-take-all attention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WD-Spikingformer: spiking decoder with causal winner-take-all spiking attention (CWSSA), SPEC §2–3.
+"""WD-Spikingformer: spiking decoder with causal winner-take-all spiking attention (CWSSA).
 
 Parameter names follow Llama/Qwen2 (``model.embed_tokens``, ``layers.N.self_attn.{q,k,v,o}_proj``,
 ``input_layernorm``, ``post_attention_layernorm``, ``mlp.{up,down}_proj``, ``model.norm``, ``lm_head``), so such a
@@ -12,22 +12,19 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
-from spiking_lm.nn.event import FewRowsLinear
-from spiking_lm.nn.layers import (
-    SpikingSelfAttention,
-    build_norm,
-    membrane_shortcut_layer,
-    neuron_from_config,
-    spiking_mlp,
-)
+from spiking_lm.nn.blocks import membrane_shortcut_layer, spiking_mlp
+from spiking_lm.nn.cpu_linear import FewRowsLinear
 from spiking_lm.nn.modeling_utils import (
     SpikingCausalLMMixin,
     SpikingDecoderMixin,
     SpikingModelMixin,
+    SpikingSequenceClassifierOutputWithPast,
     sequence_classification_loss,
 )
+from spiking_lm.nn.neurons import neuron_from_config
+from spiking_lm.nn.norms import build_norm
+from spiking_lm.nn.self_attention import SpikingSelfAttention
 
 from .configuration_wd_spikingformer import WDSpikingformerConfig
 
@@ -47,10 +44,9 @@ class WDSpikingformerMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.down_norm = build_norm(config)
 
-    def forward(self, spikes, source_neuron):
-        return spiking_mlp(
-            spikes, source_neuron, self.up_proj, self.up_norm, self.act_neuron, self.down_proj, self.down_norm
-        )
+    def forward(self, spikes, source_neuron, execution=None):
+        modules = (self.up_proj, self.up_norm, self.act_neuron, self.down_proj, self.down_norm)
+        return spiking_mlp(spikes, source_neuron, *modules, execution)
 
 
 class WDSpikingformerDecoderLayer(GradientCheckpointingLayer):
@@ -65,7 +61,8 @@ class WDSpikingformerDecoderLayer(GradientCheckpointingLayer):
         self.mlp_input_neuron = neuron_from_config(config)
         self.mlp = WDSpikingformerMLP(config)
 
-    def forward(self, hidden, attention_mask=None, cache=None):  # hidden: (T, B, L, D) membrane
+    def forward(self, hidden, attention_mask=None, cache=None, execution=None, output_firing_rate=False):
+        # hidden: (T, B, L, D) membrane
         return membrane_shortcut_layer(
             hidden,
             attention_mask,
@@ -78,6 +75,8 @@ class WDSpikingformerDecoderLayer(GradientCheckpointingLayer):
             self.mlp,
             attention_linears=(self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj),
             mlp_linears=(self.mlp.up_proj,),
+            execution=execution,
+            output_firing_rate=output_firing_rate,
         )
 
 
@@ -87,6 +86,9 @@ class WDSpikingformerPreTrainedModel(SpikingModelMixin, PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["WDSpikingformerDecoderLayer"]
+    blocks_path = "layers"
+    output_norms = (("self_attn", "self_attn.o_norm"), ("mlp", "mlp.down_norm"))
+    teacher_head = "causal-lm"
 
 
 class WDSpikingformerModel(SpikingDecoderMixin, WDSpikingformerPreTrainedModel):
@@ -147,8 +149,12 @@ class WDSpikingformerForSequenceClassification(WDSpikingformerPreTrainedModel):
         last = self._last_token_index(input_ids, batch_size, length, logits.device)
         pooled = logits[torch.arange(batch_size, device=logits.device), last]
         loss = None if labels is None else sequence_classification_loss(self.config, pooled, labels)
-        return SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return SpikingSequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            firing_rates=outputs.firing_rates,
         )
 
 

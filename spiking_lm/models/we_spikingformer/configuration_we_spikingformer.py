@@ -1,4 +1,4 @@
-"""WE-Spikingformer configuration: a spiking encoder with winner-take-all attention (SPEC §3)."""
+"""WE-Spikingformer configuration: a spiking encoder with winner-take-all attention."""
 
 from __future__ import annotations
 

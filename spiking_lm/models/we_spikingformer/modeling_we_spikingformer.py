@@ -1,4 +1,4 @@
-"""WE-Spikingformer: spiking encoder with winner-take-all spiking self-attention (WSSA), SPEC §2–3.
+"""WE-Spikingformer: spiking encoder with winner-take-all spiking self-attention (WSSA).
 
 Parameter names follow BERT (``bert.embeddings.*``, ``bert.encoder.layer.N.attention.self.{query,key,value}``,
 ``attention.output.{dense,LayerNorm}``, ``intermediate.dense``, ``output.{dense,LayerNorm}``, ``bert.pooler``,
@@ -13,24 +13,19 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MaskedLMOutput,
-    SequenceClassifierOutput,
-)
 
-from spiking_lm.nn.layers import (
-    SpikingSelfAttention,
-    build_norm,
-    expand_time,
-    linear_on_spikes,
-    mean_over_time,
-    membrane_shortcut_layer,
-    neuron_from_config,
-    run_layers,
-    spiking_mlp,
+from spiking_lm.nn.blocks import expand_time, mean_over_time, membrane_shortcut_layer, run_layers, spiking_mlp
+from spiking_lm.nn.modeling_utils import (
+    SpikingMaskedLMOutput,
+    SpikingModelMixin,
+    SpikingModelOutputWithPooling,
+    SpikingSequenceClassifierOutput,
+    sequence_classification_loss,
 )
-from spiking_lm.nn.modeling_utils import SpikingModelMixin, sequence_classification_loss
+from spiking_lm.nn.neurons import neuron_from_config
+from spiking_lm.nn.norms import build_norm
+from spiking_lm.nn.self_attention import SpikingSelfAttention
+from spiking_lm.nn.spike_linear import linear_on_spikes
 
 from .configuration_we_spikingformer import WESpikingformerConfig
 
@@ -73,8 +68,8 @@ class WESpikingformerProjection(nn.Module):
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = build_norm(config)
 
-    def forward(self, spikes, source_neuron):
-        return self.LayerNorm(linear_on_spikes(self.dense, spikes, source_neuron))
+    def forward(self, spikes, source_neuron, execution=None):
+        return self.LayerNorm(linear_on_spikes(self.dense, spikes, source_neuron, execution))
 
 
 class WESpikingformerAttention(nn.Module):
@@ -85,9 +80,9 @@ class WESpikingformerAttention(nn.Module):
         self.self = SpikingSelfAttention(config, layer_idx, ("query", "key", "value", None), bias=True, causal=False)
         self.output = WESpikingformerProjection(config, config.hidden_size)
 
-    def forward(self, spikes, source_neuron, attention_mask=None, cache=None):
-        context, producer, attention_map = self.self(spikes, source_neuron, attention_mask)
-        return self.output(context, producer), None, attention_map
+    def forward(self, spikes, source_neuron, attention_mask=None, cache=None, execution=None):
+        context, producer, attention_map = self.self(spikes, source_neuron, attention_mask, execution=execution)
+        return self.output(context, producer, execution), None, attention_map
 
 
 class WESpikingformerIntermediate(nn.Module):
@@ -111,14 +106,13 @@ class WESpikingformerLayer(GradientCheckpointingLayer):
         self.intermediate = WESpikingformerIntermediate(config)
         self.output = WESpikingformerProjection(config, config.intermediate_size)
 
-    def mlp(self, spikes, source_neuron):
-        inner = self.intermediate
-        output = self.output
-        return spiking_mlp(
-            spikes, source_neuron, inner.dense, inner.LayerNorm, inner.neuron, output.dense, output.LayerNorm
-        )
+    def mlp(self, spikes, source_neuron, execution=None):
+        inner, output = self.intermediate, self.output
+        modules = (inner.dense, inner.LayerNorm, inner.neuron, output.dense, output.LayerNorm)
+        return spiking_mlp(spikes, source_neuron, *modules, execution)
 
-    def forward(self, hidden, attention_mask=None, cache=None):  # hidden: (T, B, L, D) membrane
+    def forward(self, hidden, attention_mask=None, cache=None, execution=None, output_firing_rate=False):
+        # hidden: (T, B, L, D) membrane
         return membrane_shortcut_layer(
             hidden,
             attention_mask,
@@ -131,6 +125,8 @@ class WESpikingformerLayer(GradientCheckpointingLayer):
             self.mlp,
             attention_linears=(self.attention.self.query, self.attention.self.key, self.attention.self.value),
             mlp_linears=(self.intermediate.dense,),
+            execution=execution,
+            output_firing_rate=output_firing_rate,
         )
 
 
@@ -156,6 +152,9 @@ class WESpikingformerPreTrainedModel(SpikingModelMixin, PreTrainedModel):
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["WESpikingformerLayer"]
+    blocks_path = "encoder.layer"
+    output_norms = ()  # BERT is post-norm: its sublayer outputs have no counterpart to calibrate against
+    teacher_head = "masked-lm"
 
 
 class WESpikingformerModel(WESpikingformerPreTrainedModel):
@@ -183,6 +182,7 @@ class WESpikingformerModel(WESpikingformerPreTrainedModel):
         inputs_embeds=None,
         output_attentions=None,
         output_hidden_states=None,
+        output_firing_rates=False,
         **kwargs,
     ):
         if (input_ids is None) == (inputs_embeds is None):
@@ -192,15 +192,15 @@ class WESpikingformerModel(WESpikingformerPreTrainedModel):
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         hidden = expand_time(embeddings, config.time_steps)  # (T, B, L, D)
-        hidden, all_hidden, all_attentions = run_layers(
-            self.encoder.layer, hidden, attention_mask, None, output_hidden_states, output_attentions
-        )
-        last_hidden = self.encoder.norm(mean_over_time(hidden))
-        return BaseModelOutputWithPooling(
+        flags = (output_hidden_states, output_attentions, self.execution, output_firing_rates)
+        layers = run_layers(self.encoder.layer, hidden, attention_mask, None, *flags)
+        last_hidden = self.encoder.norm(mean_over_time(layers.hidden))
+        return SpikingModelOutputWithPooling(
             last_hidden_state=last_hidden,
             pooler_output=None if self.pooler is None else self.pooler(last_hidden),
-            hidden_states=all_hidden,
-            attentions=all_attentions,
+            hidden_states=layers.hidden_states,
+            attentions=layers.attentions,
+            firing_rates=layers.firing_rates,
         )
 
 
@@ -242,8 +242,12 @@ class WESpikingformerForMaskedLM(WESpikingformerPreTrainedModel):
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
-        return MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return SpikingMaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            firing_rates=outputs.firing_rates,
         )
 
 
@@ -259,8 +263,12 @@ class WESpikingformerForSequenceClassification(WESpikingformerPreTrainedModel):
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
-        return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return SpikingSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            firing_rates=outputs.firing_rates,
         )
 
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from pathlib import Path
 
-from .results import RESULTS_FILE, load_results
+from ..evaluation.results import RESULTS_FILE, load_results
+from ..models.auto import ARCHITECTURES
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+TEMPLATES = resources.files("spiking_lm.model_cards")
+"""The templates of the repository's top-level ``model_cards/``, shipped inside the package as
+``spiking_lm.model_cards`` (pyproject's package-dir mapping), so an installed package finds them too."""
 DEFAULT_TEMPLATE = "spiking_lm.md.j2"
 INTEGER_NEURONS = ("ilif", "nilif", "asn", "nasn")
-ARCHITECTURES = {
-    "we_spikingformer": "WE-Spikingformer",
-    "wd_spikingformer": "WD-Spikingformer",
-    "bispikclm": "BiSpikCLM",
-}
 ATTENTION = {
     "wssa": "winner-take-all spiking self-attention (WSSA)",
     "cwssa": "causal winner-take-all spiking self-attention (CWSSA)",
@@ -127,8 +126,9 @@ def render_card(folder, repo_id: str | None = None, template: str | Path | None 
     training = results.get("training")
     teacher = (training or {}).get("teacher")
     base_model = teacher if teacher and not Path(teacher).exists() and teacher.count("/") == 1 else None
-    architecture = ARCHITECTURES.get(config["model_type"], config["model_type"])
-    template_path = Path(template) if template else TEMPLATES / DEFAULT_TEMPLATE
+    entry = ARCHITECTURES.get(config["model_type"])
+    architecture = entry.name if entry is not None else config["model_type"]
+    template_path = Path(template) if template else TEMPLATES.joinpath(DEFAULT_TEMPLATE)
     if not template_path.is_file():
         raise FileNotFoundError(f"model card template {template_path} does not exist")
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

@@ -1,4 +1,4 @@
-"""`spiking_lm.runtime.keep_freed_memory`: freed activation memory is reused instead of faulted in again."""
+"""`spiking_lm.memory.keep_freed_memory`: freed activation memory is reused instead of faulted in again."""
 
 import os
 import subprocess
@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from spiking_lm import runtime
+from spiking_lm import memory
 
 PROBE = """
 import resource, sys, torch
-from spiking_lm.runtime import keep_freed_memory
+from spiking_lm.memory import keep_freed_memory
 applied = keep_freed_memory()
 for _ in range(2):  # 64 MiB, allocated and freed before counting
     torch.ones(16 << 20)
@@ -29,7 +29,7 @@ def probe(**env):
     return applied == "True", int(faults)
 
 
-@pytest.mark.skipif(runtime._glibc_mallopt() is None, reason="the setting exists only for glibc")
+@pytest.mark.skipif(memory._glibc_mallopt() is None, reason="the setting exists only for glibc")
 def test_freed_blocks_are_reused_without_page_faults():
     applied, kept_faults = probe()
     assert applied
@@ -43,4 +43,4 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 def test_sizes_out_of_range_are_refused():
     with pytest.raises(ValueError, match="MiB"):
-        runtime.keep_freed_memory(mmap_threshold_mb=4096)
+        memory.keep_freed_memory(mmap_threshold_mb=4096)

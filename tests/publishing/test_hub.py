@@ -11,7 +11,7 @@ import torch
 from fake_hub import FakeHub
 from transformers import AutoModelForCausalLM
 
-from spiking_lm.evaluation.hub import push_folder
+from spiking_lm.publishing.hub import push_folder
 
 REPO = Path(__file__).resolve().parents[2]
 DOWNLOAD = """

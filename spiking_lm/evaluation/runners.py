@@ -1,4 +1,5 @@
-"""What the evaluation subcommands of `spiking-lm` do (the CLI only parses arguments)."""
+"""The evaluation runs behind `spiking-lm energy`, `perplexity` and `eval`: each measures, writes its report and
+records it in the model's results file (the CLI only parses arguments)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from ..data import load_texts, shakespeare_files
 from ..energy import estimate_energy, format_table, plot_firing_rates
-from .common import energy_probe, load_model_and_tokenizer
+from .loading import energy_probe, load_model_and_tokenizer
 from .perplexity import corpus_token_ids, sliding_window_perplexity
 from .results import default_results_path, finite, model_output_folder, record_evaluation
 

@@ -1,26 +1,22 @@
-"""Run a recipe: `distill` (SpAD from an HF teacher) or `train` (task loss only, no teacher)."""
+"""Running a recipe: `distill` (SpAD from an HF teacher) or `train` (task loss only, no teacher)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoTokenizer,
-    DataCollatorForLanguageModeling,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments
 from transformers.utils import logging
 
 from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADTrainer
-from .distill.calibration import OUTPUT_NORMS, calibrate_output_norms
-from .distill.trainer import CompleteCheckpointMixin, last_complete_checkpoint, load_teacher
+from .distill.calibration import calibrate_output_norms
+from .distill.trainer import load_teacher
 from .distributed import configure_backend, gathered
 from .evaluation.results import RESULTS_FILE, record_training
+from .memory import keep_freed_memory
 from .recipes import Recipe, resolve_teacher
-from .runtime import keep_freed_memory
+from .training import SpikingTrainer, last_complete_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -49,10 +45,6 @@ def _dataset_and_collator(recipe: Recipe, tokenizer, masked: bool):
         raise ValueError("a masked-LM student needs a tokenizer with a mask token")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=recipe.data.mlm_probability)
     return [{"input_ids": block} for block in blocks], collator
-
-
-class SpikingTrainer(CompleteCheckpointMixin, Trainer):
-    """The plain `Trainer` with completion-marked checkpoints."""
 
 
 def _resume_point(resume: bool, output_dir: str) -> str | None:
@@ -86,13 +78,13 @@ def run_distill(recipe: Recipe, resume: bool = False) -> Path:
     keep_freed_memory()
     teacher_path = resolve_teacher(recipe.teacher)
     args = recipe.training_config(configure_backend(recipe.training))
-    masked = recipe.student["architecture"] == "we_spikingformer"
-    teacher = load_teacher(teacher_path, masked, args.saa_weight > 0)  # ZeRO-3: loaded already partitioned
+    student_class = recipe.student_class
+    teacher = load_teacher(teacher_path, student_class.teacher_head, args.saa_weight > 0)  # ZeRO-3: partitioned
     tokenizer = AutoTokenizer.from_pretrained(recipe.data.tokenizer or teacher_path)
-    dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
+    dataset, collator = _dataset_and_collator(recipe, tokenizer, student_class.teacher_head == "masked-lm")
     with gathered(teacher):
-        student = recipe.student_class.from_teacher(teacher, **recipe.student_overrides())
-        if student.config.model_type in OUTPUT_NORMS:  # start from the teacher's sublayer output scale (SPEC §3)
+        student = student_class.from_teacher(teacher, **recipe.student_overrides())
+        if student.output_norms:  # start from the teacher's sublayer output scale
             count = min(len(dataset), args.per_device_train_batch_size)
             calibrate_output_norms(student, teacher, torch.stack([dataset[i]["input_ids"] for i in range(count)]))
     trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=dataset, data_collator=collator)
@@ -116,7 +108,7 @@ def run_train(recipe: Recipe, resume: bool = False) -> Path:
     if distillation_only:
         raise ValueError(f"training keys {distillation_only} only apply to distillation; remove them for 'train'")
     args = TrainingArguments(**configure_backend(recipe.training))
-    masked = recipe.student["architecture"] == "we_spikingformer"
+    masked = recipe.student_class.teacher_head == "masked-lm"
     dataset, collator = _dataset_and_collator(recipe, tokenizer, masked)
     trainer = SpikingTrainer(model=student, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train(resume_from_checkpoint=_resume_point(resume, args.output_dir))

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from spiking_lm.cli import main
-from spiking_lm.evaluation.cards import render_card
 from spiking_lm.evaluation.results import record_training
+from spiking_lm.publishing.cards import render_card
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from spiking_lm.nn import build_neuron
-from spiking_lm.nn.layers import RMSNorm, linear_on_spikes, linears_on_spikes, spike_coding
+from spiking_lm.nn.execution import SpikeExecution
+from spiking_lm.nn.norms import RMSNorm
+from spiking_lm.nn.spike_linear import linear_on_spikes, linears_on_spikes
+
+BF16 = SpikeExecution(train_matmul_dtype="bfloat16")
 
 
 @pytest.mark.parametrize(
@@ -57,15 +61,13 @@ def test_grouped_spike_linears_in_bfloat16_match_one_by_one():
     torch.manual_seed(0)
     neuron = build_neuron("lif")
     linears = [torch.nn.Linear(64, 32) for _ in range(3)]
-    for linear in linears:
-        linear.train_matmul_dtype = "bfloat16"
     spikes = neuron(torch.randn(2, 8, 64) * 3).detach()
     grads = [torch.randn(2, 8, 32) for _ in linears]
     parameters = [p for linear in linears for p in linear.parameters()]
     results = []
     for run in (
-        lambda x: linears_on_spikes(linears, x, neuron),
-        lambda x: [linear_on_spikes(l, x, neuron) for l in linears],
+        lambda x: linears_on_spikes(linears, x, neuron, BF16),
+        lambda x: [linear_on_spikes(l, x, neuron, BF16) for l in linears],
     ):
         x = spikes.clone().requires_grad_()
         outputs = run(x)
@@ -86,9 +88,8 @@ def test_bfloat16_spike_linear_is_within_bf16_rounding_of_float32(name, kwargs):
     grad = torch.randn(2, 8, 48)
     results = []
     for dtype in ("float32", "bfloat16"):
-        linear.train_matmul_dtype = dtype
         x = spikes.clone().requires_grad_()
-        out = linear_on_spikes(linear, x, neuron)
+        out = linear_on_spikes(linear, x, neuron, SpikeExecution(train_matmul_dtype=dtype))
         results.append((out, *torch.autograd.grad(out, [x, linear.weight, linear.bias], grad)))
     assert out.dtype == torch.float32 and out.grad_fn.name().startswith("SpikeLinearFunction")
     for reference, low in zip(results[0][:3], results[1][:3], strict=True):  # output, input and weight grads
@@ -99,7 +100,7 @@ def test_bfloat16_spike_linear_is_within_bf16_rounding_of_float32(name, kwargs):
 
 def test_ternary_spikes_are_not_coded_and_use_a_plain_linear():
     neuron = build_neuron("tlif")
-    assert spike_coding(neuron) is None
+    assert neuron.coding.linear is None
     linear = torch.nn.Linear(6, 3)
     out = linear_on_spikes(linear, neuron(torch.randn(2, 6)), neuron)
     assert not out.grad_fn.name().startswith("SpikeLinearFunction")
@@ -135,7 +136,7 @@ def test_single_step_integer_neuron_keeps_only_a_mask_for_backward():
 @pytest.mark.parametrize("norm_class", [torch.nn.LayerNorm, RMSNorm])
 @pytest.mark.parametrize("name", ["lif", "nilif"])
 def test_fused_norm_and_neuron_match_the_separate_modules(norm_class, name):
-    from spiking_lm.nn.layers import normalize_and_fire
+    from spiking_lm.nn.norms import normalize_and_fire
 
     norm = norm_class(256, eps=1e-5) if norm_class is torch.nn.LayerNorm else RMSNorm(256, eps=1e-5)
     with torch.no_grad():
@@ -173,22 +174,21 @@ def test_bf16_spikes_into_a_bf16_spike_linear_give_the_float32_spikes_results(ex
     """Spikes that arrive in bf16 (`low_spike_dtype`) are the GEMM operand and what is kept, as they are; outputs
     and gradients equal those of the same spikes in fp32, the input gradient comes back in bf16, and
     ``exact_outputs`` hands over the bf16 GEMM output that the fp32 output is the widening of."""
-    from spiking_lm.nn.layers import exact_output_dtype, low_spike_dtype
+    from spiking_lm.nn.spike_linear import exact_output_dtype, low_spike_dtype
 
     torch.manual_seed(0)
     neuron = build_neuron("lif")
     linears = [torch.nn.Linear(64, 32) for _ in range(3)]
-    for linear in linears:
-        linear.train_matmul_dtype = "bfloat16"
-    assert low_spike_dtype(linears, neuron) == exact_output_dtype(linears, neuron) == torch.bfloat16
-    assert low_spike_dtype(linears, build_neuron("nilif")) is None  # counts/4 take no bf16 detour
+    assert low_spike_dtype(linears, neuron, BF16) == exact_output_dtype(linears, neuron, BF16) == torch.bfloat16
+    assert low_spike_dtype(linears, build_neuron("nilif"), BF16) is None  # counts/4 take no bf16 detour
     spikes = neuron(torch.randn(2, 8, 64) * 3).detach()
     grads = [torch.randn(2, 8, 32).bfloat16().float() for _ in linears]  # bf16 values: the GEMMs round them anyway
     parameters = [p for linear in linears for p in linear.parameters()]
     results = []
     for dtype in (torch.float32, torch.bfloat16):
         x = spikes.to(dtype).requires_grad_()
-        outputs = linears_on_spikes(linears, x, neuron, exact_outputs=dtype == torch.bfloat16 and exact_outputs)
+        exact = dtype == torch.bfloat16 and exact_outputs
+        outputs = linears_on_spikes(linears, x, neuron, BF16, exact_outputs=exact)
         kept = outputs[0].grad_fn.saved_tensors[0]
         assert kept.dtype == (torch.uint8 if dtype == torch.float32 else torch.bfloat16)
         output_grads = [g.to(outputs[0].dtype) for g in grads]
@@ -208,7 +208,7 @@ def test_normalize_and_fire_widens_bf16_inputs_and_splits_heads_like_the_plain_c
     """A bf16 GEMM output goes in as it is and widens inside (compiled with the norm); spikes may come out in bf16
     and already split into heads, contiguous where the compiled function writes them: same values and gradients
     as widen → norm → neuron → cast → split."""
-    from spiking_lm.nn.layers import FUSED_NORM_MAX_WIDTH, normalize_and_fire, split_heads
+    from spiking_lm.nn.norms import FUSED_NORM_MAX_WIDTH, normalize_and_fire, split_heads
 
     torch.manual_seed(0)
     neuron = build_neuron("lif", backend="inductor")

@@ -1,0 +1,1 @@
+"""Model-card templates (Jinja), shipped inside the package as ``spiking_lm.model_cards``."""

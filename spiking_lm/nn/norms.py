@@ -1,0 +1,154 @@
+"""Norms on real values, and a norm feeding a neuron as one fused, compiled region.
+
+`normalize_and_fire(norm, neuron, x)` is ``neuron(norm(x))``: for LayerNorm/RMSNorm feeding a parameter-free
+neuron no wider than `FUSED_NORM_MAX_WIDTH`, one compiled function whose backward recomputes the norm output
+instead of storing it; otherwise, while training with T > 1, a recomputed region that keeps only x
+(`spiking_lm.nn.recompute`).
+
+This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .dispatch import run_differentiable
+from .functional import integer_lif, lif
+from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron
+from .recompute import recompute_region
+from .recording import observing_spikes
+
+__all__ = ["FUSED_NORM_MAX_WIDTH", "RMSNorm", "build_norm", "normalize_and_fire", "rms_norm", "split_heads"]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` (same parameters) whose forward and backward are compiled for large inputs: eager RMSNorm
+    decomposes into several passes and measured ~3x slower than the compiled one on 2 CPU cores."""
+
+    def __init__(self, normalized_shape: int, eps: float, backend: str = "auto"):
+        super().__init__(normalized_shape, eps=eps)
+        self.backend = backend
+
+    def forward(self, x):
+        return run_differentiable(rms_norm, self.backend, x, self.weight, self.eps)
+
+
+# Widest norm → neuron pair compiled as one function (docs/design.md: why 512 and not wider).
+FUSED_NORM_MAX_WIDTH = 512
+
+
+def _static_time_and_width(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its time and feature dims marked static for `torch.compile`: a compiled norm kernel then
+    specializes on T and the width (a few values per model) while batch and length may still turn dynamic.
+    Without it, the second width one kernel meets (256 and 1024 in one model) made every later variant dynamic
+    in the width, which is slower."""
+    if not torch.compiler.is_compiling():  # inside a compiled model the whole graph's shapes rule
+        torch._dynamo.mark_static(x, [0, x.dim() - 1])
+    return x
+
+
+def _normalize(x, weight, bias, eps, is_rms, compute_dtype=None):
+    if compute_dtype is not None:  # a bf16 GEMM output widens here, fused into the norm
+        x = x.to(compute_dtype)
+    width = (x.shape[-1],)
+    return F.rms_norm(x, width, weight, eps) if is_rms else F.layer_norm(x, width, weight, bias, eps)
+
+
+def _normalize_and_fire(x, weight, bias, eps, is_rms, fire, options, dtype=None, compute_dtype=None, heads=None):
+    membrane = _normalize(x, weight, bias, eps, is_rms, compute_dtype)
+    if heads is not None:  # the neuron is elementwise: firing on the heads' layout writes the spikes in it
+        membrane = split_heads(membrane, heads)
+    if dtype is not None and fire is lif:  # cast per step inside the kernel: the spikes are written once
+        return fire(membrane, **options, dtype=dtype)
+    spikes = fire(membrane, **options)
+    return spikes if dtype is None else spikes.to(dtype)
+
+
+def split_heads(values: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(T, B, L, D)`` → ``(T, B, H, L, D/H)`` (a view)."""
+    steps, batch, length, width = values.shape
+    return values.view(steps, batch, length, heads, width // heads).transpose(2, 3)
+
+
+def _fusable_neuron(neuron):
+    """The neuron's functional form if it has no parameters and nothing to record, else `None`."""
+    if neuron.record_firing_rate or neuron.coding.in_binary_mode:
+        return None
+    if type(neuron) is LIFNeuron:
+        options = {"beta": neuron.beta, "v_threshold": neuron.v_threshold, "v_reset": neuron.v_reset,
+                   "surrogate": neuron.surrogate, "detach_reset": neuron.detach_reset, "backend": "torch"}  # fmt: skip
+        return lif, options
+    if type(neuron) in (IntegerLIFNeuron, NormalizedIntegerLIFNeuron):
+        options = {"lower": 0.0, "spike_max": neuron.spike_max, "scale": neuron.spike_scale, "beta": neuron.beta,
+                   "detach_reset": neuron.detach_reset, "backend": "torch"}  # fmt: skip
+        return integer_lif, options
+    return None
+
+
+def normalize_and_fire(
+    norm: nn.Module,
+    neuron,
+    x: torch.Tensor,
+    exact_dtype: torch.dtype | None = None,
+    spike_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None,
+    heads: int | None = None,
+):
+    """``neuron(norm(x))``, the spikes in ``spike_dtype`` if given (see `low_spike_dtype`); for LayerNorm/RMSNorm
+    feeding a parameter-free neuron, one compiled region (forward and backward fused, the norm output recomputed
+    rather than stored) when no wider than `FUSED_NORM_MAX_WIDTH`; below the compile threshold the same
+    composition runs eagerly. Otherwise, when training with T > 1, a recomputed region that keeps only x (in
+    ``exact_dtype`` if x is exact in it). ``compute_dtype``: the dtype the norm computes in, if x arrives in a
+    narrower one (a bf16 GEMM output, `SpikeLinearFunction`'s ``exact_outputs``): x is widened inside the region
+    or the compiled function, never stored wide. ``heads``: return the spikes split into attention heads,
+    ``(T, B, H, L, D/H)``; the compiled function writes them contiguous in that layout (the attention products
+    would otherwise copy them into it, forward and backward)."""
+
+    is_rms = isinstance(norm, nn.RMSNorm)
+    is_norm = is_rms or isinstance(norm, nn.LayerNorm)
+    bias = None if is_rms else getattr(norm, "bias", None)
+
+    def normalized(membrane):
+        if compute_dtype is None:
+            return norm(membrane)
+        if not is_norm:
+            return norm(membrane.to(compute_dtype))
+        # Widening and norm compiled together: eager, the bf16 → fp32 conversion alone cost more than the norm.
+        arguments = (_static_time_and_width(membrane), norm.weight, bias, norm.eps, is_rms, compute_dtype)
+        return run_differentiable(_normalize, neuron.backend, *arguments)
+
+    def split(spikes):
+        return spikes if heads is None else split_heads(spikes, heads)
+
+    fusable = is_norm and neuron.backend != "torch"
+    fusable = fusable and x.shape[-1] <= FUSED_NORM_MAX_WIDTH
+    form = _fusable_neuron(neuron) if fusable and not observing_spikes() else None
+    if form is None and x.shape[0] > 1:  # training keeps only x: the norm output and neuron input recompute
+
+        def parameters():
+            return [p for module in (norm, neuron) for p in module.parameters() if p.requires_grad]
+
+        def run(membrane):
+            return neuron(normalized(membrane), spike_dtype)
+
+        return split(recompute_region(run, (x,), (exact_dtype,), parameters))
+    if form is None:  # T = 1: the neuron keeps a 1-byte mask at most, recomputing would only cost time
+        return split(neuron(normalized(x), spike_dtype))
+    fused = (_static_time_and_width(x), norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype, heads)
+    return run_differentiable(_normalize_and_fire, neuron.backend, *fused)
+
+
+def build_norm(config, size: int | None = None, enabled: bool = True) -> nn.Module:
+    """``config.norm_type`` (``layernorm``/``rmsnorm``) over ``size`` (default hidden size); Identity if disabled."""
+    if not enabled:
+        return nn.Identity()
+    size = size or config.hidden_size
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(size, eps=config.layer_norm_eps, backend=config.neuron_backend)
+    return nn.LayerNorm(size, eps=config.layer_norm_eps)

@@ -1,0 +1,67 @@
+"""Output dataclasses of the spiking models: the `transformers` ones plus per-layer firing rates.
+
+This module imports only `torch` and `transformers` so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    SequenceClassifierOutputWithPast,
+)
+
+__all__ = [
+    "SpikingCausalLMOutput",
+    "SpikingMaskedLMOutput",
+    "SpikingModelOutput",
+    "SpikingModelOutputWithPooling",
+    "SpikingSequenceClassifierOutput",
+    "SpikingSequenceClassifierOutputWithPast",
+]
+
+FIRING_RATES_DOC = """firing_rates (`tuple(torch.FloatTensor)`, *optional*, with ``output_firing_rates=True``):
+        per layer, the firing rate of the block's input neuron ``(B, L, D)`` in [0, 1], averaged over T, with the
+        spikes' surrogate gradient (what SpAD's RateMSE compares)."""
+
+
+@dataclass
+class SpikingModelOutput(BaseModelOutputWithPast):
+    __doc__ = f"`BaseModelOutputWithPast` plus\n\n    {FIRING_RATES_DOC}"
+    firing_rates: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SpikingModelOutputWithPooling(BaseModelOutputWithPooling):
+    __doc__ = f"`BaseModelOutputWithPooling` plus\n\n    {FIRING_RATES_DOC}"
+    firing_rates: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SpikingCausalLMOutput(CausalLMOutputWithPast):
+    __doc__ = f"`CausalLMOutputWithPast` plus\n\n    {FIRING_RATES_DOC}"
+    firing_rates: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SpikingMaskedLMOutput(MaskedLMOutput):
+    __doc__ = f"`MaskedLMOutput` plus\n\n    {FIRING_RATES_DOC}"
+    firing_rates: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SpikingSequenceClassifierOutput(SequenceClassifierOutput):
+    __doc__ = f"`SequenceClassifierOutput` plus\n\n    {FIRING_RATES_DOC}"
+    firing_rates: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SpikingSequenceClassifierOutputWithPast(SequenceClassifierOutputWithPast):
+    __doc__ = f"`SequenceClassifierOutputWithPast` plus\n\n    {FIRING_RATES_DOC}"
+    firing_rates: tuple[torch.FloatTensor, ...] | None = None

@@ -1,0 +1,252 @@
+"""`SpikingSelfAttention`: the attention module of every architecture, with its K/V cache format.
+
+Q, K, V = SN(Norm(Linear_{q,k,v}(S))) from the block's input spikes S, then the attention kind the config names
+(`spiking_lm.nn.attention`: WSSA/CWSSA winner-take-all, SFSA softmax-free, SSA), then (except SFSA) a neuron that
+re-spikes the context. Parameter names follow each teacher family and are passed in.
+
+The cache stores spike K/V per layer as ``(B, T·H, L, ·)``; on the event backend in compact exact formats (binary
+keys as bits, other spike values as int8 counts, `_cached`).
+
+This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import nn
+
+from .attention import (
+    allowed_keys,
+    softmax_free_attention,
+    spike_matmul,
+    spike_scores,
+    spikformer_attention,
+    winner_take_all,
+)
+from .bitpack import PACKED_MAX_QUERIES, pack_bits, packs_keys, unpack_bits
+from .event import integer_counts, worth_gathering
+from .execution import execution_or_default
+from .neurons import build_neuron, neuron_from_config
+from .norms import build_norm, normalize_and_fire
+from .recompute import recompute_region
+from .recording import active_recorders, observing_spikes
+from .spike_linear import exact_coding, exact_output_dtype, linear_on_spikes, linears_on_spikes
+
+__all__ = ["SpikingSelfAttention"]
+
+
+def _cache_unit(neuron) -> float | None:
+    """u such that the neuron's spike values are u·k with integer |k| ≤ 127 and no offset (cacheable as int8)."""
+    coding = neuron.coding
+    return None if coding.has_offset else coding.unit
+
+
+def _append(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
+    """``cache.update(keys, values, layer_idx)``, refusing to mix storage formats: each inference backend stores
+    its own dtypes (bits, int8 counts, fp32), and torch.cat would promote a mix silently or fail on the widths."""
+    stored = _stored_kinds(cache, layer_idx)
+    kinds = (keys.dtype, values.dtype)
+    if stored is not None and stored != kinds:
+        raise ValueError(
+            f"this cache was filled on the other inference backend (K/V stored as {stored}, this one "
+            f"stores {kinds}) and cannot be continued on this one; start generation again after "
+            "set_inference_backend()"
+        )
+    return cache.update(keys, values, layer_idx)
+
+
+def _stored_kinds(cache, layer_idx: int):
+    """The dtypes of the K/V a cache already holds for this layer (its storage format), `None` if empty."""
+    if cache.get_seq_length(layer_idx) == 0:
+        return None
+    layer = cache.layers[layer_idx]
+    return layer.keys.dtype, layer.values.dtype
+
+
+class SpikingSelfAttention(nn.Module):
+    """Spiking self-attention of ``config.attention_type`` with teacher-family parameter names.
+
+    Args:
+        config: a spiking model config (hidden size, heads, neuron and attention options).
+        layer_idx (`int`): index of the layer, for the cache.
+        projection_names (`tuple[str, str, str, str | None]`): names of the q, k, v and output Linear layers;
+            `None` for the output means the caller owns the output projection (BERT's ``attention.output``).
+        output_norm_name (`str`, *optional*): name of the norm after the output projection.
+        bias (`bool`): whether the projections have biases.
+        causal (`bool`): whether queries may only see earlier keys.
+
+    Forward returns ``(output, producer, weights)``: with an output projection, ``output`` is the membrane
+    for the residual stream and ``producer`` is `None`; without, ``output`` is what the output projection must
+    consume and ``producer`` the neuron that produced it (for binary-mode folding). ``weights`` are the raw
+    attention weights ``(T, B, H, Lq, Lk)``; `run_layers` turns them into maps only when they are asked for.
+
+    While training with T > 1, only the input spikes (as uint8 counts), or with bf16 GEMMs the exact bf16 Q/K/V
+    Linear outputs, are kept for backward: the rest of the attention and the re-spiked context are recomputed in
+    the backward pass (`spiking_lm.nn.recompute`).
+    """
+
+    def __init__(self, config, layer_idx, projection_names, output_norm_name="o_norm", bias=False, causal=False):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.kind = config.attention_type
+        self.causal = causal
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.names = projection_names
+        for name in projection_names[:3]:
+            self.add_module(name, nn.Linear(config.hidden_size, config.hidden_size, bias=bias))
+        self.q_norm, self.k_norm, self.v_norm = (build_norm(config) for _ in range(3))
+        self.q_neuron, self.k_neuron, self.v_neuron = (neuron_from_config(config) for _ in range(3))
+        if self.kind == "sfsa":
+            self.attn_neuron = build_neuron(
+                "lif", beta=config.beta, v_threshold=config.attn_threshold, surrogate=config.surrogate
+            )
+        elif self.kind == "ssa":
+            self.output_neuron = build_neuron("lif", beta=config.beta, v_threshold=0.5, surrogate=config.surrogate)
+        else:
+            self.output_neuron = neuron_from_config(config)
+        self.output_norm_name = None
+        if projection_names[3] is not None:
+            self.add_module(projection_names[3], nn.Linear(config.hidden_size, config.hidden_size, bias=bias))
+            self.output_norm_name = output_norm_name
+            self.add_module(output_norm_name, build_norm(config))
+
+    def _projections(self) -> list[nn.Linear]:
+        return [getattr(self, name) for name in self.names[:3]]
+
+    def _project(self, membranes, execution) -> list[torch.Tensor]:
+        """Q, K and V spike values ``(T, B, H, L, d)`` from the outputs of their Linears: norm → neuron. While
+        training in bf16 they come out in bf16, the dtype the attention products convert them to."""
+        norms, neurons = (self.q_norm, self.k_norm, self.v_norm), (self.q_neuron, self.k_neuron, self.v_neuron)
+        dtype = execution.matmul_dtype
+        # The spikes need gradients if the membranes or the norms do (a recomputed region's first run gets
+        # detached inputs); only then do the products run in bf16.
+        grads = any(m.requires_grad for m in membranes) or any(p.requires_grad for n in norms for p in n.parameters())
+        low = dtype != torch.float32 and torch.is_grad_enabled() and grads
+        spike_dtype = dtype if low and not observing_spikes() else None
+        width = self._projections()[0].weight.dtype  # bf16 Linear outputs (`exact_outputs`) widen in the norm
+        compute_dtype = width if membranes[0].dtype != width else None
+        options = (None, spike_dtype, compute_dtype, self.num_heads)
+        return [
+            neuron.coding.values(normalize_and_fire(norm, neuron, membrane, *options))
+            for membrane, norm, neuron in zip(membranes, norms, neurons, strict=True)
+        ]
+
+    def _cached(self, key, value, cache, query_rows: int, execution):
+        """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, ·)``, and return all of them with
+        their units: ``(keys, values, key_unit, value_unit)``, the spike values being unit × what is returned.
+
+        On the event backend, for projections large enough to take it (`worth_gathering`; below, the event
+        backend runs the dense code), exact in every case (docs/event-backend.md gives the measurements):
+
+        - K of a binary neuron read by binary queries is stored as `pack_bits` words, 8 bytes per position and head
+          of 64 (int8 counts take 64), in caches of at least `PACKED_MIN_HEADS` T·B·H rows. With at most
+          `PACKED_MAX_QUERIES` query rows the words come back as they are, for Q Kᵀ by AND and popcount
+          (`spike_scores`); more rows unpack them for a GEMM.
+        - Other K and V whose neurons emit integer multiples of a unit (binary spikes, the integer family without
+          an offset) are stored as int8 counts, a quarter of fp32's bytes to keep and append, and come back as
+          fp32 counts (one widening pass, no scaling: the attention applies the units to its small operands).
+
+        Without earlier tokens in the cache the fresh K/V are returned as they are (unit 1)."""
+        steps, batch, _, length, _ = key.shape
+        projections = self._projections()
+        event = execution.uses_event_path(projections[0]) and worth_gathering(projections) and not observing_spikes()
+        units = [_cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
+        binary = (n.coding.binary and _cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
+        packed = event and all(binary) and packs_keys(steps * batch * self.num_heads)
+
+        def fold(x, unit, pack=False):
+            x = x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)
+            if pack:
+                return pack_bits(x)
+            return x if unit is None else integer_counts(x, unit)
+
+        def unfold(x):
+            if x.dtype == torch.int64 and query_rows > PACKED_MAX_QUERIES:
+                x = unpack_bits(x, self.head_dim, key.dtype)
+            elif x.dtype != torch.int64:
+                x = x.to(key.dtype)
+            return x.view(batch, steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
+
+        keys, values = _append(cache, self.layer_idx, fold(key, units[0], packed), fold(value, units[1]))
+        if keys.shape[-2] == length:  # nothing cached before: no need to read back what was just stored
+            return key, value, 1.0, 1.0
+        return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0
+
+    def forward(self, spikes, source_neuron, attention_mask=None, cache=None, execution=None):
+        execution = execution_or_default(execution)
+        producer = None if self.kind == "sfsa" else self.output_neuron
+
+        def attend(*membranes):
+            return self._context(membranes, producer, attention_mask, cache, execution)
+
+        def attend_spikes(spikes):
+            return attend(*linears_on_spikes(self._projections(), spikes, source_neuron, execution))
+
+        training = cache is None and spikes.shape[0] > 1
+        exact = exact_output_dtype(self._projections(), source_neuron, execution) if training else None
+        if exact is not None:  # training keeps the Q/K/V Linear
+            # outputs in the dtype of their GEMM (bf16: 2 bytes per value, lossless), so that the norms, neurons
+            # and the attention recompute in backward without the three GEMMs.
+            membranes = linears_on_spikes(self._projections(), spikes, source_neuron, execution, exact_outputs=True)
+            parameters = partial(self._attention_parameters, self.names[:3])
+            context, weights = recompute_region(attend, tuple(membranes), (exact,) * 3, parameters)
+        elif training:  # training keeps only the input spikes (uint8): Q, K, V
+            # and the attention are recomputed in backward. At T = 1 the plain graph keeps little: left as is.
+            coding = (exact_coding(source_neuron),)
+            context, weights = recompute_region(attend_spikes, (spikes,), coding, self._attention_parameters)
+        else:
+            context, weights = attend_spikes(spikes)
+        if self.output_norm_name is None:
+            return context, producer, weights
+        output = linear_on_spikes(getattr(self, self.names[3]), context, producer, execution)
+        return getattr(self, self.output_norm_name)(output), None, weights
+
+    def _attention_parameters(self, left_out: tuple = ()) -> list:
+        """Trainable parameters used from the input spikes up to the context (not the output projection, nor the
+        modules named in ``left_out``)."""
+        outside = (self.names[3], self.output_norm_name, *left_out)
+        children = (module for name, module in self.named_children() if name not in outside)
+        return [p for module in children for p in module.parameters() if p.requires_grad]
+
+    def _context(self, membranes, producer, attention_mask, cache, execution):
+        """``(context (T, B, L, D), attention weights (T, B, H, Lq, Lk))`` from the Q/K/V Linear outputs:
+        Q/K/V spikes, attention, re-spiking."""
+        query, key, value = self._project(membranes, execution)
+        key_unit = value_unit = 1.0
+        if cache is not None:
+            key, value, key_unit, value_unit = self._cached(key, value, cache, query.shape[-2], execution)
+        steps, batch, _, query_length, _ = query.shape
+        lengths = (query_length, key.shape[-2], self.causal, query.device, batch)
+        allowed = execution.allowed_keys(allowed_keys, attention_mask, *lengths)
+        # Q (u_k K)ᵀ = (u_k Q) Kᵀ and A (u_v V) = u_v (A V): the units scale the query and the context (Lq rows),
+        # not the cache (Lk rows); with power-of-two units (binary, ilif, nilif with D = 2ⁿ) bit for bit the same.
+        query = query if key_unit == 1 else query * key_unit
+        context, weights = self._attend(query, key, value, allowed, execution.matmul_dtype)
+        if value_unit != 1:
+            context = context * value_unit
+        for recorder in active_recorders():
+            recorder.spiking_attention(self, query, key, value, weights, allowed)
+        context = context.transpose(2, 3).reshape(steps, batch, query_length, -1)  # (T, B, L, D)
+        if producer is not None:
+            # Counted in the units the neuron fires in: re-spiking a selected row of V is then the identity.
+            context = producer(context / self.v_neuron.coding.scale)
+        return context, weights
+
+    def _attend(self, query, key, value, allowed, dtype):
+        """``(context (T, B, H, L, d), attention weights)``; training multiplies in ``dtype`` (`spike_matmul`)."""
+        config = self.config
+        if self.kind == "sfsa":
+            scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0
+            return softmax_free_attention(
+                query, key, value, allowed, self.attn_neuron, scale, config.sfsa_output_scale, dtype
+            )
+        if self.kind == "ssa":
+            return spikformer_attention(query, key, value, allowed, matmul_dtype=dtype)
+        scores = spike_scores(query, key, dtype)
+        weights = winner_take_all(scores, allowed, config.wta_mode, config.wta_k, config.wta_temperature)
+        return spike_matmul(weights, value, dtype), weights
