@@ -1,18 +1,14 @@
 """Process-level settings for running spiking models on a CPU.
 
 `keep_freed_memory` asks glibc's allocator to keep the memory a training step (or a forward pass) frees for the
-next one. A spiking
-model allocates and frees the same large activation buffers every step (T time steps of every activation); by
-default glibc serves each block over its mmap threshold with fresh pages from the kernel, which are
-page-faulted and zeroed on first touch and handed back when freed. Measured on 2 CPU cores (BiSpikCLM, T = 4,
-batch 8×128, `scripts/bench_models.py`): ~80,000 page faults per training step before, ~1,000 after, and the
-step ~14 % faster (the same-shape OPT: ~8 %).
+next one. A spiking model allocates and frees the same large activation buffers every step (T time steps of
+every activation); by default glibc serves each block over its mmap threshold with fresh pages from the kernel,
+which are page-faulted and zeroed on first touch and handed back when freed (docs/benchmarks.md has the page
+faults and step times it saves).
 
 The setting is process-wide, so the library never applies it on import: the `spiking-lm` commands that run
 models (`train`, `distill`, `quickstart`, `glue`, `eval`, `perplexity`, `energy`) and the benchmark scripts call
-it; Python users may call it themselves (an eval forward of the model above: 11-21k page faults before, under
-1k after).
-``SPIKING_LM_KEEP_FREED_MEMORY=0`` turns it off.
+it; Python users may call it themselves. ``SPIKING_LM_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
         teacher, neuron_type=settings.neuron_type, time_steps=settings.time_steps
     )
     calibrate_output_norms(student, teacher, train_set.blocks[: settings.batch_size])
-    # Measured: a SpAD step costs 1.1-1.4x the probe (loss terms, RateMSE hooks, clipping, logging).
+    # A SpAD step costs 1.1-1.4x the probe (teacher forward, loss terms, clipping, logging).
     trainer = functools.partial(SpADTrainer, teacher=teacher)
     _train_phase("student", trainer, SpADConfig, student, train_set, _distillation_step_loss(teacher), 1.2, run)
 
@@ -211,11 +211,14 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     }
     results["perplexity_ratio"] = round(results["student_perplexity"] / results["teacher_perplexity"], 3)
     results["timings"]["total_seconds"] = round(time.perf_counter() - started, 1)
-    _write_folder(output_dir, student, tokenizer, results)
+    _write_folder(output_dir, student, teacher, tokenizer, results)
     return results
 
 
-def _write_folder(output_dir: Path, student, tokenizer, results: dict) -> None:
+def _write_folder(output_dir: Path, student, teacher, tokenizer, results: dict) -> None:
+    # the teacher too, with its tokenizer: recipes/quickstart.yaml distills from it again
+    teacher.save_pretrained(output_dir / "teacher")
+    tokenizer.save_pretrained(output_dir / "teacher")
     model_dir = output_dir / "model"
     student.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

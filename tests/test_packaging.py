@@ -33,7 +33,7 @@ print(render_card(folder, repo_id="someone/tiny").splitlines()[0])
 @pytest.mark.slow
 def test_the_wheel_ships_what_the_package_reads_at_run_time(tmp_path):
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO), "-w",
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w",
          str(tmp_path / "dist")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

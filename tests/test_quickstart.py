@@ -29,3 +29,22 @@ def test_quickstart_smoke_writes_a_loadable_hub_folder(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     output = model.generate(**tokenizer("ROMEO.\n", return_tensors="pt"), max_new_tokens=5, do_sample=False)
     assert output.shape[1] > 3
+
+
+@pytest.mark.slow
+def test_the_quickstart_teacher_feeds_the_quickstart_recipe(tmp_path):
+    """README's tour: after the quickstart, `spiking-lm distill recipes/quickstart.yaml` distills from the teacher
+    it saved (outputs/quickstart/teacher, relative to where the commands run)."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    command = [sys.executable, "-m", "spiking_lm.cli"]
+    quickstart = subprocess.run([*command, "quickstart", "--smoke"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=600)  # fmt: skip
+    assert quickstart.returncode == 0, quickstart.stderr[-3000:]
+    assert (tmp_path / "outputs/quickstart/teacher/config.json").is_file()
+    overrides = ["--training.max_steps", "2", "--training.logging_steps", "1", "--data.block_size", "32"]
+    distill = subprocess.run([*command, "distill", str(recipe), *overrides], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert distill.returncode == 0, distill.stderr[-3000:]
+    assert (tmp_path / "outputs/quickstart-distill/final/model.safetensors").is_file()

@@ -112,8 +112,7 @@ def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.fl
 
     Operands are time-major ``(T, B, …)``. A ``b`` stored batch-major (the K/V cache keeps ``(B, T·H, L, d)``)
     is multiplied in that order, ``(aᵀ bᵀ)ᵀ`` over the first two axes: its batch axes then merge into one
-    strided batch, where ``torch.matmul`` would first copy the whole cache (at T = 4, 8 sequences and 192
-    cached tokens: 5 ms instead of 0.5 ms per product)."""
+    strided batch, where ``torch.matmul`` would first copy the whole cache (~10x slower at T = 4)."""
     if not _trains_low(dtype, a, b):
         if a.dim() == b.dim() > 3 and b.shape[0] > 1 and b.stride(1) > b.stride(0):
             return torch.matmul(a.transpose(0, 1), b.transpose(0, 1)).transpose(0, 1)

@@ -149,7 +149,13 @@ class IntegerLIFNeuron(SpikingNeuron):
 
     @property
     def coding(self) -> SpikeCoding:
-        return SpikeCoding(self.spike_scale, self.spike_offset, self.spike_max, False, self.spike_mode)
+        # read on every spike-fed product: built once per spike mode (the adaptive-shift neurons, whose offset
+        # follows a learned α, build theirs each time)
+        cached = self.__dict__.get("_coding")
+        if cached is None or cached.mode != self.spike_mode:
+            cached = SpikeCoding(self.spike_scale, self.spike_offset, self.spike_max, False, self.spike_mode)
+            self.__dict__["_coding"] = cached
+        return cached
 
     @property
     def virtual_steps_per_output(self) -> int:
@@ -199,6 +205,10 @@ class ASNNeuron(IntegerLIFNeuron):
     ):
         super().__init__(spike_max, beta, detach_reset, backend, record_firing_rate)
         self.alpha = nn.Parameter(torch.tensor(_check_number("alpha", alpha, -math.inf)))
+
+    @property
+    def coding(self) -> SpikeCoding:
+        return SpikeCoding(self.spike_scale, self.spike_offset, self.spike_max, False, self.spike_mode)
 
     def lower_bound(self):
         return ceil_ste(self.alpha)

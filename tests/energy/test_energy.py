@@ -1,4 +1,4 @@
-"""Operation counts and energy (SPEC §5): exact hand counts, silent models, baselines, the report."""
+"""Operation counts and energy (docs/design.md, "Energy"): exact hand counts, silent models, baselines, the report."""
 
 import json
 import math
