@@ -14,7 +14,6 @@ __all__ = [
     "embedding_alignment_loss",
     "feature_alignment_loss",
     "layer_map",
-    "lif_rate",
     "masked_mse",
     "rate_mse",
     "soft_target_loss",
@@ -72,23 +71,10 @@ def soft_target_loss(student_logits, teacher_logits, temperature: float = 2.0, m
     return temperature**2 * (per_position * weights).sum() / weights.sum().clamp_min(1)
 
 
-def lif_rate(drive: torch.Tensor, time_steps: int, v_threshold: float = 1.0, beta: float = 0.5) -> torch.Tensor:
-    """Firing rate of a soft-reset LIF driven by the constant ``drive`` for ``time_steps`` steps."""
-    membrane = torch.zeros_like(drive)
-    spikes = torch.zeros_like(drive)
-    for _ in range(time_steps):
-        potential = membrane + drive
-        spike = (potential >= v_threshold).to(drive.dtype)
-        membrane = beta * (potential - spike * v_threshold)
-        spikes = spikes + spike
-    return spikes / time_steps
-
-
-def rate_mse(student_rate, teacher_tensor, time_steps: int, mask=None, v_threshold=1.0, beta=0.5) -> torch.Tensor:
-    """RateMSE: MSE(student firing rate, rate of a LIF driven by the teacher tensor for T steps)."""
-    with torch.no_grad():
-        target = lif_rate(teacher_tensor.to(student_rate.dtype), time_steps, v_threshold, beta)
-    return masked_mse(student_rate, target, mask)
+def rate_mse(student_rate, target_rate, mask=None) -> torch.Tensor:
+    """RateMSE: MSE between the student's firing rates ``(B, L, D)`` and the target rates, those of the student's
+    own neuron driven by the teacher's features (`SpikingModelMixin.block_input_firing_rate`; no gradient)."""
+    return masked_mse(student_rate, target_rate.detach(), mask)
 
 
 def layer_map(student_layers: int, teacher_layers: int, explicit: list[int] | None = None) -> list[int]:

@@ -49,6 +49,12 @@ def check_pair(student, teacher, args: SpADConfig) -> None:
                 "load it with attn_implementation='eager' (or set saa_weight=0)"
             )
     layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers, args.layer_map)
+    widths = (student.config.hidden_size, teacher.config.hidden_size)
+    if args.sfa_weight > 0 and args.rate_gamma > 0 and widths[0] != widths[1]:
+        raise ValueError(
+            f"rate_gamma > 0 drives the student's neurons with the teacher's features, but the student is "
+            f"{widths[0]} wide and the teacher {widths[1]}; set rate_gamma=0 or use a student of the teacher's width"
+        )
 
 
 class SpADTrainer(CompleteCheckpointMixin, Trainer):
@@ -60,7 +66,10 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
         teacher (*optional*): the frozen HF ANN teacher; loaded from ``args.teacher_name_or_path`` if omitted.
         **kwargs: everything `Trainer` takes (datasets, collator, tokenizer, callbacks, ...).
 
-    Each loss term is logged separately (``spad/ea``, ``spad/sta``, ...).
+    SFA adds γ·RateMSE (``rate_gamma``): the student's block-input firing rates (from its outputs) against
+    those its own input neurons have when driven by the teacher's matching hidden states. Each loss term is logged
+    separately (``spad/ea``, ``spad/saa``, ``spad/sfa``, ``spad/rate``, ``spad/sta``, ``spad/hta``; ``spad/rate``
+    enters the loss with weight w_SFA·γ).
     """
 
     def __init__(self, model=None, args: SpADConfig = None, teacher=None, **kwargs):
@@ -120,29 +129,35 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
                 embeddings = self.projection(embeddings)
             terms["ea"] = embedding_alignment_loss(embeddings, teacher.hidden_states[0], mask)
         if args.sfa_weight > 0:
-            rates = outputs.firing_rates if need_rates else None
-            terms["sfa"] = self._feature_loss(outputs.hidden_states, teacher.hidden_states, rates, mask)
+            terms["sfa"] = self._feature_loss(outputs.hidden_states, teacher.hidden_states, mask)
+        if need_rates:
+            terms["rate"] = self._rate_loss(model, outputs.firing_rates, teacher.hidden_states, mask)
         if need_maps:
             pairs = [(outputs.attentions[s], teacher.attentions[t]) for s, t in enumerate(self.layer_map)]
             terms["saa"] = torch.stack([attention_alignment_loss(a, b, mask) for a, b in pairs]).mean()
-        loss = sum(getattr(args, f"{name}_weight") * value for name, value in terms.items())
+        weights = {name: getattr(args, f"{name}_weight", None) for name in terms}
+        weights["rate"] = args.sfa_weight * args.rate_gamma
+        loss = sum(weights[name] * value for name, value in terms.items())
         self._accumulate(terms)
         return (loss, outputs) if return_outputs else loss
 
-    def _feature_loss(self, student_hidden, teacher_hidden, student_rates, mask):
+    def _feature_loss(self, student_hidden, teacher_hidden, mask):
+        """SFA's feature part over the mapped layers. Both models' last hidden state is taken after their final
+        norm (`transformers`' convention, which the spiking models follow), so the last pair is like with like."""
         losses = []
         for student_layer, teacher_layer in enumerate(self.layer_map):
             target = teacher_hidden[teacher_layer + 1]
             losses.append(feature_alignment_loss(student_hidden[student_layer + 1], target, mask, self.projection))
-            if student_rates is not None:
-                rate = student_rates[student_layer]
-                # The student's block input passes a norm before its first neuron; drive the reference LIF alike.
-                drive = nn.functional.layer_norm(
-                    teacher_hidden[teacher_layer], teacher_hidden[teacher_layer].shape[-1:]
-                )
-                if drive.shape == rate.shape:
-                    steps = module_time_steps(self.model)
-                    losses[-1] = losses[-1] + self.args.rate_gamma * rate_mse(rate, drive, steps, mask)
+        return torch.stack(losses).mean()
+
+    def _rate_loss(self, model, student_rates, teacher_hidden, mask):
+        """RateMSE over the mapped layers: block l's input-neuron rates against those the same neuron (and the
+        norm before it) has on the teacher's input to layer m(l)."""
+        student = self.accelerator.unwrap_model(model)
+        losses = []
+        for student_layer, teacher_layer in enumerate(self.layer_map):
+            target = student.block_input_firing_rate(student_layer, teacher_hidden[teacher_layer])
+            losses.append(rate_mse(student_rates[student_layer], target, mask))
         return torch.stack(losses).mean()
 
     def _accumulate(self, terms) -> None:
@@ -159,7 +174,3 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
             self._term_steps = 0
         super().log(logs, *args, **kwargs)
 
-
-def module_time_steps(model) -> int:
-    config = getattr(model, "config", None)
-    return getattr(config, "time_steps", 1)

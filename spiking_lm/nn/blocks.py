@@ -28,6 +28,7 @@ __all__ = [
     "positions_from_mask",
     "run_layers",
     "spiking_mlp",
+    "with_final_norm",
 ]
 
 
@@ -147,6 +148,13 @@ def run_layers(
         if output_firing_rates:
             all_rates += (input_rate,)
     return LayerOutputs(hidden, all_hidden, all_attentions, all_rates)
+
+
+def with_final_norm(hidden_states: tuple | None, last_hidden: torch.Tensor) -> tuple | None:
+    """The per-layer hidden states with the last one replaced by the normalized readout, as `transformers` models
+    return them (their last hidden state is taken after the final norm): SpAD's last feature term then compares
+    like with like."""
+    return None if hidden_states is None else (*hidden_states[:-1], last_hidden)
 
 
 def positions_from_mask(attention_mask, query_length: int, past_length: int, device) -> torch.Tensor:

@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import logging
 
-from .blocks import expand_time, mean_over_time, positions_from_mask, run_layers
+from .blocks import expand_time, firing_rate, mean_over_time, positions_from_mask, run_layers, with_final_norm
 from .execution import SpikeExecution
 from .neurons import SpikingNeuron
 from .outputs import (
@@ -153,6 +153,22 @@ class SpikingModelMixin:
     def spiking_blocks(self) -> nn.ModuleList:
         """The model's blocks, in order."""
         return self.base_model.get_submodule(self.blocks_path)
+
+    @torch.no_grad()
+    def block_input_firing_rate(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The firing rate ``(B, L, D)`` that block ``layer``'s input neuron has when the real-valued ``hidden``
+        ``(B, L, D)`` is its input at every time step: the block's own input norm and neuron (same type, T, D,
+        threshold), no gradient. SpAD's RateMSE aims the student's `firing_rates` at this, driven by the teacher's
+        matching hidden state, so a student whose features equal the teacher's scores 0 for every neuron family.
+        """
+        norm, neuron = self.spiking_blocks()[layer].input_norm_and_neuron()
+        recording, neuron.record_firing_rate = neuron.record_firing_rate, False  # not part of the model's run
+        try:
+            drive = expand_time(hidden.to(self.dtype), self.config.time_steps)  # (T, B, L, D)
+            spikes = neuron(norm(drive))
+        finally:
+            neuron.record_firing_rate = recording
+        return firing_rate(spikes, neuron)
 
     def spiking_neurons(self) -> list[tuple[str, SpikingNeuron]]:
         """Every neuron of the model with its module name."""
@@ -296,7 +312,7 @@ class SpikingDecoderMixin:
         last_hidden = getattr(self, self.final_norm_name)(mean_over_time(layers.hidden))
         return SpikingModelOutput(
             last_hidden_state=last_hidden,
-            hidden_states=layers.hidden_states,
+            hidden_states=with_final_norm(layers.hidden_states, last_hidden),
             attentions=layers.attentions,
             firing_rates=layers.firing_rates,
             **{CACHE_FIELD: cache if use_cache else None},

@@ -39,7 +39,7 @@ def test_distillation_lowers_the_loss_and_logs_every_term(tmp_path):
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged[-1]["loss"] < logged[0]["loss"]
-    for term in ("hta", "sta", "ea", "sfa", "saa"):
+    for term in ("hta", "sta", "ea", "sfa", "rate", "saa"):
         assert f"spad/{term}" in logged[0], term
     assert all(not p.requires_grad for p in trainer.teacher.parameters())
     assert not trainer.teacher.training
@@ -90,7 +90,10 @@ def test_width_mismatch_trains_a_projection(tmp_path):
             time_steps=1,
         )  # fmt: skip
     )
-    trainer = SpADTrainer(model=student, args=config(tmp_path, max_steps=3), teacher=teacher, train_dataset=blocks())
+    with pytest.raises(ValueError, match="the student is 16 wide and the teacher 32; set rate_gamma=0"):
+        SpADTrainer(model=student, args=config(tmp_path, max_steps=3), teacher=teacher, train_dataset=blocks())
+    args = config(tmp_path, max_steps=3, rate_gamma=0.0)  # RateMSE needs the teacher's width
+    trainer = SpADTrainer(model=student, args=args, teacher=teacher, train_dataset=blocks())
     before = trainer.projection[0].weight.detach().clone()
     trainer.train()
     assert not torch.equal(before, trainer.projection[0].weight)

@@ -43,6 +43,10 @@ class BiSpikCLMDecoderLayer(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.fc2_norm = build_norm(config)
 
+    def input_norm_and_neuron(self):
+        """The norm and neuron the block's input passes first (what SpAD's RateMSE drives with the teacher)."""
+        return self.self_attn_layer_norm, self.attn_input_neuron
+
     def mlp(self, spikes, source_neuron, execution=None):
         modules = (self.fc1, self.fc1_norm, self.fc_neuron, self.fc2, self.fc2_norm)
         return spiking_mlp(spikes, source_neuron, *modules, execution)

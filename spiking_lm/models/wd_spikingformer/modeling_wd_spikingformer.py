@@ -61,6 +61,10 @@ class WDSpikingformerDecoderLayer(GradientCheckpointingLayer):
         self.mlp_input_neuron = neuron_from_config(config)
         self.mlp = WDSpikingformerMLP(config)
 
+    def input_norm_and_neuron(self):
+        """The norm and neuron the block's input passes first (what SpAD's RateMSE drives with the teacher)."""
+        return self.input_layernorm, self.attn_input_neuron
+
     def forward(self, hidden, attention_mask=None, cache=None, execution=None, output_firing_rate=False):
         # hidden: (T, B, L, D) membrane
         return membrane_shortcut_layer(

@@ -14,7 +14,14 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from spiking_lm.nn.blocks import expand_time, mean_over_time, membrane_shortcut_layer, run_layers, spiking_mlp
+from spiking_lm.nn.blocks import (
+    expand_time,
+    mean_over_time,
+    membrane_shortcut_layer,
+    run_layers,
+    spiking_mlp,
+    with_final_norm,
+)
 from spiking_lm.nn.modeling_utils import (
     SpikingMaskedLMOutput,
     SpikingModelMixin,
@@ -105,6 +112,10 @@ class WESpikingformerLayer(GradientCheckpointingLayer):
         self.mlp_neuron = neuron_from_config(config)
         self.intermediate = WESpikingformerIntermediate(config)
         self.output = WESpikingformerProjection(config, config.intermediate_size)
+
+    def input_norm_and_neuron(self):
+        """The norm and neuron the block's input passes first (what SpAD's RateMSE drives with the teacher)."""
+        return self.attention_norm, self.attention_neuron
 
     def mlp(self, spikes, source_neuron, execution=None):
         inner, output = self.intermediate, self.output
@@ -198,7 +209,7 @@ class WESpikingformerModel(WESpikingformerPreTrainedModel):
         return SpikingModelOutputWithPooling(
             last_hidden_state=last_hidden,
             pooler_output=None if self.pooler is None else self.pooler(last_hidden),
-            hidden_states=layers.hidden_states,
+            hidden_states=with_final_norm(layers.hidden_states, last_hidden),
             attentions=layers.attentions,
             firing_rates=layers.firing_rates,
         )
