@@ -173,4 +173,3 @@ class SpADTrainer(CompleteCheckpointMixin, Trainer):
             self._term_sums.clear()
             self._term_steps = 0
         super().log(logs, *args, **kwargs)
-
