@@ -2,6 +2,7 @@
 45 nm constants `E_MAC_PJ` / `E_AC_PJ`."""
 
 from .counting import (
+    CONVENTIONS,
     E_AC_PJ,
     E_MAC_PJ,
     EnergyReport,
@@ -14,6 +15,7 @@ from .counting import (
 from .report import format_table, plot_firing_rates
 
 __all__ = [
+    "CONVENTIONS",
     "E_AC_PJ",
     "E_MAC_PJ",
     "EnergyReport",

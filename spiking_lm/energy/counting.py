@@ -1,10 +1,18 @@
 """Operation counting and the energy estimate (docs/design.md, "Energy").
 
-E = E_MAC · #MAC + E_AC · #AC. A layer fed real values does multiply-accumulates (MACs); a layer fed spikes
-only adds the weight columns its spikes select (accumulates, ACs): for a Linear with ``out`` outputs that is
-(number of spikes, counted in binary virtual steps) × ``out``. Spike × spike attention products count one AC
-for every pair of spikes that meet. Everything is counted from the spikes this forward pass produced (hooks),
-never from an assumed rate. Norm and neuron work is reported separately and is not in the energy.
+E = E_MAC · #MAC + E_AC · #AC, counted from the spikes one forward pass produced (hooks and the recorder
+protocol), never from an assumed rate, under two named conventions that every report carries:
+
+- ``paper`` (the default; how this paper family counts, comparable with published ratios): a layer fed real values
+  counts MACs; a layer fed spikes counts ACs = firing rate × (virtual) time steps × its dense op count, i.e. its
+  spikes × ``out`` for a Linear; a spike × spike product (Q·Kᵀ, A·V with spike A) counts ACs = firing rate of its
+  first operand × its dense op count over the pairs the attention allows;
+- ``measured``: spike × spike products count only the pairs of binary spikes that actually meet.
+
+In both, products with real-valued weights (sparsemax) count MACs, every norm on real values counts 2 MACs per
+normalized element (LayerNorm/RMSNorm cannot be folded into a neighbouring Linear; the spiking model runs them
+T times), and neuron updates are reported separately, outside the ratio. The ANN baseline counts the same
+attention pairs as the spiking model (the causal half for causal models) and its own norms.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ E_MAC_PJ = 4.6
 the constant this paper family uses."""
 E_AC_PJ = 0.9
 """Energy of one 32-bit floating-point add in 45 nm CMOS, picojoules (same source)."""
+CONVENTIONS = ("paper", "measured")
+NORM_MACS_PER_ELEMENT = 2
+"""A norm on real values costs 2 MACs per normalized element (a centring/scaling multiply-add and the affine one)."""
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)(?:\.|$)")
 
@@ -45,7 +56,8 @@ class LayerOperations:
 
     name: str
     macs: int = 0
-    acs: int = 0
+    acs: int = 0  # measured convention
+    paper_acs: int = 0
     ann_macs: int = 0
     spikes: int = 0
     spike_slots: int = 0
@@ -56,6 +68,13 @@ class LayerOperations:
     def firing_rate(self) -> float:
         """Spikes per neuron per (virtual) time step; NaN for a layer without neurons."""
         return self.spikes / self.spike_slots if self.spike_slots else float("nan")
+
+    @property
+    def norm_macs(self) -> int:
+        return NORM_MACS_PER_ELEMENT * self.norm_elements
+
+    def convention_acs(self, convention: str) -> int:
+        return self.paper_acs if convention == "paper" else self.acs
 
 
 @dataclass
@@ -69,14 +88,26 @@ class EnergyReport:
     ann_baseline: str
     mac_pj: float = E_MAC_PJ
     ac_pj: float = E_AC_PJ
+    convention: str = "paper"
+
+    def __post_init__(self):
+        check_convention(self.convention)
 
     @property
     def macs(self) -> int:
-        return sum(layer.macs for layer in self.layers)
+        """MACs of the spiking model: real-valued products and norms (the same in both conventions)."""
+        return sum(layer.macs + layer.norm_macs for layer in self.layers)
 
     @property
     def acs(self) -> int:
-        return sum(layer.acs for layer in self.layers)
+        """ACs of the spiking model under `convention`."""
+        return self.acs_for(self.convention)
+
+    def acs_for(self, convention: str) -> int:
+        return sum(layer.convention_acs(check_convention(convention)) for layer in self.layers)
+
+    def energy_for(self, convention: str) -> float:
+        return energy_mj(self.macs, self.acs_for(convention), self.mac_pj, self.ac_pj)
 
     @property
     def snn_energy_mj(self) -> float:
@@ -104,17 +135,30 @@ class EnergyReport:
                 "ann_energy_mj": self.ann_energy_mj / count,
             }
 
-        ratio = self.snn_energy_mj / self.ann_energy_mj if self.ann_energy_mj else float("nan")
+        def ratio_of(energy):
+            return _json_float(energy / self.ann_energy_mj if self.ann_energy_mj else float("nan"))
+
+        ratio = ratio_of(self.snn_energy_mj)
         layers = []
         for layer in self.layers:
             entry = asdict(layer)
+            entry["macs"] = layer.macs + layer.norm_macs
+            entry["acs"] = layer.convention_acs(self.convention)
+            entry["measured_acs"] = layer.acs
             entry["firing_rate"] = _json_float(layer.firing_rate)
-            entry["snn_energy_mj"] = energy_mj(layer.macs, layer.acs, self.mac_pj, self.ac_pj)
+            entry["snn_energy_mj"] = energy_mj(entry["macs"], entry["acs"], self.mac_pj, self.ac_pj)
             layers.append(entry)
+        conventions = {
+            name: {"acs": self.acs_for(name), "snn_energy_mj": self.energy_for(name),
+                   "ratio": ratio_of(self.energy_for(name))}
+            for name in CONVENTIONS
+        }  # fmt: skip
         return {
+            "convention": self.convention,
+            "conventions": conventions,
             "snn_energy_mj": self.snn_energy_mj,
             "ann_energy_mj": self.ann_energy_mj,
-            "ratio": _json_float(ratio),
+            "ratio": ratio,
             "macs": self.macs,
             "acs": self.acs,
             "ann_macs": self.ann_macs,
@@ -129,6 +173,12 @@ class EnergyReport:
             "constants": {"mac_pj": self.mac_pj, "ac_pj": self.ac_pj},
             "layers": layers,
         }
+
+
+def check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    return convention
 
 
 def _json_float(value: float) -> float | None:
@@ -160,6 +210,7 @@ class OperationCounter(OperationRecorder):
         self._pending_counts: torch.Tensor | None = None
         self._pending_rescale = False
         self._handles = []
+        self.attention_pairs = 0  # (query, key) pairs one attention layer allows, summed over the batch
 
     def layer(self, module: nn.Module) -> LayerOperations:
         name = self.names.get(module, type(module).__name__)
@@ -220,12 +271,16 @@ class OperationCounter(OperationRecorder):
         rows = spikes.numel() // in_features
         layer = self.layer(linear)
         layer.ann_macs += rows // spikes.shape[0] * in_features * out_features  # once per token, as an ANN
-        if neuron is not None:
-            layer.acs += int(neuron.count_spikes(spikes).round().item()) * out_features
+        if neuron is not None:  # spikes x out: the paper's rate x (virtual) steps x dense ops, and what is measured
+            accumulates = int(neuron.count_spikes(spikes).round().item()) * out_features
+            layer.acs += accumulates
+            layer.paper_acs += accumulates
         elif self._pending_counts is not None and self._pending_counts.numel() == spikes.numel():
             # A softmax-free attention context: integer counts (spikes of A_s meeting spikes of V) times a
             # constant that folds into the weights; a per-query rescale costs one multiply per output.
-            layer.acs += int(self._pending_counts.sum().round().item()) * out_features
+            accumulates = int(self._pending_counts.sum().round().item()) * out_features
+            layer.acs += accumulates
+            layer.paper_acs += accumulates
             if self._pending_rescale:
                 layer.macs += rows * out_features
         else:
@@ -237,14 +292,25 @@ class OperationCounter(OperationRecorder):
         q = _unit_counts(query, attention.q_neuron)
         k = _unit_counts(key, attention.k_neuron)
         v = _unit_counts(value, attention.v_neuron)
-        steps, batch, heads, query_length, head_dim = q.shape
-        pairs = allowed.to(q.dtype)
+        head_dim, heads = q.shape[-1], q.shape[2]
+        pairs = allowed.to(q.dtype)  # (B, 1, Lq, Lk)
+        keys_per_query = pairs.sum(-1, keepdim=True)  # (B, 1, Lq, 1)
+        # Q·Kᵀ: measured = spikes that meet; paper = Q's spikes x every allowed key's (virtual) steps
         layer.acs += int((torch.matmul(q, k.transpose(-1, -2)) * pairs).sum().round().item())
-        selected = (weights != 0).to(q.dtype) * pairs
-        context_counts = torch.matmul(selected, v)
-        layer.acs += int(context_counts.sum().round().item())
-        layer.ann_macs += 2 * batch * heads * query_length * key.shape[-2] * head_dim  # QKᵀ and AV, once
-        if attention.kind == "sfsa":
+        query_spikes = q.sum(-1, keepdim=True)  # (T, B, H, Lq, 1)
+        layer.paper_acs += int((query_spikes * keys_per_query).sum().round().item()) * attention.k_neuron.coding.max
+        weights = weights.to(q.dtype) * pairs
+        if torch.equal(weights, weights.round()):  # A holds spikes or integer counts: A·V adds rows of V
+            context_counts = torch.matmul(weights.abs(), v)
+            layer.acs += int(context_counts.sum().round().item())
+            layer.paper_acs += int(weights.abs().sum().round().item()) * head_dim * attention.v_neuron.coding.max
+        else:  # real-valued weights (sparsemax): a multiply per (nonzero weight, channel)
+            context_counts = None
+            layer.macs += int((weights != 0).sum().item()) * head_dim
+        allowed_pairs = int(allowed.sum().item())
+        self.attention_pairs = allowed_pairs
+        layer.ann_macs += 2 * heads * allowed_pairs * head_dim  # QKᵀ and AV over the same pairs, once
+        if attention.kind == "sfsa" and context_counts is not None:
             self._pending_counts = context_counts
             self._pending_rescale = attention.config.sfsa_output_scale != "sqrt_d"
 
@@ -256,9 +322,15 @@ def count_operations(model: nn.Module, input_ids: torch.Tensor, attention_mask=N
     return counter
 
 
-def _ann_attention_macs(config, batch: int, length: int) -> int:
-    """QKᵀ and attention × V of a dense transformer: 2·B·L²·hidden per layer (not hooked: they are matmuls)."""
-    return 2 * batch * length * length * config.hidden_size * config.num_hidden_layers
+def _ann_attention_macs(config, pairs: int) -> int:
+    """QKᵀ and attention × V of a dense transformer over ``pairs`` allowed (query, key) pairs: 2·pairs·hidden per
+    layer (not hooked: they are matmuls)."""
+    return 2 * pairs * config.hidden_size * config.num_hidden_layers
+
+
+def _standard_norm_macs(config, positions: int) -> int:
+    """The norms of a same-shape pre-norm transformer: two per block and a final one, once per position."""
+    return NORM_MACS_PER_ELEMENT * (2 * config.num_hidden_layers + 1) * positions * config.hidden_size
 
 
 def estimate_energy(
@@ -268,6 +340,7 @@ def estimate_energy(
     ann_baseline: nn.Module | None = None,
     mac_pj: float = E_MAC_PJ,
     ac_pj: float = E_AC_PJ,
+    convention: str = "paper",
 ) -> EnergyReport:
     """Energy of one forward pass of a spiking ``model`` on ``input_ids``, against an ANN baseline.
 
@@ -276,26 +349,33 @@ def estimate_energy(
         input_ids (`torch.LongTensor` of shape `(batch, length)`): the tokens to count on.
         attention_mask (*optional*): padding mask; tokens are counted from it.
         ann_baseline (*optional*): an HF ANN (e.g. the teacher) run on the same tokens and counted in MACs
-            (its Linear layers by hooks, its attention matmuls as 2·B·L²·hidden per layer). Without it, the
-            baseline is the same shape as ``model`` run densely once per token (every Linear and attention
-            product a MAC).
+            (its Linear layers and norms by hooks, its attention matmuls as 2·pairs·hidden per layer over the
+            pairs the spiking model allows). Without it, the baseline is the same shape as ``model`` run densely
+            once per token (every Linear and attention product a MAC, two norms per block and a final one).
         mac_pj / ac_pj: energy per MAC / AC in picojoules (defaults `E_MAC_PJ`, `E_AC_PJ`).
+        convention (`str`, *optional*, defaults to `"paper"`): the counting convention of the headline figures,
+            ``"paper"`` or ``"measured"`` (module docstring); the report carries both.
 
     Returns:
-        `EnergyReport`; ``report.to_dict()`` holds ``snn_energy_mj``, ``ann_energy_mj``, ``ratio``, MACs, ACs,
-        per-sequence and per-token figures and per-layer firing rates and counts.
+        `EnergyReport`; ``report.to_dict()`` holds ``convention``, ``snn_energy_mj``, ``ann_energy_mj``,
+        ``ratio``, MACs, ACs, both conventions' figures (``conventions``), per-sequence and per-token figures and
+        per-layer firing rates and counts.
     """
+    check_convention(convention)
     if input_ids.dim() != 2 or input_ids.numel() == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    if not hasattr(model, "spiking_neurons"):
+        raise ValueError(f"estimate_energy needs a spiking_lm model, got {type(model).__name__} (no spiking neurons)")
     counter = count_operations(model, input_ids, attention_mask)
     tokens = int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
     layers = list(counter.layers.values())
     if ann_baseline is None:
         ann_macs = sum(layer.ann_macs for layer in layers)
+        ann_macs += _standard_norm_macs(model.config, input_ids.numel())
         description = f"same shape as {type(model).__name__}, dense (MACs)"
     else:
         baseline = count_operations(ann_baseline, input_ids, attention_mask)
-        ann_macs = sum(layer.macs for layer in baseline.layers.values())
-        ann_macs += _ann_attention_macs(ann_baseline.config, *input_ids.shape)
+        ann_macs = sum(layer.macs + layer.norm_macs for layer in baseline.layers.values())
+        ann_macs += _ann_attention_macs(ann_baseline.config, counter.attention_pairs)
         description = f"{type(ann_baseline).__name__} (MACs)"
-    return EnergyReport(layers, input_ids.shape[0], tokens, ann_macs, description, mac_pj, ac_pj)
+    return EnergyReport(layers, input_ids.shape[0], tokens, ann_macs, description, mac_pj, ac_pj, convention)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 def format_table(report: dict) -> str:
     """The report (an `EnergyReport.to_dict()`) as an aligned text table, per layer then totals."""
-    lines = [f"{'layer':<34} {'firing rate':>11} {'MACs':>14} {'ACs':>14} {'energy (mJ)':>12}"]
+    lines = [f"{'layer':<34} {'firing rate':>11} {'MACs':>14} {'ACs (' + report['convention'] + ')':>18} "
+             f"{'energy (mJ)':>12}"]  # fmt: skip
     for layer in report["layers"]:
         rate = "-" if layer["firing_rate"] is None else f"{layer['firing_rate']:.4f}"
         lines.append(
-            f"{layer['name'][:34]:<34} {rate:>11} {layer['macs']:>14,} {layer['acs']:>14,} "
+            f"{layer['name'][:34]:<34} {rate:>11} {layer['macs']:>14,} {layer['acs']:>18,} "
             f"{layer['snn_energy_mj']:>12.4g}"
         )
     per_token = report["per_token"]
@@ -23,9 +24,14 @@ def format_table(report: dict) -> str:
         f"({per_token['snn_energy_mj']:.4g} mJ/token), mean firing rate {report['firing_rate'] or 0:.4f}",
         f"ANN baseline ({report['ann_baseline']}): {report['ann_macs']:,} MACs = {report['ann_energy_mj']:.4g} mJ "
         f"({per_token['ann_energy_mj']:.4g} mJ/token)",
-        f"SNN / ANN energy: {ratio}  (E_MAC {constants['mac_pj']} pJ, E_AC {constants['ac_pj']} pJ; "
-        f"{report['sequences']} sequence(s), {report['tokens']} tokens)",
+        f"SNN / ANN energy: {ratio}  ({report['convention']} convention; E_MAC {constants['mac_pj']} pJ, "
+        f"E_AC {constants['ac_pj']} pJ; {report['sequences']} sequence(s), {report['tokens']} tokens)",
     ]
+    for name, figures in report["conventions"].items():
+        other = "-" if figures["ratio"] is None else f"{figures['ratio']:.4f}"
+        lines.append(
+            f"  {name} convention: {figures['acs']:,} ACs, {figures['snn_energy_mj']:.4g} mJ, SNN / ANN {other}"
+        )
     return "\n".join(lines)
 
 

@@ -86,7 +86,12 @@ def _energy_summary(evaluations: dict) -> dict | None:
             "ann_macs": _count(per_token["ann_macs"]),
             "ann_mj": _format(per_token["ann_energy_mj"]),
             "baseline": report["ann_baseline"],
+            "convention": report.get("convention", "measured"),
             "ratio": _format(report["ratio"]) if report["ratio"] is not None else "-",
+            "conventions": {
+                name: _format(figures["ratio"]) if figures["ratio"] is not None else "-"
+                for name, figures in report.get("conventions", {}).items()
+            },  # fmt: skip
             "firing_rate": _format(report["firing_rate"]) if report["firing_rate"] is not None else "-",
             "layer_rates": rates or "-",
         }

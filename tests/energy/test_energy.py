@@ -22,11 +22,18 @@ def tiny(model_class, **overrides):
     return model_class(config).eval()
 
 
-def force_spikes(model, fill):
-    """Make every neuron emit ``fill`` (1 = fire everywhere, 0 = silent), whatever its input."""
-    for module in model.modules():
-        if isinstance(module, SpikingNeuron):
+def force_spikes(model, fill, only=None):
+    """Make every neuron (or those whose name ends with ``only``) emit ``fill`` (1 = fire everywhere, 0 = silent)."""
+    for name, module in model.named_modules():
+        if isinstance(module, SpikingNeuron) and (only is None or name.endswith(only)):
             module.register_forward_hook(lambda module, inputs, output: torch.full_like(output, fill))
+
+
+def norm_elements(steps, positions, width=D, inner=F, once=1):
+    """Elements the norms of one block normalize: seven of the model width (block input, Q, K, V, attention
+    output, MLP input, MLP output) and one of the MLP's inner width, each over T steps; plus ``once`` norms of
+    the readout (the final norm, and for WE its embedding and MLM-head LayerNorms), run once per position."""
+    return steps * positions * (7 * width + inner) + once * positions * width
 
 
 def test_energy_constants_reproduce_the_reference_figure():
@@ -41,7 +48,9 @@ def test_a_model_that_fires_everywhere_costs_exactly_the_hand_count():
     # BiSpikCLM, 1 layer, T=2, one sequence of L=3 tokens, every neuron forced to fire. Rows fed to each Linear:
     # T·L = 6. Spike-fed Linears cost (spikes = rows·in) × out ACs; QKᵀ costs one AC per (query, allowed key,
     # channel) pair of spikes: T·H·(1+2+3 causal pairs)·d; A·V the same; the SFSA context (counts) feeding
-    # out_proj costs its counts × out. Only lm_head (fed the real-valued final norm, L rows) costs MACs.
+    # out_proj costs its counts × out. Every spike meets, so both conventions count the same ACs. MACs: lm_head
+    # (fed the real-valued final norm, L rows) and the norms, 2 per normalized element (T steps, once for the
+    # final norm).
     model = tiny(spiking_lm.BiSpikCLMForCausalLM, time_steps=2)
     force_spikes(model, 1.0)
     report = estimate_energy(model, torch.tensor([[1, 2, 3]]))
@@ -50,11 +59,13 @@ def test_a_model_that_fires_everywhere_costs_exactly_the_hand_count():
     qk = av = 2 * H * causal_pairs * head_dim
     out_proj = av * D
     mlp = rows * D * F + rows * F * D
-    assert report.acs == qkv + qk + av + out_proj + mlp == 3648
-    assert report.macs == 3 * D * V == 264
-    # The dense same-shape ANN: every Linear once per token, QKᵀ and AV over all L² pairs per head.
-    assert report.ann_macs == 3 * (4 * D * D + 2 * D * F + D * V) + 2 * H * 3 * 3 * head_dim == 1944
-    assert report.snn_energy_mj == pytest.approx((264 * 4.6 + 3648 * 0.9) * 1e-9)
+    assert report.convention == "paper"
+    assert report.acs_for("paper") == report.acs_for("measured") == qkv + qk + av + out_proj + mlp == 3648
+    assert report.macs == 3 * D * V + 2 * norm_elements(2, 3) == 264 + 912
+    # The dense same-shape ANN: every Linear once per token, QKᵀ and AV over the same 6 causal pairs per head,
+    # two norms per block and a final one.
+    assert report.ann_macs == 3 * (4 * D * D + 2 * D * F + D * V) + 2 * H * 6 * head_dim + 2 * 3 * 3 * D == 2040
+    assert report.snn_energy_mj == pytest.approx((1176 * 4.6 + 3648 * 0.9) * 1e-9)
     layer = report.to_dict()["layers"][0]
     assert layer["name"] == "layer 0" and layer["firing_rate"] == 1.0
     # Neurons: block input, q, k, v (T·L·D each), attention (T·H·L·L), MLP input (T·L·D), MLP hidden (T·L·F).
@@ -65,7 +76,7 @@ def test_a_model_that_fires_everywhere_costs_exactly_the_hand_count():
     "model_class",
     [spiking_lm.BiSpikCLMForCausalLM, spiking_lm.WDSpikingformerForCausalLM, spiking_lm.WESpikingformerForMaskedLM],
 )
-def test_a_silent_model_costs_only_its_real_valued_readout(model_class):
+def test_a_silent_model_costs_only_its_real_valued_readout_and_norms(model_class):
     model = tiny(model_class)
     force_spikes(model, 0.0)
     input_ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
@@ -75,9 +86,31 @@ def test_a_silent_model_costs_only_its_real_valued_readout(model_class):
         spiking_lm.WDSpikingformerForCausalLM: D * V,
         spiking_lm.WESpikingformerForMaskedLM: D * D + D * V,  # BERT's transform.dense, then the decoder
     }[model_class]
-    assert report.acs == 0
-    assert report.macs == input_ids.numel() * readout
+    once = 3 if model_class is spiking_lm.WESpikingformerForMaskedLM else 1
+    norms = norm_elements(model.config.time_steps, input_ids.numel(), once=once)
+    assert report.acs_for("measured") == 0
+    # `paper` still counts A·V of winner-take-all attention: every query selects one key (a 0/1 first operand at
+    # rate 1/L), whose row of V it adds: d values of D_v virtual steps each. SFSA's attention neuron is silent.
+    config = model.config
+    selected = config.time_steps * input_ids.numel() * H * (D // H) * config.spike_max
+    assert report.acs_for("paper") == (0 if config.attention_type == "sfsa" else selected)
+    assert report.macs == input_ids.numel() * readout + 2 * norms
     assert report.firing_rate == 0.0
+
+
+def test_the_two_conventions_differ_by_the_spikes_that_do_not_meet():
+    # Every neuron fires except K's: no query spike meets a key spike, so `measured` counts no Q·Kᵀ work while
+    # `paper` counts Q's firing rate (1) times Q·Kᵀ's dense operations over the 6 causal pairs: T·H·6·d.
+    model = tiny(spiking_lm.BiSpikCLMForCausalLM, time_steps=2)
+    force_spikes(model, 1.0)
+    force_spikes(model, 0.0, only="k_neuron")
+    report = estimate_energy(model, torch.tensor([[1, 2, 3]]), convention="measured")
+    assert report.acs_for("paper") - report.acs_for("measured") == 2 * H * 6 * (D // H) == 96
+    data = report.to_dict()
+    assert data["convention"] == "measured" and data["acs"] == report.acs_for("measured")
+    assert data["conventions"]["paper"]["snn_energy_mj"] > data["conventions"]["measured"]["snn_energy_mj"]
+    with pytest.raises(ValueError, match=r"convention must be one of \('paper', 'measured'\), got 'ideal'"):
+        estimate_energy(model, torch.tensor([[1, 2, 3]]), convention="ideal")
 
 
 def test_the_teacher_baseline_is_counted_in_macs_by_hand():
@@ -88,7 +121,9 @@ def test_the_teacher_baseline_is_counted_in_macs_by_hand():
     input_ids = torch.tensor([[1, 2, 3, 4, 5]])
     report = estimate_energy(student, input_ids, ann_baseline=teacher)
     per_token = 2 * (4 * D * D + 2 * D * F) + D * V
-    assert report.ann_macs == 5 * per_token + 2 * 2 * 5 * 5 * D  # + QKᵀ and AV, 2·L²·D per layer
+    teacher_norms = 2 * (2 * 2 + 1) * 5 * D  # two LayerNorms per OPT layer and the final one, 2 MACs an element
+    # + QKᵀ and AV over the student's 15 causal pairs, 2·pairs·D per layer
+    assert report.ann_macs == 5 * per_token + teacher_norms + 2 * 2 * 15 * D
     assert report.ann_baseline == "OPTForCausalLM (MACs)"
     data = report.to_dict()
     assert data["ratio"] == pytest.approx(data["snn_energy_mj"] / data["ann_energy_mj"])
