@@ -13,12 +13,15 @@ def _quickstart(args: argparse.Namespace) -> int:
     """Tokenizer → OPT teacher → SpAD-distilled BiSpikCLM student on the shipped Shakespeare corpus."""
     from spiking_lm.quickstart import run_quickstart
 
-    results = run_quickstart(args.output_dir, smoke=args.smoke, seed=args.seed)
+    results = run_quickstart(args.output_dir, smoke=args.smoke, seed=args.seed, neuron=args.neuron)
     print(
         f"\nheld-out perplexity: teacher {results['teacher_perplexity']}, student {results['student_perplexity']} "
         f"(ratio {results['perplexity_ratio']})"
     )
-    print(f"teacher sample: {results['teacher_sample']!r}")
+    energy = results["energy"]
+    print(f"energy per forward pass ({energy['convention']} convention): student / teacher = {energy['ratio']}, "
+          f"firing rate {energy['firing_rate']}")  # fmt: skip
+    print(f"teacher sample (seeded sampling): {results['teacher_sample']!r}")
     print(f"student sample: {results['student_sample']!r}")
     print(f"timings: {results['timings']}")
     print(f"Hub-ready folder: {args.output_dir}/model (weights, remote code, tokenizer, README.md model card)")
@@ -141,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--output-dir", default="outputs/quickstart", help="where the run and the model go")
     quickstart.add_argument("--smoke", action="store_true", help="toy sizes, about a minute (what the tests run)")
     quickstart.add_argument("--seed", type=int, default=0)
+    quickstart.add_argument(
+        "--neuron",
+        choices=("lif", "nilif"),
+        default="lif",
+        help="lif: binary LIF, T=4, the paper's BiSpikCLM (default); nilif: the 1x4 integer variant",
+    )
     quickstart.set_defaults(handler=_quickstart)
     for name, text in (
         ("distill", "distill an HF ANN teacher into a spiking student with SpAD, as a recipe describes"),

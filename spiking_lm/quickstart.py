@@ -1,5 +1,9 @@
 """The quickstart: Shakespeare → BPE tokenizer → OPT teacher → SpAD-distilled BiSpikCLM → a Hub-ready folder.
 
+The student is BiSpikCLM as published: binary ``lif`` neurons over T = 4 steps and softmax-free spiking attention
+(SFSA), distilled with every SpAD term; ``neuron="nilif"`` trains the 1×4 integer variant instead. Its spike-fed
+GEMMs train in bf16 (spikes are exact in bf16; the teacher trains in fp32).
+
 Everything runs offline on the corpus shipped in `spiking_lm/data/corpora/shakespeare`. The full run's
 training phases have time budgets: the number of steps is set from the measured speed of the first steps, so
 the learning-rate schedule completes on any machine. The smoke run uses fixed step counts instead, so its
@@ -22,8 +26,9 @@ from transformers.utils import logging
 from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADConfig, SpADTrainer
 from .distill.calibration import calibrate_output_norms
+from .energy import estimate_energy
 from .evaluation.perplexity import sliding_window_perplexity
-from .evaluation.results import RESULTS_FILE, record_training
+from .evaluation.results import RESULTS_FILE, record_evaluation, record_training
 from .memory import keep_freed_memory
 from .models.bispikclm import BiSpikCLMForCausalLM
 from .publishing.cards import TEMPLATES
@@ -32,6 +37,7 @@ logger = logging.get_logger(__name__)
 
 MODEL_CARD_TEMPLATE = TEMPLATES.joinpath("quickstart.md.j2")
 SAMPLE_PROMPT = "ROMEO.\n"
+STUDENT_NEURONS = {"lif": 4, "nilif": 1}  # neuron -> time steps: the paper's binary LIF, or the 1×4 integer one
 
 
 @dataclass
@@ -51,16 +57,19 @@ class QuickstartSettings:
     student_steps: int | None = None
     teacher_learning_rate: float = 1e-3
     student_learning_rate: float = 5e-4
-    neuron_type: str = "nilif"
-    time_steps: int = 1
+    neuron_type: str = "lif"
+    time_steps: int = 4
+    train_matmul_dtype: str = "bfloat16"
     eval_blocks: int = 64
     sample_tokens: int = 40
+    sample_temperature: float = 0.8
+    energy_sequences: int = 4
 
 
 FULL = QuickstartSettings()
 SMOKE = QuickstartSettings(
     vocab_size=512, block_size=64, hidden_size=64, num_layers=2, num_heads=4, ffn_size=128, batch_size=8,
-    teacher_steps=400, student_steps=200, eval_blocks=8, sample_tokens=12,
+    teacher_steps=400, student_steps=200, eval_blocks=8, sample_tokens=12, time_steps=2, energy_sequences=2,
 )  # fmt: skip
 
 
@@ -106,11 +115,31 @@ def perplexity(model, blocks: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompt: str, new_tokens: int) -> str:
+def sample(model, tokenizer, prompt: str, new_tokens: int, temperature: float, seed: int) -> str:
+    """A sample seeded by ``seed`` (temperature sampling, top-k 40): greedy decoding of a few minutes' model
+    repeats one line, which shows nothing of it."""
     model.eval()
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-    output = model.generate(input_ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    output = model.generate(input_ids, max_new_tokens=new_tokens, do_sample=True, temperature=temperature, top_k=40,
+                            pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.random.set_rng_state(generator_state)
     return tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+def energy_report(student, teacher, blocks: torch.Tensor) -> dict:
+    """The student's energy report (paper convention) against the teacher on held-out blocks."""
+    return estimate_energy(student.eval(), blocks, ann_baseline=teacher.eval()).to_dict()
+
+
+def energy_summary(report: dict) -> dict:
+    """The headline figures of an energy report: SNN/ANN ratio under both conventions and the firing rates."""
+    rates = {layer["name"]: round(layer["firing_rate"], 4) for layer in report["layers"] if layer["firing_rate"]}
+    return {"snn_energy_mj": report["snn_energy_mj"], "ann_energy_mj": report["ann_energy_mj"],
+            "ratio": round(report["ratio"], 4), "convention": report["convention"],
+            "measured_ratio": round(report["conventions"]["measured"]["ratio"], 4),
+            "firing_rate": round(report["firing_rate"], 4), "firing_rates": rates}  # fmt: skip
 
 
 def _teacher(settings: QuickstartSettings, tokenizer) -> OPTForCausalLM:
@@ -167,12 +196,17 @@ def _distillation_step_loss(teacher):
     return loss
 
 
-def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: bool = True) -> dict:
+def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: bool = True, neuron: str = "lif") -> dict:
     """Run the whole pipeline; returns the results written to ``output_dir/results.json``.
 
-    ``output_dir/model`` is the Hub-ready student: weights, remote code, tokenizer and a model card.
+    ``output_dir/model`` is the Hub-ready student: weights, remote code, tokenizer and a model card. ``neuron``:
+    ``"lif"`` (binary, T = 4 full size: the paper's model) or ``"nilif"`` (the 1×4 integer variant).
     """
+    if neuron not in STUDENT_NEURONS:
+        raise ValueError(f"neuron must be one of {sorted(STUDENT_NEURONS)}, got {neuron!r}")
     settings = SMOKE if smoke else FULL
+    time_steps = STUDENT_NEURONS[neuron] if neuron != "lif" else settings.time_steps
+    settings = QuickstartSettings(**{**asdict(settings), "neuron_type": neuron, "time_steps": time_steps})
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()  # a training run: freed activation buffers are reused (spiking_lm.memory)
@@ -191,18 +225,27 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     teacher.set_attn_implementation("eager")  # SAA compares against the teacher's attention probabilities
 
     student = BiSpikCLMForCausalLM.from_teacher(
-        teacher, neuron_type=settings.neuron_type, time_steps=settings.time_steps
+        teacher,
+        neuron_type=settings.neuron_type,
+        time_steps=settings.time_steps,
+        train_matmul_dtype=settings.train_matmul_dtype,
     )
     calibrate_output_norms(student, teacher, train_set.blocks[: settings.batch_size])
     # A SpAD step costs 1.1-1.4x the probe (teacher forward, loss terms, clipping, logging).
     trainer = functools.partial(SpADTrainer, teacher=teacher)
     _train_phase("student", trainer, SpADConfig, student, train_set, _distillation_step_loss(teacher), 1.2, run)
 
+    energy = energy_report(student, teacher, eval_blocks[: settings.energy_sequences])
     results = {
         "teacher_perplexity": round(perplexity(teacher, eval_blocks), 2),
         "student_perplexity": round(perplexity(student, eval_blocks), 2),
-        "teacher_sample": sample(teacher, tokenizer, SAMPLE_PROMPT, settings.sample_tokens),
-        "student_sample": sample(student, tokenizer, SAMPLE_PROMPT, settings.sample_tokens),
+        "teacher_sample": sample(
+            teacher, tokenizer, SAMPLE_PROMPT, settings.sample_tokens, settings.sample_temperature, seed
+        ),
+        "student_sample": sample(
+            student, tokenizer, SAMPLE_PROMPT, settings.sample_tokens, settings.sample_temperature, seed
+        ),
+        "energy": energy_summary(energy),
         "settings": asdict(settings),
         "smoke": smoke,
         "seed": seed,
@@ -211,11 +254,11 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     }
     results["perplexity_ratio"] = round(results["student_perplexity"] / results["teacher_perplexity"], 3)
     results["timings"]["total_seconds"] = round(time.perf_counter() - started, 1)
-    _write_folder(output_dir, student, teacher, tokenizer, results)
+    _write_folder(output_dir, student, teacher, tokenizer, results, energy)
     return results
 
 
-def _write_folder(output_dir: Path, student, teacher, tokenizer, results: dict) -> None:
+def _write_folder(output_dir: Path, student, teacher, tokenizer, results: dict, energy: dict) -> None:
     # the teacher too, with its tokenizer: recipes/quickstart.yaml distills from it again
     teacher.save_pretrained(output_dir / "teacher")
     tokenizer.save_pretrained(output_dir / "teacher")
@@ -228,6 +271,13 @@ def _write_folder(output_dir: Path, student, teacher, tokenizer, results: dict) 
                 "data": "Shakespeare, 15 plays shipped with spiking_lm", "steps": results["timings"]["student_steps"],
                 "block_size": results["settings"]["block_size"]}  # fmt: skip
     record_training(model_dir / RESULTS_FILE, training)
+    # the headline perplexities and energy, so that `spiking-lm card` / `push` regenerate a card that has them
+    scores = {"perplexity": results["student_perplexity"], "teacher_perplexity": results["teacher_perplexity"],
+              "perplexity_ratio": results["perplexity_ratio"]}  # fmt: skip
+    data = f"held-out Shakespeare: {', '.join(results['held_out'])}"
+    settings = {"data": data, "blocks": results["settings"]["eval_blocks"],
+                "block_size": results["settings"]["block_size"]}  # fmt: skip
+    record_evaluation(model_dir / RESULTS_FILE, student, model_dir.name, "perplexity", scores, energy, settings)
 
 
 def render_model_card(results: dict, config) -> str:

@@ -20,6 +20,19 @@ def test_quickstart_smoke_writes_a_loadable_hub_folder(tmp_path):
     assert results["student_perplexity"] < 512 / 2
     card = (tmp_path / "model" / "README.md").read_text()
     assert str(results["student_perplexity"]) in card and "trust_remote_code=True" in card
+    # the paper's model by default, its energy and firing rates beside the perplexities
+    assert (results["settings"]["neuron_type"], results["settings"]["train_matmul_dtype"]) == ("lif", "bfloat16")
+    energy = results["energy"]
+    assert energy["convention"] == "paper" and energy["ratio"] > 0 and 0 < energy["firing_rate"] < 1
+    assert f"**{energy['ratio']}** (paper convention)" in card and "layer 0" in card
+    assert "seeded temperature sampling" in card
+    recorded = json.loads((tmp_path / "model" / "results.json").read_text())["evaluations"]["perplexity"]
+    assert recorded["scores"]["perplexity"] == results["student_perplexity"]
+    assert recorded["energy"]["convention"] == "paper"
+    from spiking_lm.publishing.cards import render_card
+
+    regenerated = render_card(tmp_path / "model")  # what `spiking-lm card` / `push` write: the scores survive
+    assert f"| {results['student_perplexity']} |" in regenerated and "paper convention" in regenerated
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
