@@ -8,9 +8,12 @@ Shape (issue 3): batch 8 x 128 tokens, hidden 256, 4 layers, 4 heads, FFN 1024, 
 - generation: greedy decoding with the cache, batch 1, prompt 32, 64 new tokens, tokens/s, same alternation;
 - memory: bytes of activations autograd keeps for backward in one training step (saved-tensor hooks,
   parameters excluded, storages counted once), spiking / ANN.
-Targets: WD-Spikingformer (nilif) training >= 0.9x Llama, memory <= 1.2x; BiSpikCLM (lif, T=4) training
->= 0.5x OPT, memory <= 2.5x; generation >= 0.5x the ANN. ``bispikclm-bf16`` is the same BiSpikCLM trained with
-``train_matmul_dtype="bfloat16"`` (bf16 operands in the spike-fed GEMMs; the ANN stays fp32).
+Every spiking model is compared with the ANN at the same precision: the fp32 pairs against the fp32 ANN, the
+``-bf16`` pairs (``train_matmul_dtype="bfloat16"``: bf16 operands in the spike-fed GEMMs) against the ANN trained
+under ``torch.autocast("cpu", dtype=torch.bfloat16)``, what a user training in bf16 would pick instead. Generation
+runs in fp32 on both sides (the spiking models always infer in fp32), so the ``-bf16`` rows leave it out.
+Targets: WD-Spikingformer (nilif) >= 0.9x the same-precision Llama, memory <= 1.2x; BiSpikCLM (lif, T=4) >= 0.40x
+the bf16-autocast OPT, memory <= 2.5x; generation >= 0.5x the ANN.
 Both models run in one process with freed memory kept for reuse (`spiking_lm.memory.keep_freed_memory`, what
 `spiking-lm train`/`distill` apply); ``--system-allocator`` measures with glibc's defaults instead.
 """
@@ -37,40 +40,44 @@ from spiking_lm.memory import keep_freed_memory
 
 SHAPE = {"vocab_size": 8192, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
 BATCH, LENGTH = 8, 128
-PAIRS = ("wd", "bispikclm", "bispikclm-bf16", "we")
+PAIRS = ("wd", "wd-bf16", "bispikclm", "bispikclm-bf16", "we", "we-bf16")
+
+
+def _ann(family: str):
+    if family == "wd":
+        config = LlamaConfig(**SHAPE, intermediate_size=1024, num_key_value_heads=4, max_position_embeddings=512)
+        return LlamaForCausalLM(config), "Llama"
+    if family == "bispikclm":
+        config = OPTConfig(**SHAPE, ffn_dim=1024, word_embed_proj_dim=256, max_position_embeddings=512)
+        return OPTForCausalLM(config), "OPT"
+    return BertForMaskedLM(BertConfig(**SHAPE, intermediate_size=1024, max_position_embeddings=512)), "BERT (MLM)"
+
+
+STUDENTS = {
+    "wd": ("WD-Spikingformer nilif 1x4", spiking_lm.WDSpikingformerForCausalLM, {"max_position_embeddings": 512}),
+    "bispikclm": ("BiSpikCLM lif T=4", spiking_lm.BiSpikCLMForCausalLM, {"time_steps": 4}),
+    "we": ("WE-Spikingformer nilif 1x4", spiking_lm.WESpikingformerForMaskedLM, {}),
+}
 
 
 def build_pairs(names):
-    """name -> (label, spiking model, ANN model, is causal)."""
+    """name -> (label, spiking model, ANN model, is causal, ANN under bf16 autocast)."""
     pairs = {}
-    if "wd" in names:
-        llama = LlamaForCausalLM(
-            LlamaConfig(**SHAPE, intermediate_size=1024, num_key_value_heads=4, max_position_embeddings=512)
-        )
-        wd = spiking_lm.WDSpikingformerForCausalLM.from_teacher(llama, max_position_embeddings=512)
-        pairs["wd"] = ("WD-Spikingformer nilif 1x4 vs Llama", wd, llama, True)
-    for name, dtype in (("bispikclm", "float32"), ("bispikclm-bf16", "bfloat16")):
-        if name in names:
-            opt = OPTForCausalLM(
-                OPTConfig(**SHAPE, ffn_dim=1024, word_embed_proj_dim=256, max_position_embeddings=512)
-            )
-            student = spiking_lm.BiSpikCLMForCausalLM.from_teacher(opt, time_steps=4, train_matmul_dtype=dtype)
-            label = "BiSpikCLM lif T=4 vs OPT" + (" (bf16 spike GEMMs)" if dtype == "bfloat16" else "")
-            pairs[name] = (label, student, opt, True)
-    if "we" in names:
-        bert = BertForMaskedLM(BertConfig(**SHAPE, intermediate_size=1024, max_position_embeddings=512))
-        pairs["we"] = (
-            "WE-Spikingformer nilif 1x4 vs BERT (MLM)",
-            spiking_lm.WESpikingformerForMaskedLM.from_teacher(bert),
-            bert,
-            False,
-        )
+    for name in names:
+        family, bf16 = name.removesuffix("-bf16"), name.endswith("-bf16")
+        ann, ann_name = _ann(family)
+        title, student_class, overrides = STUDENTS[family]
+        dtype = "bfloat16" if bf16 else "float32"
+        student = student_class.from_teacher(ann, train_matmul_dtype=dtype, **overrides)
+        label = f"{title} vs {ann_name}" + (" (bf16 both)" if bf16 else "")
+        pairs[name] = (label, student, ann, family != "we", bf16)
     return pairs
 
 
-def train_step_seconds(model, optimizer, input_ids) -> float:
+def train_step_seconds(model, optimizer, input_ids, autocast: bool = False) -> float:
     start = time.perf_counter()
-    loss = model(input_ids=input_ids, labels=input_ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -98,7 +105,7 @@ def alternate(measure_spiking, measure_ann, rounds: int, warmup: int = 2):
     return statistics.median(ratios), statistics.median(spiking_times), statistics.median(ann_times)
 
 
-def saved_activation_bytes(model, input_ids) -> int:
+def saved_activation_bytes(model, input_ids, autocast: bool = False) -> int:
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
@@ -108,7 +115,8 @@ def saved_activation_bytes(model, input_ids) -> int:
             storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+    with hooks, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         loss = model(input_ids=input_ids, labels=input_ids).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
@@ -137,8 +145,8 @@ def main():
     header = f"{'pair':<44} {'train tok/s (snn / ann)':>24} {'x ANN':>6} {'gen tok/s (snn / ann)':>22} {'x ANN':>6}"
     print(header + f" {'act. MB (snn / ann)':>20} {'x ANN':>6}")
     rows = []
-    for label, spiking, ann, causal in build_pairs(args.pairs).values():
-        text, row = measure_pair(spiking, ann, causal, args, input_ids, prompt)
+    for label, spiking, ann, causal, bf16 in build_pairs(args.pairs).values():
+        text, row = measure_pair(spiking, ann, causal and not bf16, args, input_ids, prompt, autocast=bf16)
         print(f"{label:<44} {text}", flush=True)
         rows.append({"pair": label, **row})
     if args.json:
@@ -147,7 +155,7 @@ def main():
             json.dump({"benchmark": "bench_models", "settings": settings, "rows": rows}, handle, indent=1)
 
 
-def measure_pair(spiking, ann, causal, args, input_ids, prompt) -> tuple[str, dict]:
+def measure_pair(spiking, ann, causal, args, input_ids, prompt, autocast=False) -> tuple[str, dict]:
     """One table row (text and values): training speed, generation speed (causal models), saved activations."""
     spiking.train()
     ann.train()
@@ -155,13 +163,13 @@ def measure_pair(spiking, ann, causal, args, input_ids, prompt) -> tuple[str, di
     ann_opt = torch.optim.AdamW(ann.parameters(), lr=1e-4)
     ratio, spiking_s, ann_s = alternate(
         lambda: train_step_seconds(spiking, spiking_opt, input_ids),
-        lambda: train_step_seconds(ann, ann_opt, input_ids),
+        lambda: train_step_seconds(ann, ann_opt, input_ids, autocast),
         args.rounds,
     )
     tokens = BATCH * LENGTH
     train_text = f"{tokens / spiking_s:>10.0f} / {tokens / ann_s:<10.0f} {ratio:>6.2f}"
     memory_snn = saved_activation_bytes(spiking, input_ids) / 2**20
-    memory_ann = saved_activation_bytes(ann, input_ids) / 2**20
+    memory_ann = saved_activation_bytes(ann, input_ids, autocast) / 2**20
     gen_text = f"{'-':>22} {'-':>6}"
     gen_ratio = None
     if causal and not args.skip_generation:

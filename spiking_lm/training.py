@@ -1,7 +1,8 @@
-"""What every trainer in the toolkit shares: checkpoints that are marked complete only once fully written.
+"""What every trainer in the toolkit shares: checkpoints that are marked complete only once fully written, and
+mixed precision taken from the `TrainingArguments` a user already sets.
 
 `SpikingTrainer` (task loss only: `spiking-lm train`, GLUE fine-tuning) and `spiking_lm.distill.SpADTrainer` both
-build on `CompleteCheckpointMixin`; `last_complete_checkpoint` finds where a killed run resumes.
+build on `SpikingTrainerMixin`; `last_complete_checkpoint` finds where a killed run resumes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from pathlib import Path
 
 from transformers import Trainer
 
-__all__ = ["COMPLETE_MARKER", "CompleteCheckpointMixin", "SpikingTrainer", "last_complete_checkpoint"]
+__all__ = [
+    "COMPLETE_MARKER",
+    "CompleteCheckpointMixin",
+    "SpikingTrainer",
+    "SpikingTrainerMixin",
+    "last_complete_checkpoint",
+]
 
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
 
@@ -35,5 +42,20 @@ class CompleteCheckpointMixin:
             (folder / COMPLETE_MARKER).write_text(f"{self.state.global_step}\n")
 
 
-class SpikingTrainer(CompleteCheckpointMixin, Trainer):
-    """The plain `Trainer` with completion-marked checkpoints."""
+def apply_training_precision(model, args) -> None:
+    """``TrainingArguments(bf16=True)`` trains a spiking model's spike-fed GEMMs in bf16 too: its
+    ``train_matmul_dtype`` follows (spikes are exact in bf16; no separate knob). Other models are left alone."""
+    if getattr(args, "bf16", False) and hasattr(model, "set_train_matmul_dtype"):
+        model.set_train_matmul_dtype("bfloat16")
+
+
+class SpikingTrainerMixin(CompleteCheckpointMixin):
+    """Completion-marked checkpoints, and bf16 spike GEMMs when the arguments ask for bf16."""
+
+    def __init__(self, model=None, args=None, **kwargs):
+        apply_training_precision(model, args)
+        super().__init__(model=model, args=args, **kwargs)
+
+
+class SpikingTrainer(SpikingTrainerMixin, Trainer):
+    """The plain `Trainer` with completion-marked checkpoints and bf16 spike GEMMs under ``bf16=True``."""

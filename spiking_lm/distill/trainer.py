@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer
 from transformers.utils import logging
 
 from ..distributed import prepare_teacher
-from ..training import CompleteCheckpointMixin
+from ..training import SpikingTrainerMixin
 from .config import SpADConfig
 from .losses import (
     attention_alignment_loss,
@@ -57,7 +57,7 @@ def check_pair(student, teacher, args: SpADConfig) -> None:
         )
 
 
-class SpADTrainer(CompleteCheckpointMixin, Trainer):
+class SpADTrainer(SpikingTrainerMixin, Trainer):
     """Spike-aware alignment distillation: L = w_EA·EA + w_SAA·SAA + w_SFA·SFA + w_STA·STA + w_HTA·HTA.
 
     Args:

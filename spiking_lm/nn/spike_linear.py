@@ -73,9 +73,10 @@ class SpikeLinearFunction(torch.autograd.Function):
         operand = kept.to(matmul_dtype)  # counts are exact bf16 operands
         outputs = []
         for weight, bias in zip(weights, biases, strict=True):
-            if coding is None or coding == (1.0, 0.0):  # the bias joins the GEMM
+            if _folds_into_weights(coding):  # the scale (a power of two) rides on the weight, the bias joins the GEMM
+                low_weight = (weight if coding is None or coding[0] == 1 else weight * coding[0]).to(matmul_dtype)
                 low_bias = None if bias is None else bias.to(matmul_dtype)
-                output = F.linear(operand, weight.to(matmul_dtype), low_bias)
+                output = F.linear(operand, low_weight, low_bias)
                 outputs.append(output if exact_outputs else output.to(weight.dtype))
                 continue
             output = _apply_coding(F.linear(operand, weight.to(matmul_dtype)).to(weight.dtype), weight, *coding)
@@ -121,6 +122,12 @@ class SpikeLinearFunction(torch.autograd.Function):
             bias_grad = sums if wants_bias else None
             grad_parameters += [grad, bias_grad]
         return grad_input, None, None, None, *grad_parameters
+
+
+def _folds_into_weights(coding) -> bool:
+    """Whether spikes scale·k (no offset, a power-of-two scale) multiply as k against the weight times the scale
+    with the same bf16 values: scaling by a power of two is exact, so the GEMM can take the bias too."""
+    return coding is None or (coding[1] == 0 and math.frexp(coding[0])[0] == 0.5)
 
 
 def _apply_coding(counts_product: torch.Tensor, weight: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
@@ -173,7 +180,10 @@ def exact_output_dtype(linears, neuron, execution=None) -> torch.dtype | None:
     """The low-precision dtype that holds the training outputs of these spike-fed Linears exactly, else `None`:
     bf16 when they multiply in bf16 with the bias inside the GEMM (`SpikeLinearFunction` rounds the product to
     bf16 once, then widens it), so that what keeps them for backward may keep them in bf16 at no loss."""
-    return _low_training_dtype(linears, neuron, execution, (None, (1.0, 0.0)))
+    options = _training_function_options(linears, neuron, execution) if linears else None
+    if options is None or options[1] == torch.float32 or not _folds_into_weights(options[0]):
+        return None
+    return options[1]
 
 
 def low_spike_dtype(linears, neuron, execution=None) -> torch.dtype | None:
