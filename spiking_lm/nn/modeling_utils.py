@@ -27,14 +27,7 @@ from transformers.utils import logging
 from .blocks import expand_time, firing_rate, mean_over_time, positions_from_mask, run_layers, with_final_norm
 from .execution import SpikeExecution
 from .neurons import SpikingNeuron
-from .outputs import (
-    SpikingCausalLMOutput,
-    SpikingMaskedLMOutput,
-    SpikingModelOutput,
-    SpikingModelOutputWithPooling,
-    SpikingSequenceClassifierOutput,
-    SpikingSequenceClassifierOutputWithPast,
-)
+from .outputs import SpikingCausalLMOutput, SpikingModelOutput, head_output
 
 logger = logging.get_logger(__name__)
 
@@ -44,12 +37,6 @@ CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__
 
 __all__ = [
     "REMOTE_CODE_MODULES",
-    "SpikingCausalLMOutput",
-    "SpikingMaskedLMOutput",
-    "SpikingModelOutput",
-    "SpikingModelOutputWithPooling",
-    "SpikingSequenceClassifierOutput",
-    "SpikingSequenceClassifierOutputWithPast",
     "SpikingCausalLMMixin",
     "SpikingDecoderMixin",
     "SpikingModelMixin",
@@ -363,13 +350,8 @@ class SpikingCausalLMMixin:
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return SpikingCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            firing_rates=outputs.firing_rates,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        return head_output(
+            SpikingCausalLMOutput, outputs, loss, logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
 
 

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import (
 
 __all__ = [
     "SpikingCausalLMOutput",
+    "head_output",
     "SpikingMaskedLMOutput",
     "SpikingModelOutput",
     "SpikingModelOutputWithPooling",
@@ -65,3 +66,16 @@ class SpikingSequenceClassifierOutput(SequenceClassifierOutput):
 class SpikingSequenceClassifierOutputWithPast(SequenceClassifierOutputWithPast):
     __doc__ = f"`SequenceClassifierOutputWithPast` plus\n\n    {FIRING_RATES_DOC}"
     firing_rates: tuple[torch.FloatTensor, ...] | None = None
+
+
+def head_output(output_class, outputs, loss, logits, **fields):
+    """A head's ``output_class`` with its ``loss`` and ``logits``, passing the base model's per-layer ``outputs``
+    (hidden states, attention maps, firing rates) through."""
+    return output_class(
+        loss=loss,
+        logits=logits,
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+        firing_rates=outputs.firing_rates,
+        **fields,
+    )

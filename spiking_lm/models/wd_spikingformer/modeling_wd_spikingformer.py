@@ -19,11 +19,11 @@ from spiking_lm.nn.modeling_utils import (
     SpikingCausalLMMixin,
     SpikingDecoderMixin,
     SpikingModelMixin,
-    SpikingSequenceClassifierOutputWithPast,
     sequence_classification_loss,
 )
 from spiking_lm.nn.neurons import neuron_from_config
 from spiking_lm.nn.norms import build_norm
+from spiking_lm.nn.outputs import SpikingSequenceClassifierOutputWithPast, head_output
 from spiking_lm.nn.self_attention import SpikingSelfAttention
 
 from .configuration_wd_spikingformer import WDSpikingformerConfig
@@ -153,13 +153,7 @@ class WDSpikingformerForSequenceClassification(WDSpikingformerPreTrainedModel):
         last = self._last_token_index(input_ids, batch_size, length, logits.device)
         pooled = logits[torch.arange(batch_size, device=logits.device), last]
         loss = None if labels is None else sequence_classification_loss(self.config, pooled, labels)
-        return SpikingSequenceClassifierOutputWithPast(
-            loss=loss,
-            logits=pooled,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            firing_rates=outputs.firing_rates,
-        )
+        return head_output(SpikingSequenceClassifierOutputWithPast, outputs, loss, pooled)
 
 
 __all__ = [

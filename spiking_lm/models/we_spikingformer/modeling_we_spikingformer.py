@@ -22,15 +22,15 @@ from spiking_lm.nn.blocks import (
     spiking_mlp,
     with_final_norm,
 )
-from spiking_lm.nn.modeling_utils import (
-    SpikingMaskedLMOutput,
-    SpikingModelMixin,
-    SpikingModelOutputWithPooling,
-    SpikingSequenceClassifierOutput,
-    sequence_classification_loss,
-)
+from spiking_lm.nn.modeling_utils import SpikingModelMixin, sequence_classification_loss
 from spiking_lm.nn.neurons import neuron_from_config
 from spiking_lm.nn.norms import build_norm
+from spiking_lm.nn.outputs import (
+    SpikingMaskedLMOutput,
+    SpikingModelOutputWithPooling,
+    SpikingSequenceClassifierOutput,
+    head_output,
+)
 from spiking_lm.nn.self_attention import SpikingSelfAttention
 from spiking_lm.nn.spike_linear import linear_on_spikes
 
@@ -253,13 +253,7 @@ class WESpikingformerForMaskedLM(WESpikingformerPreTrainedModel):
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
-        return SpikingMaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            firing_rates=outputs.firing_rates,
-        )
+        return head_output(SpikingMaskedLMOutput, outputs, loss, logits)
 
 
 class WESpikingformerForSequenceClassification(WESpikingformerPreTrainedModel):
@@ -274,13 +268,7 @@ class WESpikingformerForSequenceClassification(WESpikingformerPreTrainedModel):
         outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
-        return SpikingSequenceClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            firing_rates=outputs.firing_rates,
-        )
+        return head_output(SpikingSequenceClassifierOutput, outputs, loss, logits)
 
 
 __all__ = [
