@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -28,14 +29,15 @@ class SpADConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        for term in LOSS_TERMS:
-            value = getattr(self, f"{term}_weight")
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{term}_weight={value!r} is invalid: must be a number >= 0")
+        # nan would silently switch a term off (nan > 0 is False) and inf train to NaN weights: both refused
+        for name in [f"{term}_weight" for term in LOSS_TERMS] + ["rate_gamma"]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}={value!r} is invalid: must be a finite number >= 0")
         if sum(getattr(self, f"{term}_weight") for term in LOSS_TERMS) <= 0:
             raise ValueError("at least one of ea/saa/sfa/sta/hta_weight must be > 0")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature!r} is invalid: must be > 0")
-        if self.rate_gamma < 0:
-            raise ValueError(f"rate_gamma={self.rate_gamma!r} is invalid: must be >= 0")
+        temperature = self.temperature
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not (number and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature={temperature!r} is invalid: must be a finite number > 0")
         super().__post_init__()

@@ -126,6 +126,12 @@ def evaluate_zero_shot(model, tokenizer, tasks, data_dir=None, batch_size: int =
             (spiking models keep no state across calls; causal attention ignores right padding).
         limit: evaluate only the first ``limit`` documents of each task.
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (documents per task), got {limit}")
+    if num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 

@@ -41,8 +41,9 @@ def sliding_window_perplexity(model, token_ids: torch.Tensor, window: int | None
     """
     if token_ids.dim() != 1 or token_ids.numel() < 2:
         raise ValueError(f"token_ids must be a 1-d tensor of at least 2 tokens, got shape {tuple(token_ids.shape)}")
-    window = window or model.config.max_position_embeddings
-    stride = stride or max(1, window // 2)
+    # `None` means the default; 0 is a value like any other (and refused below), never a silent default
+    window = model.config.max_position_embeddings if window is None else window
+    stride = max(1, window // 2) if stride is None else stride
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
     if not 1 <= stride <= window:

@@ -23,6 +23,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
 
 from .blocks import expand_time, firing_rate, mean_over_time, positions_from_mask, run_layers, with_final_norm
 from .execution import SpikeExecution
@@ -219,10 +220,20 @@ class SpikingModelMixin:
             teacher: a `transformers` model of the family this architecture mirrors (or any with the same keys).
             return_report (`bool`, *optional*, defaults to `False`): also return what was and was not copied.
             **overrides: config fields to set on the student (``time_steps``, ``neuron_type``, ...).
+
+        Raises:
+            ValueError: no tensor of the teacher matches the student by name and shape (a teacher of another
+                family: its weights would be silently left out).
         """
         config = cls.config_class.from_teacher_config(teacher.config, **overrides)
         student = cls(config)
         report = copy_matching_weights(student, teacher)
+        if not report["copied"]:
+            total = len(report["not_in_teacher"]) + len(report["shape_mismatch"])
+            raise ValueError(
+                f"from_teacher: none of the {total} tensors of {cls.__name__} matches a tensor of "
+                f"{type(teacher).__name__} by name and shape; is the teacher of the family {cls.__name__} mirrors?"
+            )
         logger.info(
             "from_teacher: copied %d tensors; %d not in the teacher (%s); %d with other shapes (%s)",
             len(report["copied"]),
@@ -260,6 +271,7 @@ class SpikingDecoderMixin:
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -315,6 +327,7 @@ class SpikingCausalLMMixin:
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -331,9 +344,9 @@ class SpikingCausalLMMixin:
         past_key_values=None,
         **kwargs,
     ):
-        kwargs.pop("return_dict", None)
         cache = cache if cache is not None else past_key_values
         outputs = self.model(
+            return_dict=True,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,

@@ -70,7 +70,11 @@ def test_layer_map_out_of_range_is_rejected_before_training(tmp_path):
 @pytest.mark.parametrize(
     "field,value,message",
     [("sta_weight", -1.0, "sta_weight=-1.0 is invalid"), ("temperature", 0.0, "temperature=0.0 is invalid"),
-     ("rate_gamma", -0.1, "rate_gamma=-0.1 is invalid")],
+     ("rate_gamma", -0.1, "rate_gamma=-0.1 is invalid"),
+     # nan would silently switch a term off, inf would train to NaN weights
+     ("saa_weight", float("nan"), "saa_weight=nan is invalid: must be a finite number >= 0"),
+     ("hta_weight", float("inf"), "hta_weight=inf is invalid"), ("rate_gamma", float("nan"), "rate_gamma=nan"),
+     ("temperature", float("inf"), "temperature=inf is invalid"), ("temperature", float("nan"), "temperature=nan")],
 )  # fmt: skip
 def test_config_validation(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -90,6 +90,16 @@ def test_task_names_and_local_data_errors(tmp_path):
         write_local_tasks(["not_a_task"], FIXTURES, tmp_path / "tasks")
 
 
+@pytest.mark.parametrize(
+    "options,message",
+    [({"num_fewshot": -1}, "num_fewshot must be >= 0, got -1"), ({"limit": 0}, "limit must be >= 1"),
+     ({"batch_size": 0}, "batch_size must be >= 1")],
+)  # fmt: skip
+def test_bad_evaluation_settings_are_refused_before_anything_runs(options, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_zero_shot(None, None, "piqa", **options)
+
+
 @pytest.mark.slow
 def test_lm_eval_cli_runs_on_a_saved_folder_through_remote_code(student_folder, tmp_path):
     tasks = write_local_tasks(["piqa", "arc_easy"], FIXTURES, tmp_path / "tasks")

@@ -65,3 +65,8 @@ def test_bad_settings_and_empty_text_are_rejected(model):
         sliding_window_perplexity(model, ids[:1], window=4)
     with pytest.raises(ValueError, match="empty"):
         corpus_token_ids(["", "  "], tokenizer=None)
+    # 0 is a value, refused as such: it used to fall back to the defaults silently (and be recorded as them)
+    with pytest.raises(ValueError, match="window must be >= 2, got 0"):
+        sliding_window_perplexity(model, ids, window=0)
+    with pytest.raises(ValueError, match=r"stride must be in \[1, window=4\], got 0"):
+        sliding_window_perplexity(model, ids, window=4, stride=0)

@@ -75,6 +75,15 @@ def test_teacher_without_required_field_is_a_clear_error():
         spiking_lm.BiSpikCLMForCausalLM.from_teacher(LlamaForCausalLM(LlamaConfig(**SHAPE, intermediate_size=37)))
 
 
+def test_a_teacher_of_another_family_is_refused_instead_of_copying_nothing():
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = BertForMaskedLM(BertConfig(**SHAPE, intermediate_size=37))
+    with pytest.raises(ValueError, match=r"none of the \d+ tensors of WDSpikingformerForCausalLM matches a tensor of "
+                                         "BertForMaskedLM"):  # fmt: skip
+        spiking_lm.WDSpikingformerForCausalLM.from_teacher(bert)
+
+
 def test_opt_with_embedding_projection_is_rejected():
     opt = OPTForCausalLM(OPTConfig(**SHAPE, ffn_dim=37, word_embed_proj_dim=16))
     with pytest.raises(ValueError, match="word_embed_proj_dim=16 differs from hidden_size=32"):

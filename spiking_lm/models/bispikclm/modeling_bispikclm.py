@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils.generic import can_return_tuple
 
 from spiking_lm.nn.blocks import membrane_shortcut_layer, spiking_mlp
 from spiking_lm.nn.cpu_linear import FewRowsLinear
@@ -110,8 +111,9 @@ class BiSpikCLMModel(BiSpikCLMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.decoder.embed_tokens = value
 
+    @can_return_tuple
     def forward(self, input_ids=None, **kwargs):
-        return self.decoder(input_ids=input_ids, **kwargs)
+        return self.decoder(input_ids=input_ids, return_dict=True, **kwargs)
 
 
 class BiSpikCLMForCausalLM(SpikingCausalLMMixin, BiSpikCLMPreTrainedModel, GenerationMixin):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils.generic import can_return_tuple
 
 from spiking_lm.nn.blocks import membrane_shortcut_layer, spiking_mlp
 from spiking_lm.nn.cpu_linear import FewRowsLinear
@@ -144,10 +145,11 @@ class WDSpikingformerForSequenceClassification(WDSpikingformerPreTrainedModel):
         not_pad = (input_ids != self.config.pad_token_id).int() * torch.arange(length, device=device)
         return not_pad.argmax(-1)  # the rightmost token that is not padding (left or right padding)
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, **kwargs):
-        kwargs.pop("return_dict", None)
         kwargs["use_cache"] = False
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+        outputs = self.model(**inputs, return_dict=True, **kwargs)
         logits = self.score(outputs.last_hidden_state)  # (B, L, labels)
         batch_size, length = logits.shape[:2]
         last = self._last_token_index(input_ids, batch_size, length, logits.device)

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils.generic import can_return_tuple
 
 from spiking_lm.nn.blocks import (
     expand_time,
@@ -184,6 +185,7 @@ class WESpikingformerModel(WESpikingformerPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -246,9 +248,9 @@ class WESpikingformerForMaskedLM(WESpikingformerPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.cls.predictions.decoder = new_embeddings
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        kwargs.pop("return_dict", None)
-        outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         logits = self.cls.predictions(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -263,9 +265,9 @@ class WESpikingformerForSequenceClassification(WESpikingformerPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        kwargs.pop("return_dict", None)
-        outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
         return head_output(SpikingSequenceClassifierOutput, outputs, loss, logits)
