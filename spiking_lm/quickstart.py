@@ -37,7 +37,7 @@ logger = logging.get_logger(__name__)
 
 MODEL_CARD_TEMPLATE = TEMPLATES.joinpath("quickstart.md.j2")
 SAMPLE_PROMPT = "ROMEO.\n"
-STUDENT_NEURONS = {"lif": 4, "nilif": 1}  # neuron -> time steps: the paper's binary LIF, or the 1×4 integer one
+STUDENT_NEURONS = ("lif", "nilif")  # the paper's binary LIF over the settings' T, or the 1×4 integer variant (T = 1)
 
 
 @dataclass
@@ -205,7 +205,7 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     if neuron not in STUDENT_NEURONS:
         raise ValueError(f"neuron must be one of {sorted(STUDENT_NEURONS)}, got {neuron!r}")
     settings = SMOKE if smoke else FULL
-    time_steps = STUDENT_NEURONS[neuron] if neuron != "lif" else settings.time_steps
+    time_steps = 1 if neuron == "nilif" else settings.time_steps
     settings = QuickstartSettings(**{**asdict(settings), "neuron_type": neuron, "time_steps": time_steps})
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -135,11 +135,13 @@ class SpADTrainer(SpikingTrainerMixin, Trainer):
         if need_maps:
             pairs = [(outputs.attentions[s], teacher.attentions[t]) for s, t in enumerate(self.layer_map)]
             terms["saa"] = torch.stack([attention_alignment_loss(a, b, mask) for a, b in pairs]).mean()
-        weights = {name: getattr(args, f"{name}_weight", None) for name in terms}
-        weights["rate"] = args.sfa_weight * args.rate_gamma
-        loss = sum(weights[name] * value for name, value in terms.items())
+        loss = sum(self._term_weight(name) * value for name, value in terms.items())
         self._accumulate(terms)
         return (loss, outputs) if return_outputs else loss
+
+    def _term_weight(self, name: str) -> float:
+        """A term's weight in the loss: its own ``<name>_weight``, or w_SFA·γ for RateMSE (it rides on SFA)."""
+        return self.args.sfa_weight * self.args.rate_gamma if name == "rate" else getattr(self.args, f"{name}_weight")
 
     def _feature_loss(self, student_hidden, teacher_hidden, mask):
         """SFA's feature part over the mapped layers. Both models' last hidden state is taken after their final

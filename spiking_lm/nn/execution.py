@@ -33,9 +33,9 @@ class SpikeExecution:
     """
 
     def __init__(self, inference_backend: str = "dense", train_matmul_dtype: str = "float32"):
+        self._reset_caches()
         self.inference_backend = inference_backend
         self.train_matmul_dtype = train_matmul_dtype
-        self._reset_caches()
 
     def _reset_caches(self) -> None:
         self._derived = weakref.WeakKeyDictionary()  # first Linear of a group -> {kind: (tensors, versions, value)}
@@ -50,7 +50,7 @@ class SpikeExecution:
         if backend not in INFERENCE_BACKENDS:
             raise ValueError(f"inference backend must be one of {INFERENCE_BACKENDS}, got {backend!r}")
         self._inference_backend = backend
-        if backend == "dense" and hasattr(self, "_derived"):
+        if backend == "dense":
             self._derived.clear()  # the event backend's weight copies are freed
 
     @property

@@ -86,6 +86,7 @@ def _energy_summary(evaluations: dict) -> dict | None:
             "ann_macs": _count(per_token["ann_macs"]),
             "ann_mj": _format(per_token["ann_energy_mj"]),
             "baseline": report["ann_baseline"],
+            # results files written before the two conventions counted as `measured` and hold no `conventions`
             "convention": report.get("convention", "measured"),
             "ratio": _format(report["ratio"]) if report["ratio"] is not None else "-",
             "conventions": {
