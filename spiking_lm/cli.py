@@ -34,7 +34,8 @@ def _run_recipe(args: argparse.Namespace, overrides: list[str]) -> int:
     from spiking_lm.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides)
-    folder = (run_distill if args.command == "distill" else run_train)(recipe, resume=args.resume)
+    run = run_distill if args.command == "distill" else run_train
+    folder = run(recipe, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
         print(f"saved the student to {folder} (trained with {describe_backend()})")
     return 0
@@ -133,8 +134,51 @@ def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--trust-remote-code", action="store_true", help="load with the folder's own code")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (0 and negatives are refused at parse time, naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (its subcommands' too) end in the one line every failure ends in."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"spiking-lm: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spiking-lm", description="Spiking language models for Hugging Face.")
+    parser = Parser(prog="spiking-lm", description="Spiking language models for Hugging Face.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (also: {DEBUG_VARIABLE}=1)")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quickstart = commands.add_parser(
         "quickstart",
@@ -159,14 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "--section.key value (e.g. --training.max_steps 100).")  # fmt: skip
         command.add_argument("recipe", help="a YAML recipe (see recipes/)")
         command.add_argument("--resume", action="store_true", help="resume from the last checkpoint in output_dir")
+        replace = "delete an earlier run's checkpoints and final/ in output_dir, then train"
+        command.add_argument("--overwrite", action="store_true", help=replace)
         command.set_defaults(handler=_run_recipe, takes_overrides=True)
     energy = commands.add_parser(
         "energy", help="count MACs/ACs on real text: energy table, firing-rate plot, JSON (see docs/design.md)"
     )
     _add_model_arguments(energy)
     energy.add_argument("--data", help="text file(s) or dataset name (default: the shipped held-out play)")
-    energy.add_argument("--sequences", type=int, default=4, help="sequences to count on")
-    energy.add_argument("--length", type=int, default=128, help="tokens per sequence")
+    energy.add_argument("--sequences", type=positive_int, default=4, help="sequences to count on")
+    energy.add_argument("--length", type=positive_int, default=128, help="tokens per sequence")
     energy.add_argument("--baseline", help="an HF ANN (e.g. the teacher) to compare with; default: same shape")
     energy.add_argument("--output-dir", help="where energy.json and firing_rates.png go (default: MODEL)")
     energy.set_defaults(handler=_energy, runs_models=True)
@@ -175,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     perplexity.add_argument("--data", help="text file(s) or dataset name (default: the shipped held-out play)")
     perplexity.add_argument("--split", default="test", help="dataset split (for dataset names)")
     perplexity.add_argument("--text-column", default="text")
-    perplexity.add_argument("--window", type=int, help="tokens per pass (default: max_position_embeddings)")
-    perplexity.add_argument("--stride", type=int, help="tokens between window starts (default: window / 2)")
+    perplexity.add_argument("--window", type=positive_int, help="tokens per pass (default: max_position_embeddings)")
+    perplexity.add_argument("--stride", type=positive_int, help="tokens between window starts (default: window / 2)")
     perplexity.set_defaults(handler=_perplexity, runs_models=True)
     zero_shot = commands.add_parser(
         "eval", help="zero-shot suites through lm-evaluation-harness (qa, commonsense or lm-eval task names)"
@@ -186,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated lm-eval tasks; shorthands: qa (arc_easy, arc_challenge, boolq, "
                            "headqa_en, openbookqa), commonsense (hellaswag, piqa, winogrande)")  # fmt: skip
     zero_shot.add_argument("--data-dir", help="folder of <task>.jsonl files to use instead of the hub datasets")
-    zero_shot.add_argument("--batch-size", type=int, default=8)
-    zero_shot.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
-    zero_shot.add_argument("--num-fewshot", type=int, default=0)
+    zero_shot.add_argument("--batch-size", type=positive_int, default=8)
+    zero_shot.add_argument("--limit", type=positive_int, help="evaluate only the first N documents of each task")
+    zero_shot.add_argument("--num-fewshot", type=non_negative_int, default=0)
     zero_shot.set_defaults(handler=_zero_shot, runs_models=True)
     glue = commands.add_parser("glue", help="fine-tune and score a sequence classifier on GLUE tasks")
     glue.add_argument("model", help="a saved spiking model folder or Hub id (any head; a classifier is added)")
@@ -196,11 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; comma-separated, or 'all'")  # fmt: skip
     glue.add_argument("--data-dir", help="folder with <task>/{train,validation}.jsonl (default: nyu-mll/glue)")
     glue.add_argument("--output-dir", default="outputs/glue", help="fine-tuned models go to OUTPUT_DIR/<task>/final")
-    glue.add_argument("--epochs", type=float, default=3.0)
-    glue.add_argument("--learning-rate", type=float, default=2e-5)
-    glue.add_argument("--batch-size", type=int, default=32)
-    glue.add_argument("--max-length", type=int, default=128)
-    glue.add_argument("--max-train-samples", type=int, help="train on the first N examples only")
+    glue.add_argument("--epochs", type=positive_float, default=3.0)
+    glue.add_argument("--learning-rate", type=positive_float, default=2e-5)
+    glue.add_argument("--batch-size", type=positive_int, default=32)
+    glue.add_argument("--max-length", type=positive_int, default=128)
+    glue.add_argument("--max-train-samples", type=positive_int, help="train on the first N examples only")
     glue.add_argument("--seed", type=int, default=42)
     glue.add_argument("--results", help="results JSON to update (default: MODEL/results.json)")
     glue.set_defaults(handler=_glue, runs_models=True)
@@ -241,14 +287,44 @@ def _leave_launched_process(code: int) -> None:
     os._exit(code)
 
 
+# a mistake in what the user gave (exit 2); anything else that stops a run is a failure while running (exit 1)
+BAD_INPUT = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+DEBUG_VARIABLE = "SPIKING_LM_DEBUG"
+
+
+def error_line(error: BaseException) -> str:
+    """``error`` as the one line the CLI prints: its message with line breaks folded, or its type's name."""
+    message = " ".join(str(error).split())
+    if isinstance(error, KeyError) and error.args:
+        message = str(error.args[0])
+    return message or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
+    """Run one command. A failure ends with one line ``spiking-lm: error: ...`` and exit code 2 for bad input,
+    1 for a failure while running; ``--debug`` (or ``SPIKING_LM_DEBUG=1``) shows the traceback instead."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        return _run(parser, args, extra)
+    try:
+        return _run(parser, args, extra)
+    except KeyboardInterrupt as interrupt:  # training saves a checkpoint first and says where it is
+        print(f"spiking-lm: {error_line(interrupt) if str(interrupt) else 'interrupted'}", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure becomes one readable line
+        code = 2 if isinstance(error, BAD_INPUT) else 1
+        print(f"spiking-lm: error: {error_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        return code
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     if getattr(args, "runs_models", False):  # train/distill/quickstart apply it in their own entry points
         keep_freed_memory()  # a spiking model's large temporaries are reused instead of faulted in each time
     if getattr(args, "takes_overrides", False):
         code = args.handler(args, extra)
     elif extra:
-        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     else:
         code = args.handler(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

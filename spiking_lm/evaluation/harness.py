@@ -9,6 +9,7 @@ its data source is replaced. `write_local_tasks` writes the same configs as YAML
 
 from __future__ import annotations
 
+import difflib
 import functools
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def _task_manager():
     from lm_eval.tasks import TaskManager
 
     return TaskManager()
+
+
+def check_task_names(names: list[str]) -> None:
+    """Refuse names lm-eval does not know (a task, group or tag, or a task YAML file), suggesting close ones."""
+    known = set(_task_manager().all_tasks)
+    unknown = [name for name in names if name not in known and not Path(name).is_file()]
+    if unknown:
+        hints = {name: difflib.get_close_matches(name, known, 3) for name in unknown}
+        said = "; ".join(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         for name, close in hints.items())  # fmt: skip
+        raise ValueError(f"unknown lm-eval task(s): {said}; `lm_eval ls tasks` lists them, or use qa / commonsense")
 
 
 def _task_yaml(task: str) -> Path:
@@ -136,6 +148,7 @@ def evaluate_zero_shot(model, tokenizer, tasks, data_dir=None, batch_size: int =
     from lm_eval.models.huggingface import HFLM
 
     names = expand_tasks(tasks)
+    check_task_names(names)
     task_specs = [local_task_config(name, data_dir) for name in names] if data_dir else names
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     probe = _FirstBatch(model)

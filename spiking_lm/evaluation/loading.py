@@ -26,15 +26,34 @@ ARCHITECTURE_SUFFIXES = {"ForCausalLM": "causal-lm", "ForMaskedLM": "masked-lm",
                          "ForSequenceClassification": "sequence-classification"}  # fmt: skip
 
 
-def check_model_reference(name_or_path: str) -> None:
-    """Fail early, naming the path, when ``name_or_path`` looks like a local folder that does not exist."""
+def check_model_reference(name_or_path: str, role: str = "model") -> None:
+    """Fail early, naming the path, when ``name_or_path`` looks like a local folder that does not exist, or
+    like a Hub id while the Hub is switched off (``HF_HUB_OFFLINE``) and nothing of it is cached."""
     path = Path(name_or_path)
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ValueError(f"{name_or_path!r} is not a saved model folder (no config.json in it)")
+            raise ValueError(f"{role} {name_or_path!r} is not a saved model folder (no config.json in it)")
     elif looks_local:
-        raise FileNotFoundError(f"model folder {name_or_path!r} does not exist")
+        raise FileNotFoundError(f"{role} folder {name_or_path!r} does not exist")
+    elif _offline() and not _cached(name_or_path):
+        raise FileNotFoundError(f"{role} {name_or_path!r} is neither a local folder nor cached, and the Hub is "
+                                "offline (HF_HUB_OFFLINE=1): give a saved model folder")  # fmt: skip
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id either
+        return False
 
 
 def load_model_and_tokenizer(name_or_path: str, kind: str = "causal-lm", trust_remote_code: bool = False):

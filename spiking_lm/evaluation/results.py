@@ -53,9 +53,13 @@ def load_results(path) -> dict:
     if not path.exists():
         return {"evaluations": {}}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a valid results file: {error}") from error
+    if not isinstance(results, dict) or not isinstance(results.get("evaluations", {}), dict):
+        raise ValueError(f"{path} is not a valid results file: it must hold a JSON object with an "
+                         f"'evaluations' object, found {type(results).__name__}")  # fmt: skip
+    return results
 
 
 def finite(value):
@@ -69,13 +73,35 @@ def finite(value):
     return value
 
 
-def _write_atomically(path: Path, results: dict) -> None:
+def portable(value):
+    """``value`` with every absolute local path replaced by its last component: a results file travels with
+    its model (to the Hub), and a path on this machine means nothing there and tells who made it."""
+    if isinstance(value, str):
+        return Path(value).name if os.path.isabs(value) and "\n" not in value else value
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item) for item in value]
+    return value
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a failure leaves the old file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(results, stream, indent=2, sort_keys=True, allow_nan=False)
-        stream.write("\n")
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_atomically(path: Path, results: dict) -> None:
+    text = json.dumps(portable(results), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    write_text_atomically(path, text)
 
 
 def record_training(path, training: dict) -> dict:

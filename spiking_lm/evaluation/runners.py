@@ -38,7 +38,10 @@ def run_energy(model_path: str, data=None, sequences: int = 4, length: int = 128
                output_dir=None, results=None, trust_remote_code: bool = False) -> dict:  # fmt: skip
     """`spiking-lm energy`: count operations on real text, print the table, write JSON + PNG + results."""
     model, tokenizer = load_model_and_tokenizer(model_path, "auto", trust_remote_code)
-    length = min(length, getattr(model.config, "max_position_embeddings", length))
+    positions = getattr(model.config, "max_position_embeddings", length)
+    if length > positions:
+        print(f"--length {length} is beyond the model's {positions} positions: counting on {positions} tokens")
+        length = positions
     input_ids = probe_batch(probe_texts(data), tokenizer, sequences, length)
     baseline = None
     if teacher is not None:

@@ -7,7 +7,7 @@ import math
 from importlib import resources
 from pathlib import Path
 
-from ..evaluation.results import RESULTS_FILE, load_results
+from ..evaluation.results import RESULTS_FILE, load_results, write_text_atomically
 from ..models.auto import ARCHITECTURES
 
 TEMPLATES = resources.files("spiking_lm.model_cards")
@@ -59,10 +59,20 @@ def _score_rows(evaluations: dict) -> list[dict]:
             data = entry["settings"].get("data")
             rows.append({"benchmark": f"perplexity ({data})", "metric": "perplexity",
                          "value": _format(scores["perplexity"])})  # fmt: skip
-        else:
-            rows += [{"benchmark": name, "metric": m, "value": _format(v)} for m, v in sorted(scores.items())
-                     if isinstance(v, (int, float))]  # fmt: skip
+        else:  # GLUE nests its scores by split: {"validation": {"accuracy": ...}}
+            rows += [{"benchmark": name, "metric": m, "value": _format(v)} for m, v in _flat_scores(scores)]
     return rows
+
+
+def _flat_scores(scores: dict, prefix: str = "") -> list[tuple[str, float]]:
+    """``{"validation": {"accuracy": 0.9}}`` → ``[("validation accuracy", 0.9)]``; non-numbers are left out."""
+    flat = []
+    for key, value in sorted(scores.items()):
+        if isinstance(value, dict):
+            flat += _flat_scores(value, f"{prefix}{key} ")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat.append((f"{prefix}{key}", value))
+    return flat
 
 
 def _energy_summary(evaluations: dict) -> dict | None:
@@ -119,6 +129,10 @@ def render_card(folder, repo_id: str | None = None, template: str | Path | None 
     saved_class = (config.get("architectures") or [""])[0]
     suffix = next((s for s in HEADS if saved_class.endswith(s)), "ForCausalLM")
     auto_class, pipeline_tag, description, usage_lines = HEADS[suffix]
+    if repo_id is not None:
+        from .hub import check_repo_id
+
+        check_repo_id(repo_id)
     source = repo_id or str(folder.resolve())
     usage = "\n".join([
         f"from transformers import {auto_class}, AutoTokenizer",
@@ -168,7 +182,8 @@ def _parameter_count(weights: Path) -> str:
 
 
 def write_card(folder, repo_id: str | None = None, template=None) -> Path:
-    """Render the card and write it to ``folder/README.md``; returns the path."""
+    """Render the card and write it to ``folder/README.md`` (atomically: a failure leaves the old card);
+    returns the path."""
     path = Path(folder) / "README.md"
-    path.write_text(render_card(folder, repo_id, template))
+    write_text_atomically(path, render_card(folder, repo_id, template))
     return path

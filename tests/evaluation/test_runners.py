@@ -43,6 +43,8 @@ def test_perplexity_command_records_scores_and_energy_reproducibly(student_folde
     assert without_timestamps(json.loads(results_file.read_text())) == without_timestamps(first)
 
 
-def test_missing_model_folder_is_a_clear_error(tmp_path):
+def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["perplexity", str(tmp_path / "no-such-model")]) == 2
+    assert "spiking-lm: error: model folder" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["perplexity", str(tmp_path / "no-such-model")])
+        main(["--debug", "perplexity", str(tmp_path / "no-such-model")])

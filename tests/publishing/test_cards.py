@@ -1,11 +1,13 @@
 """Model cards from results.json: content, and a usage snippet that runs as written."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from spiking_lm.cli import main
 from spiking_lm.evaluation.results import record_training
@@ -52,3 +54,32 @@ def test_card_command_writes_a_readme_whose_snippet_runs_without_spiking_lm(eval
 def test_card_of_a_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         render_card(tmp_path)
+
+
+def test_nested_glue_scores_reach_the_card(student_folder, tmp_path):
+    from spiking_lm.evaluation.results import record_evaluation
+
+    folder = tmp_path / "model"
+    shutil.copytree(student_folder, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    scores = {"validation": {"accuracy": 0.8125, "f1": 0.75}, "validation_mismatched": {"accuracy": 0.5}}
+    record_evaluation(folder / "results.json", model, str(folder), "glue/mnli", scores, None, {})
+    card = render_card(folder)
+    assert "No evaluation recorded yet" not in card
+    for row in ("| glue/mnli | validation accuracy | 0.8125 |", "| glue/mnli | validation f1 | 0.75 |",
+                "| glue/mnli | validation_mismatched accuracy | 0.5 |"):  # fmt: skip
+        assert row in card, row
+
+
+def test_results_files_carry_no_absolute_local_paths(student_folder, teacher_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(student_folder, folder)
+    corpus = teacher_folder / "corpus.txt"
+    record_training(folder / "results.json", {"teacher": str(teacher_folder), "data": str(corpus)})
+    assert main(["perplexity", str(folder.resolve()), "--data", str(corpus), "--window", "32"]) == 0
+    text = (folder / "results.json").read_text()
+    assert str(tmp_path) not in text and str(teacher_folder) not in text
+    results = json.loads(text)
+    assert results["training"] == {"teacher": teacher_folder.name, "data": "corpus.txt"}
+    assert results["evaluations"]["perplexity"]["settings"]["data"] == "corpus.txt"
+    assert results["model"]["name_or_path"] == "model"

@@ -65,3 +65,38 @@ def test_push_refuses_folders_that_are_not_models(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="owner/name"):
         push_folder(tmp_path, "no-owner", card=False)
+
+
+def test_a_failed_push_leaves_the_local_card_as_it_was(student_folder, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    folder = tmp_path / "model"
+    subprocess.run(["cp", "-r", str(student_folder), str(folder)], check=True)
+    (folder / "README.md").write_text("my own card\n")
+    with pytest.raises(ValueError, match="repo_id"):
+        push_folder(folder, "../evil")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the Hub is unreachable
+    with pytest.raises(Exception):  # noqa: B017 - the connection error, whatever huggingface_hub calls it
+        push_folder(folder, "someone/model", token="hf_dummy")
+    assert (folder / "README.md").read_text() == "my own card\n"
+
+
+def test_pickles_hidden_files_and_links_out_of_the_folder_are_never_uploaded(student_folder, tmp_path):
+    from spiking_lm.publishing.hub import publishable_files
+
+    folder = tmp_path / "model"
+    subprocess.run(["cp", "-r", str(student_folder), str(folder)], check=True)
+    for name in ("optimizer.pt", "training_args.bin", "state.pkl", "rng.pickle", "model.ckpt", ".secret.json"):
+        (folder / name).write_bytes(b"\x80\x04pickle")
+    files = publishable_files(folder)
+    assert "config.json" in files and "model.safetensors" in files
+    assert not {"optimizer.pt", "training_args.bin", "state.pkl", "rng.pickle", "model.ckpt", ".secret.json"} & set(
+        files
+    )
+    (tmp_path / "private.txt").write_text("ssh key")
+    (folder / "notes.txt").symlink_to(tmp_path / "private.txt")
+    with pytest.raises(ValueError, match="notes.txt: it is a link to .*outside"):
+        publishable_files(folder)
+    with pytest.raises(ValueError, match="outside"):
+        push_folder(folder, "someone/model", card=False)
