@@ -28,6 +28,10 @@ def configure_backend(training: dict) -> dict:
     Call it before the `TrainingArguments` are built (they read the DeepSpeed config when created).
     """
     if not deepspeed_requested(training):
+        if launched_world_size() > 1 and not torch.cuda.is_available() and "use_cpu" not in training:
+            # `accelerate launch` / torchrun started several CPU processes: the Trainer joins them over gloo
+            # only with use_cpu (without it each process would train its own copy)
+            training = {**training, "use_cpu": True}
         return training
     training = dict(training)
     config_file = training.get("deepspeed") or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
@@ -48,6 +52,26 @@ def configure_backend(training: dict) -> dict:
         if training.get("bf16"):
             training["use_cpu"] = True
     return training
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher (`accelerate launch`, torchrun) started: ``WORLD_SIZE``, else 1."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def check_launched_world(args) -> None:
+    """Raise if the launcher started several processes but the Trainer's arguments did not join them into one
+    distributed run: each process would silently train its own, unsynchronised copy."""
+    launched = launched_world_size()
+    if launched > 1 and args.world_size != launched:
+        raise RuntimeError(
+            f"launched as {launched} processes, but training would run as {args.world_size} independent "
+            f"process(es) (parallel mode {args.parallel_mode.value}); remove training.use_cpu: false or launch "
+            "with recipes/accelerate/cpu_ddp.yaml"
+        )
 
 
 def zero3_partitioned(module: nn.Module) -> bool:

@@ -28,10 +28,11 @@ from .distill import SpADConfig, SpADTrainer
 from .distill.calibration import calibrate_output_norms
 from .energy import estimate_energy
 from .evaluation.perplexity import sliding_window_perplexity
-from .evaluation.results import RESULTS_FILE, record_evaluation, record_training
+from .evaluation.results import RESULTS_FILE, record_evaluation, record_training, write_text_atomically
 from .memory import keep_freed_memory
 from .models.bispikclm import BiSpikCLMForCausalLM
 from .publishing.cards import TEMPLATES
+from .training import STAGING, publish_folder
 
 logger = logging.get_logger(__name__)
 
@@ -208,6 +209,8 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
     time_steps = 1 if neuron == "nilif" else settings.time_steps
     settings = QuickstartSettings(**{**asdict(settings), "neuron_type": neuron, "time_steps": time_steps})
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()  # a training run: freed activation buffers are reused (spiking_lm.memory)
     set_seed(seed)
@@ -259,13 +262,15 @@ def run_quickstart(output_dir, smoke: bool = False, seed: int = 0, progress: boo
 
 
 def _write_folder(output_dir: Path, student, teacher, tokenizer, results: dict, energy: dict) -> None:
+    """Write ``teacher/`` and ``model/``, each staged and renamed into place (a kill leaves the old ones whole)."""
+    staging = output_dir / STAGING
     # the teacher too, with its tokenizer: recipes/quickstart.yaml distills from it again
-    teacher.save_pretrained(output_dir / "teacher")
-    tokenizer.save_pretrained(output_dir / "teacher")
-    model_dir = output_dir / "model"
+    teacher.save_pretrained(staging / "teacher")
+    tokenizer.save_pretrained(staging / "teacher")
+    publish_folder(staging / "teacher", output_dir / "teacher")
+    model_dir = staging / "model"
     student.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (model_dir / "README.md").write_text(render_model_card(results, student.config))
     training = {"method": "SpAD distillation", "teacher": "OPTForCausalLM of the same shape, trained in the run",
                 "data": "Shakespeare, 15 plays shipped with spiking_lm", "steps": results["timings"]["student_steps"],
@@ -277,7 +282,9 @@ def _write_folder(output_dir: Path, student, teacher, tokenizer, results: dict, 
     data = f"held-out Shakespeare: {', '.join(results['held_out'])}"
     settings = {"data": data, "blocks": results["settings"]["eval_blocks"],
                 "block_size": results["settings"]["block_size"]}  # fmt: skip
-    record_evaluation(model_dir / RESULTS_FILE, student, model_dir.name, "perplexity", scores, energy, settings)
+    record_evaluation(model_dir / RESULTS_FILE, student, "model", "perplexity", scores, energy, settings)
+    publish_folder(model_dir, output_dir / "model")
+    write_text_atomically(output_dir / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run's record
 
 
 def render_model_card(results: dict, config) -> str:

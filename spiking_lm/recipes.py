@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import inspect
+import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from .models.auto import ARCHITECTURES
 
 __all__ = ["DataSettings", "Recipe", "load_recipe"]
 SECTIONS = ("teacher", "student", "data", "training")
+BOOL_TAG, FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
 
 
 @dataclass
@@ -38,6 +43,17 @@ class DataSettings:
     tokenizer: str | None = None  # default: the teacher's; without a teacher, a BPE trained on the data
     vocab_size: int = 8192  # for a tokenizer trained here
     mlm_probability: float = 0.15  # masked-LM students only
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "max_documents"):
+            value = getattr(self, name)
+            if value is None and name == "max_documents":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name}={value!r} is invalid: must be an integer >= 1")
+        probability = self.mlm_probability
+        if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 < probability < 1:
+            raise ValueError(f"data.mlm_probability={probability!r} is invalid: must be a number in (0, 1)")
 
 
 @dataclass
@@ -60,15 +76,56 @@ class Recipe:
 
 
 def resolve_teacher(name: str) -> str:
-    """``package:<module>`` → the folder its ``get_model_path()`` returns (a model shipped in a PyPI package)."""
+    """``package:<module>`` → the folder its ``get_model_path()`` returns (a model shipped in a PyPI package).
+
+    Only a module of an installed distribution is imported, and never from the current directory or the
+    script's folder: a recipe cannot make the toolkit run a stray ``<module>.py`` lying next to it.
+    """
     if not name.startswith("package:"):
         return name
     module_name = name.split(":", 1)[1]
+    top = module_name.split(".")[0]
+    if not module_name or top not in importlib.metadata.packages_distributions():
+        raise ValueError(f"teacher {name!r}: {top!r} is not a module of an installed distribution "
+                         "(pip install the package that ships the teacher)")  # fmt: skip
+    local = {"", ".", os.getcwd(), os.path.dirname(os.path.abspath(sys.argv[0] or "."))}
+    saved = sys.path[:]
+    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") not in local and entry not in local]
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"teacher {name!r}: cannot import {module_name!r} (pip install it first)") from error
+    finally:
+        sys.path[:] = saved
+    if not hasattr(module, "get_model_path"):
+        raise ValueError(f"teacher {name!r}: module {module_name!r} has no get_model_path()")
     return str(module.get_model_path())
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML read the way a recipe's author means it (YAML 1.2 core rules): ``no``/``off``/``yes``/``on`` stay
+    strings (``save_strategy: no``), only ``true``/``false`` are booleans, and ``1e-3`` is a float."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (BOOL_TAG, FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    FLOAT_TAG,
+    re.compile(r"^[-+]?(?:(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+)$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)  # fmt: skip
+
+
+def read_yaml(text: str):
+    """Parse recipe YAML with `RecipeLoader`; a syntax error becomes a ValueError naming the line."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML: {' '.join(str(error).split())}") from None
 
 
 def _config_fields(config_class) -> set[str]:
@@ -94,7 +151,7 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> None:
         section, key = flag[2:].split(".", 1)
         if section not in SECTIONS or section == "teacher":
             raise ValueError(f"override {flag!r}: unknown section {section!r}; use student, data or training")
-        raw.setdefault(section, {})[key] = yaml.safe_load(value)
+        raw.setdefault(section, {})[key] = read_yaml(value)
 
 
 def load_recipe(path, overrides: list[str] | None = None) -> Recipe:
@@ -107,7 +164,10 @@ def load_recipe(path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = read_yaml(path.read_text()) or {}
+    except ValueError as error:
+        raise ValueError(f"recipe {path}: {error}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"recipe {path} must be a mapping of sections {SECTIONS}")
     _check_keys("<top level>", raw, set(SECTIONS))

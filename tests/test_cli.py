@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from spiking_lm.cli import main
@@ -58,15 +59,15 @@ def test_train_without_teacher_trains_its_own_tokenizer(tmp_path, teacher_folder
     assert model.config.vocab_size == 300
 
 
-def test_bad_input_is_a_clear_error(tmp_path, teacher_folder):
-    with pytest.raises(FileNotFoundError, match="recipe not found"):
-        main(["distill", str(tmp_path / "nope.yaml")])
+def test_bad_input_is_a_clear_error(tmp_path, teacher_folder, capsys):
+    code = main(["distill", str(tmp_path / "nope.yaml")])
+    assert code == 2 and "spiking-lm: error: recipe not found" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     path = recipe(tmp_path, teacher_folder)
     path.write_text(path.read_text().replace(str(teacher_folder / "corpus.txt"), str(empty)))
-    with pytest.raises(ValueError, match="the dataset is empty"):
-        main(["distill", str(path)])
+    code = main(["distill", str(path)])
+    assert code == 2 and "the dataset is empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "runs_models"), [(["perplexity", "m"], True), (["eval", "m"], True),
@@ -81,3 +82,64 @@ def test_commands_that_run_models_keep_freed_memory_for_reuse(argv, runs_models,
     monkeypatch.setattr(cli, handler, lambda args: 0)  # the command itself is tested elsewhere
     assert main(argv) == 0
     assert calls == ([True] if runs_models else [])
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+def test_a_rerun_into_a_used_output_dir_is_refused_unless_resumed_or_overwritten(tmp_path, teacher_folder, capsys):
+    path = str(recipe(tmp_path, teacher_folder, training="max_steps: 2, save_steps: 2"))
+    assert main(["distill", path]) == 0
+    code, line = run_cli(["distill", path], capsys)
+    assert code == 2 and "holds an earlier run (checkpoint-2, final)" in line and "--resume" in line
+    code, line = run_cli(["distill", path, "--resume", "--student.time_steps", "3", "--training.max_steps", "4"],
+                         capsys)  # fmt: skip
+    assert code == 2 and "another configuration (time_steps: 2 there, 3 now)" in line
+    assert main(["distill", path, "--overwrite", "--training.max_steps", "1", "--training.save_steps", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_train_is_reproducible_with_its_seed(tmp_path, teacher_folder):
+    from safetensors.torch import load_file
+
+    weights = []
+    for run in ("a", "b"):
+        path = tmp_path / f"{run}.yaml"
+        path.write_text(
+            "student: {architecture: bispikclm, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 4, "
+            "intermediate_size: 64, max_position_embeddings: 64, time_steps: 2}\n"
+            f"data: {{source: {teacher_folder / 'corpus.txt'}, block_size: 32, vocab_size: 300}}\n"
+            f"training: {{output_dir: {tmp_path / run}, max_steps: 2, report_to: none, use_cpu: true, seed: 7}}\n"
+        )
+        torch.manual_seed(len(run) * 1000 + ord(run))  # whatever the global state, the recipe's seed decides
+        assert main(["train", str(path)]) == 0
+        weights.append(load_file(tmp_path / run / "final" / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_ctrl_c_in_a_recipe_run_saves_a_checkpoint_and_says_how_to_resume(tmp_path, teacher_folder, capsys,
+                                                                          monkeypatch):  # fmt: skip
+    from spiking_lm.training import StopOnInterrupt
+
+    original = StopOnInterrupt.on_step_end
+
+    def pressed_at_step_1(self, args, state, control, **kwargs):
+        self.interrupted = True  # what the SIGINT handler sets (signals are tested in test_training.py)
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(StopOnInterrupt, "on_step_end", pressed_at_step_1)
+    path = str(recipe(tmp_path, teacher_folder, training="max_steps: 5"))
+    code, line = run_cli(["distill", path], capsys)
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert (
+        code == 130
+        and line == f"spiking-lm: interrupted at step 1; saved {checkpoint}: rerun with --resume to continue"
+    )
+    assert not (tmp_path / "run" / "final").exists()
+    monkeypatch.setattr(StopOnInterrupt, "on_step_end", original)
+    assert main(["distill", path, "--resume"]) == 0
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()

@@ -1,11 +1,12 @@
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from spiking_lm.distill import SpADConfig
-from spiking_lm.recipes import DataSettings, load_recipe
+from spiking_lm.recipes import DataSettings, load_recipe, read_yaml
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TRAINING_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate" not in p.parts)
@@ -68,3 +69,42 @@ def test_command_line_overrides(tmp_path):
         load_recipe(path, ["--max_steps", "3"])
     with pytest.raises(ValueError, match="unknown key"):
         load_recipe(path, ["--training.max_stepz", "3"])
+
+
+def test_values_are_read_the_way_the_author_means_them(tmp_path):
+    path = write(tmp_path, "student: {architecture: bispikclm}\n"
+                 "training: {save_strategy: no, learning_rate: 1e-3, weight_decay: 5E-2, bf16: false, "
+                 "report_to: none, output_dir: out}\n")  # fmt: skip
+    training = load_recipe(path).training
+    assert training["save_strategy"] == "no"  # not False
+    assert read_yaml("a: off\nb: yes\nc: on\nd: True") == {"a": "off", "b": "yes", "c": "on", "d": True}
+    assert training["learning_rate"] == 0.001 and training["weight_decay"] == 0.05  # floats, not strings
+    assert training["bf16"] is False
+    recipe = load_recipe(path, ["--training.learning_rate", "3e-4", "--training.save_strategy", "no"])
+    assert recipe.training["learning_rate"] == 0.0003 and recipe.training["save_strategy"] == "no"
+    args = recipe.training_config()
+    assert args.save_strategy == "no" and args.learning_rate == 0.0003
+
+
+@pytest.mark.parametrize(("value", "error"), [("0", "block_size=0"), ("-5", "block_size=-5"),
+                                              ("12.5", "block_size=12.5"), ("abc", "block_size='abc'"),
+                                              ("true", "block_size=True")])  # fmt: skip
+def test_block_size_must_be_a_positive_integer(tmp_path, value, error):
+    path = write(tmp_path, f"student: {{architecture: bispikclm}}\ndata: {{block_size: {value}}}\n")
+    with pytest.raises(ValueError, match=f"data.{error} is invalid: must be an integer >= 1"):
+        load_recipe(path)
+
+
+def test_package_teachers_come_only_from_installed_distributions(tmp_path, monkeypatch):
+    from spiking_lm.recipes import resolve_teacher
+
+    (tmp_path / "stray_teacher.py").write_text("raise SystemExit('a stray module ran')\n")
+    (tmp_path / "yaml.py").write_text("raise SystemExit('a module shadowing an installed one ran')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "yaml")  # imported afresh: from site-packages, never ./yaml.py
+    with pytest.raises(ValueError, match="'stray_teacher' is not a module of an installed distribution"):
+        resolve_teacher("package:stray_teacher")
+    with pytest.raises(ValueError, match="has no get_model_path"):  # the installed one, not ./yaml.py
+        resolve_teacher("package:yaml")
+    assert resolve_teacher("facebook/opt-125m") == "facebook/opt-125m"

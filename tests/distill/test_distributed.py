@@ -31,9 +31,8 @@ def test_two_process_distillation_lowers_the_loss_and_saves_a_loadable_student(t
         f"teacher: {teacher}\nstudent: {{architecture: bispikclm, time_steps: 2}}\n"
         f"data: {{source: {teacher / 'corpus.txt'}, block_size: 32}}\n"
         f"training: {{output_dir: {tmp_path / 'run'}, per_device_train_batch_size: 4, max_steps: 16, "
-        "learning_rate: 3.0e-3, logging_steps: 2, save_steps: 16, report_to: none, use_cpu: true, "
-        "disable_tqdm: true}\n"
-    )
+        "learning_rate: 3.0e-3, logging_steps: 2, save_steps: 16, report_to: none, disable_tqdm: true}\n"
+    )  # no use_cpu: the documented launch command alone must give one distributed run
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
     command += [str(REPO / "recipes/accelerate" / config_name), "--num_processes", "2"]
     command += ["-m", "spiking_lm.cli", "distill", str(recipe)]
@@ -55,3 +54,18 @@ def test_two_process_distillation_lowers_the_loss_and_saves_a_loadable_student(t
     embeddings = student.get_input_embeddings().weight
     assert embeddings.shape == teacher_model.get_input_embeddings().weight.shape
     assert not torch.equal(embeddings, teacher_model.get_input_embeddings().weight)  # trained, not the copy
+
+
+def test_a_launch_that_does_not_end_up_distributed_is_refused(monkeypatch):
+    from transformers import TrainingArguments
+
+    from spiking_lm.distributed import check_launched_world, configure_backend
+
+    args = TrainingArguments(output_dir="x", use_cpu=True, report_to="none")  # one process, no process group
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what a launcher of two processes exports
+    assert configure_backend({"output_dir": "x"})["use_cpu"] is True  # a CPU launch joins its processes
+    assert configure_backend({"output_dir": "x", "use_cpu": False}) == {"output_dir": "x", "use_cpu": False}
+    with pytest.raises(RuntimeError, match="launched as 2 processes, but training would run as 1"):
+        check_launched_world(args)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launched_world(args)
