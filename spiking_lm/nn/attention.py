@@ -147,7 +147,7 @@ def softmax_free_attention(
     """
     if _trains_low(matmul_dtype, query, key, value) and hasattr(attn_neuron, "fire_masked"):
         return _low_precision_sfsa(query, key, value, allowed, attn_neuron, score_scale, output_scale, matmul_dtype)
-    scores = spike_scores(query, key, matmul_dtype) * allowed  # (T, B, H, Lq, Lk) overlaps
+    scores = spike_scores(query, key, matmul_dtype).masked_fill(~allowed, 0)  # (T, B, H, Lq, Lk) overlaps
     attention_spikes = attn_neuron(scores * score_scale)  # binary; masked pairs get 0 input and never fire
     output = spike_matmul(attention_spikes, value, matmul_dtype)
     if output_scale == "sqrt_d":
@@ -178,7 +178,7 @@ def _low_precision_sfsa(query, key, value, allowed, attn_neuron, score_scale, ou
 
 def spikformer_attention(query, key, value, allowed, scale: float = 0.125, matmul_dtype=torch.float32):
     """SSA baseline: (Q Kᵀ ⊙ mask) V · scale, and the attention counts for inspection."""
-    scores = spike_scores(query, key, matmul_dtype) * allowed
+    scores = spike_scores(query, key, matmul_dtype).masked_fill(~allowed, 0)
     return spike_matmul(scores, value, matmul_dtype) * scale, scores
 
 

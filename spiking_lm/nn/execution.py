@@ -39,7 +39,15 @@ class SpikeExecution:
 
     def _reset_caches(self) -> None:
         self._derived = weakref.WeakKeyDictionary()  # first Linear of a group -> {kind: (tensors, versions, value)}
+        self._fingerprints = weakref.WeakKeyDictionary()  # first Linear of a group -> (pass checked, fingerprint)
+        self._pass = 0
         self._allowed = (None, None, None)  # (arguments, the mask object, the result) of the last call
+
+    def new_sequence(self) -> None:
+        """Called by a model at each forward pass that starts a sequence (no K/V cache yet): the event
+        backend's weight copies are checked against the weights' contents once in it, which catches edits made
+        through ``.data`` (invisible to the version counters). Decoding steps reuse that check."""
+        self._pass += 1
 
     @property
     def inference_backend(self) -> str:
@@ -69,8 +77,11 @@ class SpikeExecution:
         return MATMUL_DTYPES[self._train_matmul_dtype]
 
     def uses_event_path(self, linear) -> bool:
-        """Whether this call of ``linear`` takes the event path: asked for, in eval mode, without autograd."""
-        return self._inference_backend == "event" and not linear.training and not torch.is_grad_enabled()
+        """Whether this call of ``linear`` takes the event path: asked for, in eval mode, without autograd, on a
+        plain `nn.Linear` (a wrapped one, e.g. with a LoRA adapter, runs its own forward on the dense path)."""
+        if self._inference_backend != "event" or linear.training or torch.is_grad_enabled():
+            return False
+        return type(linear).forward is torch.nn.Linear.forward and "forward" not in vars(linear)
 
     def derived(self, linears, kind: str, build):
         """``build(weight, bias)`` of the Linears' concatenated ``[W₁; W₂; …]`` and ``[b₁; b₂; …]`` (`None` if none
@@ -79,6 +90,8 @@ class SpikeExecution:
         tensors = [lin.weight for lin in linears] + [lin.bias for lin in linears]
         versions = [None if tensor is None else tensor._version for tensor in tensors]
         caches = self._derived.setdefault(linears[0], {})
+        if self._contents_changed(linears[0], tensors):
+            caches.clear()
         cached = caches.get(kind)
         if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors, strict=True)):
             weight = torch.cat([lin.weight.detach() for lin in linears])
@@ -89,6 +102,15 @@ class SpikeExecution:
             cached = (tensors, versions, build(weight, bias))
             caches[kind] = cached
         return cached[2]
+
+    def _contents_changed(self, first, tensors) -> bool:
+        """Whether the weights' contents changed since the copies were built (checked once per sequence)."""
+        checked = self._fingerprints.get(first)
+        if checked is not None and checked[0] == self._pass:
+            return False
+        fingerprint = contents_fingerprint(tensors)
+        self._fingerprints[first] = (self._pass, fingerprint)
+        return checked is not None and not all(torch.equal(a, b) for a, b in zip(checked[1], fingerprint, strict=True))
 
     def derived_bytes(self) -> int:
         """Bytes held by the event backend's weight copies."""
@@ -122,6 +144,20 @@ class SpikeExecution:
     def __repr__(self):
         backend, dtype = self._inference_backend, self._train_matmul_dtype
         return f"SpikeExecution(inference_backend={backend!r}, train_matmul_dtype={dtype!r})"
+
+
+def contents_fingerprint(tensors) -> list[torch.Tensor]:
+    """Per tensor: the row sums of its bit patterns as integers (any change to one element changes its row's
+    sum) and its column sums as numbers (elements moved within a row change them). Reductions, no copy."""
+    prints = []
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        values = tensor.detach()
+        values = values.reshape(values.shape[0], -1) if values.dim() > 1 else values.view(1, -1)
+        bits = values.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[values.element_size()])
+        prints += [bits.sum(1), values.sum(0)]
+    return prints
 
 
 DEFAULT_EXECUTION = SpikeExecution()

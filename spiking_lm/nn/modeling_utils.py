@@ -27,8 +27,9 @@ from transformers.utils.generic import can_return_tuple
 
 from .blocks import expand_time, firing_rate, mean_over_time, positions_from_mask, run_layers, with_final_norm
 from .execution import SpikeExecution
+from .input_checks import check_prompt, check_sequence, unreadable_weights
 from .neurons import SpikingNeuron
-from .outputs import SpikingCausalLMOutput, SpikingModelOutput, head_output
+from .outputs import SpikingCausalLMOutput, SpikingModelOutput, head_output, sequence_classification_loss
 
 logger = logging.get_logger(__name__)
 
@@ -69,6 +70,7 @@ REMOTE_CODE_MODULES = (
     "blocks",
     "configuration_utils",
     "outputs",
+    "input_checks",
     "modeling_utils",
 )
 _PACKAGE_IMPORT = re.compile(r"^from spiking_lm\.nn\.(\w+) import", flags=re.MULTILINE)
@@ -213,6 +215,16 @@ class SpikingModelMixin:
         return {name: neuron.firing_rate for name, neuron in self.spiking_neurons() if neuron.recorded_elements}
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`; an unreadable (truncated, empty) safetensors file is named."""
+        from safetensors import SafetensorError
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise unreadable_weights(pretrained_model_name_or_path, error) from None
+
+    @classmethod
     def from_teacher(cls, teacher: nn.Module, return_report: bool = False, **overrides):
         """Build a student shaped like ``teacher`` (an HF ANN) and copy every weight whose key and shape match.
 
@@ -299,6 +311,10 @@ class SpikingDecoderMixin:
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
+        learned = self.config.max_position_embeddings if self.embed_positions is not None else None
+        check_sequence(inputs_embeds.shape[1], past_length, attention_mask, learned)
+        if past_length == 0:
+            self.execution.new_sequence()
         if position_ids is None:
             position_ids = positions_from_mask(
                 attention_mask, inputs_embeds.shape[1], past_length, inputs_embeds.device
@@ -326,6 +342,12 @@ class SpikingCausalLMMixin:
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """transformers' `generate`, after `check_prompt` (one token at least, a mask of its length, room for
+        ``max_new_tokens`` in a learned position table)."""
+        check_prompt(self, inputs if inputs is not None else kwargs.get("input_ids"), generation_config, kwargs)
+        return super().generate(inputs, generation_config, **kwargs)
 
     @can_return_tuple
     def forward(
@@ -366,19 +388,3 @@ class SpikingCausalLMMixin:
         return head_output(
             SpikingCausalLMOutput, outputs, loss, logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
-
-
-def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Regression (one label, MSE), single-label (cross-entropy) or multi-label (BCE), as `transformers` does."""
-    if config.problem_type is None:
-        if config.num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
-    if config.problem_type == "single_label_classification":
-        return nn.functional.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
-    return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

@@ -238,7 +238,20 @@ class SpikingSelfAttention(nn.Module):
         return context, weights
 
     def _attend(self, query, key, value, allowed, dtype):
-        """``(context (T, B, H, L, d), attention weights)``; training multiplies in ``dtype`` (`spike_matmul`)."""
+        """``(context (T, B, H, L, d), attention weights)``; training multiplies in ``dtype`` (`spike_matmul`).
+
+        A key or value that is not finite (NaN/inf fed to an integer neuron) reaches only the queries allowed to
+        see it: the products run on it zeroed (0·NaN would be NaN at every masked pair) and the queries that
+        may see it get NaN, as an ANN's would."""
+        if key.is_floating_point() and not torch.isfinite(key.sum() + value.sum()):  # one reduction, no copy
+            bad = ~(torch.isfinite(key).all(-1) & torch.isfinite(value).all(-1))  # (T, B, H, Lk)
+            key, value = key.masked_fill(bad.unsqueeze(-1), 0), value.masked_fill(bad.unsqueeze(-1), 0)
+            poisoned = (allowed & bad.any(0).unsqueeze(-2)).any(-1, keepdim=True)  # (B, H, Lq, 1)
+            context, weights = self._attend_finite(query, key, value, allowed, dtype)
+            return context.masked_fill(poisoned, float("nan")), weights
+        return self._attend_finite(query, key, value, allowed, dtype)
+
+    def _attend_finite(self, query, key, value, allowed, dtype):
         config = self.config
         if self.kind == "sfsa":
             scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0

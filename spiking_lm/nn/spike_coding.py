@@ -103,6 +103,8 @@ def integer_to_binary(counts: torch.Tensor, spike_max: int) -> torch.Tensor:
         raise ValueError(f"spike_max must be an integer >= 1, got {spike_max!r}")
     if counts.dim() < 1:
         raise ValueError("counts must be time-major [T, ...], got a 0-d tensor")
+    if counts.is_floating_point() and not torch.isfinite(counts).all():
+        raise ValueError("counts hold NaN or inf (a non-finite neuron input): binary spikes cannot represent them")
     if counts.numel() and (counts.min() < 0 or counts.max() > spike_max or not torch.equal(counts, counts.round())):
         raise ValueError(f"counts must be integers in [0, {spike_max}] to unfold into binary spikes")
     steps = torch.arange(spike_max, device=counts.device).view(1, spike_max, *([1] * (counts.dim() - 1)))

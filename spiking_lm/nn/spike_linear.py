@@ -170,10 +170,35 @@ def linear_on_spikes(linear: nn.Linear, spikes, neuron, execution=None, exact_ou
             return linear(spikes)
         (output,) = SpikeLinearFunction.apply(spikes, *options, exact_outputs, linear.weight, linear.bias)
         return output
+    if not is_plain_linear(linear):
+        return _wrapped_on_binary_spikes(linear, spikes, coding)
     output = binary_to_integer(F.linear(spikes, linear.weight), coding.max) * coding.scale
     if coding.has_offset:
         output = output + linear.weight.sum(1) * coding.offset
     return output if linear.bias is None else output + linear.bias
+
+
+def is_plain_linear(module) -> bool:
+    """Whether ``module`` computes exactly ``F.linear(x, module.weight, module.bias)``: an `nn.Linear` whose
+    forward is not overridden. A wrapped Linear (a PEFT LoRA layer, a quantized or hooked module) is not, and
+    every fast path that reads ``.weight`` directly (binary folding, the event backend, the training GEMM
+    function) leaves it to its own forward. (A Linear under ZeRO-3 or with hooks stays plain: hooks that gather
+    or observe parameters are not a different function.)"""
+    overridden = type(module).forward is not nn.Linear.forward or "forward" in vars(module)
+    return isinstance(module, nn.Linear) and not overridden
+
+
+def _wrapped_on_binary_spikes(module, spikes, coding) -> torch.Tensor:
+    """A wrapped (affine) Linear fed binary virtual steps: its own forward runs on the 0/1 steps, whose results
+    are summed per step exactly as for a plain Linear; its constant part f(0) is taken out of each virtual step
+    and added once, and the adaptive-shift offset enters as (f(1) - f(0))·offset."""
+    probe = spikes.new_zeros(2, spikes.shape[-1])
+    probe[1] = 1
+    constant, ones = module(probe).unbind(0)
+    output = binary_to_integer(module(spikes) - constant, coding.max) * coding.scale
+    if coding.has_offset:
+        output = output + (ones - constant) * coding.offset
+    return output + constant
 
 
 def exact_output_dtype(linears, neuron, execution=None) -> torch.dtype | None:
@@ -227,7 +252,8 @@ def _training_function_options(linears, neuron, execution):
     if coding.in_binary_mode or not torch.is_grad_enabled():
         return None
     execution = execution_or_default(execution)
-    if any(execution.uses_event_path(linear) or not linear.weight.requires_grad for linear in linears):
+    if any(execution.uses_event_path(linear) or not is_plain_linear(linear) or not linear.weight.requires_grad
+           for linear in linears):  # fmt: skip
         return None
     pair, dtype = coding.linear, execution.matmul_dtype
     if pair is None and dtype == torch.float32:

@@ -23,7 +23,7 @@ from spiking_lm.nn.blocks import (
     spiking_mlp,
     with_final_norm,
 )
-from spiking_lm.nn.modeling_utils import SpikingModelMixin, sequence_classification_loss
+from spiking_lm.nn.modeling_utils import SpikingModelMixin, check_sequence, sequence_classification_loss
 from spiking_lm.nn.neurons import neuron_from_config
 from spiking_lm.nn.norms import build_norm
 from spiking_lm.nn.outputs import (
@@ -203,6 +203,9 @@ class WESpikingformerModel(WESpikingformerPreTrainedModel):
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        check_sequence(length, 0, attention_mask, None if position_ids is not None else config.max_position_embeddings)
+        self.execution.new_sequence()
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         hidden = expand_time(embeddings, config.time_steps)  # (T, B, L, D)
         flags = (output_hidden_states, output_attentions, self.execution, output_firing_rates)
