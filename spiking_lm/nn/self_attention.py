@@ -243,7 +243,9 @@ class SpikingSelfAttention(nn.Module):
         A key or value that is not finite (NaN/inf fed to an integer neuron) reaches only the queries allowed to
         see it: the products run on it zeroed (0·NaN would be NaN at every masked pair) and the queries that
         may see it get NaN, as an ANN's would."""
-        if key.is_floating_point() and not torch.isfinite(key.sum() + value.sum()):  # one reduction, no copy
+        # 0/1 spikes are always finite (a NaN input does not cross the threshold): only other codings are checked
+        may_be_nonfinite = not (self.k_neuron.coding.binary and self.v_neuron.coding.binary)
+        if may_be_nonfinite and key.is_floating_point() and not torch.isfinite(key.sum() + value.sum()):
             bad = ~(torch.isfinite(key).all(-1) & torch.isfinite(value).all(-1))  # (T, B, H, Lk)
             key, value = key.masked_fill(bad.unsqueeze(-1), 0), value.masked_fill(bad.unsqueeze(-1), 0)
             poisoned = (allowed & bad.any(0).unsqueeze(-2)).any(-1, keepdim=True)  # (B, H, Lq, 1)
