@@ -90,7 +90,7 @@ def _zero_shot(args: argparse.Namespace) -> int:
     from spiking_lm.evaluation.runners import run_zero_shot
 
     run_zero_shot(args.model, args.tasks, args.data_dir, args.batch_size, args.limit, args.num_fewshot,
-                  args.results, args.trust_remote_code)  # fmt: skip
+                  args.results, args.trust_remote_code, args.include_path)  # fmt: skip
     return 0
 
 
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated lm-eval tasks; shorthands: qa (arc_easy, arc_challenge, boolq, "
                            "headqa_en, openbookqa), commonsense (hellaswag, piqa, winogrande)")  # fmt: skip
     zero_shot.add_argument("--data-dir", help="folder of <task>.jsonl files to use instead of the hub datasets")
+    zero_shot.add_argument("--include-path", help="folder of your own lm-eval task YAML files (--tasks may name "
+                           "them; a task may also be given as the path of its YAML file)")  # fmt: skip
     zero_shot.add_argument("--batch-size", type=positive_int, default=8)
     zero_shot.add_argument("--limit", type=positive_int, help="evaluate only the first N documents of each task")
     zero_shot.add_argument("--num-fewshot", type=non_negative_int, default=0)

@@ -30,9 +30,9 @@ def tiny_student(**overrides):
 
 
 def arguments(tmp_path, **options):
-    options = {"max_steps": 3, "save_strategy": "no", **options}
-    return TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none",
-                             use_cpu=True, logging_steps=1, disable_tqdm=True, **options)  # fmt: skip
+    options = {"max_steps": 3, "save_strategy": "no", "report_to": "none", **options}
+    return TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, logging_steps=1,
+                             disable_tqdm=True, **options)  # fmt: skip
 
 
 def data():
@@ -115,3 +115,12 @@ def test_publishing_replaces_a_folder_by_renames(tmp_path):
     publish_folder(staged, target)
     assert sorted(p.name for p in target.iterdir()) == ["model.safetensors"]  # no old results beside new weights
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_report_to_tensorboard_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    args = arguments(tmp_path, report_to="tensorboard")  # logs under output_dir/runs/
+    trainer = SpikingTrainer(model=tiny_student(), args=args, train_dataset=data())
+    trainer.train()
+    events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    assert events and sum(path.stat().st_size for path in events) > 0

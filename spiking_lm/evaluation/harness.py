@@ -35,17 +35,20 @@ def expand_tasks(tasks: str | list[str]) -> list[str]:
     return expanded
 
 
-@functools.lru_cache(maxsize=1)
-def _task_manager():
-    """lm-eval's task index (built once: it scans every task YAML)."""
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None = None):
+    """lm-eval's task index (built once per ``include_path``: it scans every task YAML), with the tasks of the
+    YAML files under ``include_path`` added."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()
+    if include_path is not None and not Path(include_path).is_dir():
+        raise FileNotFoundError(f"--include-path {include_path} is not a folder of task YAML files")
+    return TaskManager(include_path=include_path)
 
 
-def check_task_names(names: list[str]) -> None:
+def check_task_names(names: list[str], include_path: str | None = None) -> None:
     """Refuse names lm-eval does not know (a task, group or tag, or a task YAML file), suggesting close ones."""
-    known = set(_task_manager().all_tasks)
+    known = set(_task_manager(include_path).all_tasks)
     unknown = [name for name in names if name not in known and not Path(name).is_file()]
     if unknown:
         hints = {name: difflib.get_close_matches(name, known, 3) for name in unknown}
@@ -128,7 +131,7 @@ class _FirstBatch:
 
 
 def evaluate_zero_shot(model, tokenizer, tasks, data_dir=None, batch_size: int = 8, limit: int | None = None,
-                       num_fewshot: int = 0, seed: int = 1234) -> dict:  # fmt: skip
+                       num_fewshot: int = 0, seed: int = 1234, include_path=None) -> dict:  # fmt: skip
     """Run lm-eval ``tasks`` (names or `TASK_SUITES` shorthands) on ``model``; returns
     ``{"scores": {task: {metric: value}}, "samples": {task: n}, "probe_input_ids": first batch}``.
 
@@ -137,6 +140,8 @@ def evaluate_zero_shot(model, tokenizer, tasks, data_dir=None, batch_size: int =
         batch_size: requests per forward pass. Each request's score does not depend on its batch neighbours
             (spiking models keep no state across calls; causal attention ignores right padding).
         limit: evaluate only the first ``limit`` documents of each task.
+        include_path: a folder of lm-eval task YAML files whose tasks ``tasks`` may name (lm-eval's
+            ``--include_path``); a task may also be given as the path of its YAML file.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 (documents per task), got {limit}")
@@ -147,8 +152,9 @@ def evaluate_zero_shot(model, tokenizer, tasks, data_dir=None, batch_size: int =
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    include_path = None if include_path is None else str(Path(include_path).resolve())
     names = expand_tasks(tasks)
-    check_task_names(names)
+    check_task_names(names, include_path)
     task_specs = [local_task_config(name, data_dir) for name in names] if data_dir else names
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     probe = _FirstBatch(model)
@@ -159,7 +165,7 @@ def evaluate_zero_shot(model, tokenizer, tasks, data_dir=None, batch_size: int =
                 tasks=task_specs,
                 num_fewshot=num_fewshot,
                 limit=limit,
-                task_manager=_task_manager(),
+                task_manager=_task_manager(include_path),
                 random_seed=seed,
                 numpy_random_seed=seed,
                 torch_random_seed=seed,

@@ -83,16 +83,19 @@ def run_perplexity(model_path: str, data=None, split: str = "test", text_column:
 
 
 def run_zero_shot(model_path: str, tasks: str, data_dir=None, batch_size: int = 8, limit: int | None = None,
-                  num_fewshot: int = 0, results=None, trust_remote_code: bool = False) -> dict:  # fmt: skip
+                  num_fewshot: int = 0, results=None, trust_remote_code: bool = False,
+                  include_path=None) -> dict:  # fmt: skip
     """`spiking-lm eval`: lm-eval tasks on the model, a score table, and the energy of the first batch."""
     from .harness import evaluate_zero_shot
 
     model, tokenizer = load_model_and_tokenizer(model_path, "causal-lm", trust_remote_code)
-    output = evaluate_zero_shot(model, tokenizer, tasks, data_dir, batch_size, limit, num_fewshot)
+    output = evaluate_zero_shot(model, tokenizer, tasks, data_dir, batch_size, limit, num_fewshot,
+                                include_path=include_path)  # fmt: skip
     probe = output["probe_input_ids"]
     energy = energy_probe(model, probe) if probe is not None else None
-    settings = {"tasks": tasks, "data_dir": str(data_dir) if data_dir else None, "batch_size": batch_size,
-                "limit": limit, "num_fewshot": num_fewshot, "samples": output["samples"]}  # fmt: skip
+    settings = {"tasks": tasks, "data_dir": str(data_dir) if data_dir else None, "include_path": include_path,
+                "batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot,
+                "samples": output["samples"]}  # fmt: skip
     path = results or default_results_path(model_path)
     record_evaluation(path, model, model_path, "lm_eval", output["scores"], energy, settings)
     print(f"{'task':<16} {'samples':>7} {'acc':>8} {'acc_norm':>9}")

@@ -113,3 +113,36 @@ def test_lm_eval_cli_runs_on_a_saved_folder_through_remote_code(student_folder, 
     results = json.loads(written.read_text())["results"]
     assert set(results) == {"piqa_local", "arc_easy_local"}
     assert 0 <= results["piqa_local"]["acc,none"] <= 1
+
+
+def own_task(folder: Path) -> Path:
+    """A task of the user's own: a YAML file and its JSONL data, the way lm-eval's --include_path reads them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": "Winter or summer?", "choices": ["winter", "summer"], "label": 0},
+            {"question": "York or Lancaster?", "choices": ["York", "Lancaster"], "label": 1}]  # fmt: skip
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = (f"task: shakespeare_choice\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+              f"    test: {folder / 'data.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+              "doc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\n"
+              "metric_list:\n  - metric: acc\n")  # fmt: skip
+    (folder / "shakespeare_choice.yaml").write_text(config)
+    return folder / "shakespeare_choice.yaml"
+
+
+def test_eval_runs_a_task_of_the_users_own_by_include_path_or_yaml_path(student_folder, tmp_path, capsys):
+    from spiking_lm.cli import main
+
+    task_yaml = own_task(tmp_path / "tasks")
+    results = tmp_path / "results.json"
+    argv = ["eval", str(student_folder), "--results", str(results), "--batch-size", "2"]
+    assert main([*argv, "--include-path", str(task_yaml.parent), "--tasks", "shakespeare_choice"]) == 0
+    entry = json.loads(results.read_text())["evaluations"]["lm_eval"]
+    assert entry["samples"] == {"shakespeare_choice": 2} if "samples" in entry else entry["settings"]["samples"]
+    assert 0 <= entry["scores"]["shakespeare_choice"]["acc"] <= 1
+    assert main([*argv, "--tasks", str(task_yaml)]) == 0  # the YAML file itself
+    assert "shakespeare_choice" in json.loads(results.read_text())["evaluations"]["lm_eval"]["scores"]
+    capsys.readouterr()
+    assert main([*argv, "--tasks", "shakespeare_choice"]) == 2  # not known without its folder
+    assert "unknown lm-eval task(s): 'shakespeare_choice'" in capsys.readouterr().err
+    assert main([*argv, "--include-path", str(tmp_path / "none"), "--tasks", "shakespeare_choice"]) == 2
+    assert "is not a folder of task YAML files" in capsys.readouterr().err
