@@ -5,7 +5,7 @@ Importing the package registers every architecture with the `transformers` Auto 
 """
 
 from .models.auto import ARCHITECTURES, register_auto_classes
-from .models.bispikclm import BiSpikCLMConfig, BiSpikCLMForCausalLM, BiSpikCLMModel
+from .models.bispikclm import BiSpikCLMConfig, BiSpikCLMForCausalLM, BiSpikCLMForSequenceClassification, BiSpikCLMModel
 from .models.wd_spikingformer import (
     WDSpikingformerConfig,
     WDSpikingformerForCausalLM,
@@ -27,6 +27,7 @@ __all__ = [
     "ARCHITECTURES",
     "BiSpikCLMConfig",
     "BiSpikCLMForCausalLM",
+    "BiSpikCLMForSequenceClassification",
     "BiSpikCLMModel",
     "WDSpikingformerConfig",
     "WDSpikingformerForCausalLM",

@@ -29,7 +29,7 @@ from .blocks import expand_time, firing_rate, mean_over_time, positions_from_mas
 from .execution import SpikeExecution
 from .input_checks import check_prompt, check_sequence, unreadable_weights
 from .neurons import SpikingNeuron
-from .outputs import SpikingCausalLMOutput, SpikingModelOutput, head_output, sequence_classification_loss
+from .outputs import SpikingCausalLMOutput, SpikingModelOutput, head_output
 
 logger = logging.get_logger(__name__)
 
@@ -44,7 +44,6 @@ __all__ = [
     "SpikingModelMixin",
     "copy_matching_weights",
     "export_remote_code",
-    "sequence_classification_loss",
 ]
 
 # The spiking_lm.nn modules a saved model's code needs, copied flat beside the modeling file.
@@ -70,6 +69,7 @@ REMOTE_CODE_MODULES = (
     "blocks",
     "configuration_utils",
     "outputs",
+    "heads",
     "input_checks",
     "modeling_utils",
 )
@@ -237,7 +237,10 @@ class SpikingModelMixin:
             ValueError: no tensor of the teacher matches the student by name and shape (a teacher of another
                 family: its weights would be silently left out).
         """
-        config = cls.config_class.from_teacher_config(teacher.config, **overrides)
+        # a classifier teacher's labels (and so its head's shape) carry over unless overridden
+        labels = {key: getattr(teacher.config, key, None) for key in ("id2label", "label2id", "problem_type")}
+        labels = {key: value for key, value in labels.items() if value is not None}
+        config = cls.config_class.from_teacher_config(teacher.config, **{**labels, **overrides})
         student = cls(config)
         report = copy_matching_weights(student, teacher)
         if not report["copied"]:

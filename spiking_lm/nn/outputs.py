@@ -1,5 +1,4 @@
-"""Output dataclasses of the spiking models (the `transformers` ones plus per-layer firing rates), and the
-classification heads' loss.
+"""Output dataclasses of the spiking models: the `transformers` ones plus per-layer firing rates.
 
 This module imports only `torch` and `transformers` so that it can travel with a saved model's code.
 """
@@ -80,19 +79,3 @@ def head_output(output_class, outputs, loss, logits, **fields):
         firing_rates=outputs.firing_rates,
         **fields,
     )
-
-
-def sequence_classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Regression (one label, MSE), single-label (cross-entropy) or multi-label (BCE), as `transformers` does."""
-    if config.problem_type is None:
-        if config.num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
-    if config.problem_type == "single_label_classification":
-        return torch.nn.functional.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

@@ -48,9 +48,8 @@ def test_pearson_and_spearman_match_their_formulas():
     assert scores["spearmanr"] == pytest.approx(1.0)  # the two rankings agree exactly
 
 
-@pytest.fixture(scope="module")
-def encoder_folder(tmp_path_factory):
-    """A tiny WE-Spikingformer masked LM with a WordLevel tokenizer trained on the fixtures' words."""
+def glue_tokenizer() -> PreTrainedTokenizerFast:
+    """A WordLevel tokenizer trained on the fixtures' words, with BERT's special tokens ([PAD] = 0)."""
     texts = []
     for path in FIXTURES.rglob("*.jsonl"):
         for line in path.read_text().splitlines():
@@ -63,16 +62,33 @@ def encoder_folder(tmp_path_factory):
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")  # fmt: skip
-    config = spiking_lm.WESpikingformerConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=1,
-                                              num_attention_heads=4, intermediate_size=64,
-                                              max_position_embeddings=64, pad_token_id=0)  # fmt: skip
+
+
+FAMILIES = {  # a saved model of each family, with any head: `glue` puts a classifier on it
+    "we_spikingformer": (spiking_lm.WESpikingformerConfig, spiking_lm.WESpikingformerForMaskedLM),
+    "wd_spikingformer": (spiking_lm.WDSpikingformerConfig, spiking_lm.WDSpikingformerForCausalLM),
+    "bispikclm": (spiking_lm.BiSpikCLMConfig, spiking_lm.BiSpikCLMForCausalLM),
+}
+
+
+def family_folder(folder: Path, family: str) -> Path:
+    fast = glue_tokenizer()
+    config_class, model_class = FAMILIES[family]
+    options = {"time_steps": 2} if family == "bispikclm" else {}
+    config = config_class(vocab_size=len(fast), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64, pad_token_id=0, **options)  # fmt: skip
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("encoder")
-    spiking_lm.WESpikingformerForMaskedLM(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def encoder_folder(tmp_path_factory):
+    """A tiny WE-Spikingformer masked LM with the fixtures' WordLevel tokenizer."""
+    return family_folder(tmp_path_factory.mktemp("encoder"), "we_spikingformer")
 
 
 def _direct_predictions(final: Path, rows: list[dict], keys: tuple[str, ...]) -> torch.Tensor:
@@ -119,3 +135,20 @@ def test_bad_glue_input_is_named(encoder_folder, tmp_path):
     (tmp_path / "sst2" / "validation.jsonl").write_text('{"sentence": "fine", "label": 1}\n')
     with pytest.raises(ValueError, match=r"lacks the columns \['sentence'\]"):
         load_glue_splits("sst2", tmp_path)
+
+
+@pytest.mark.parametrize("family", ["wd_spikingformer", "bispikclm"])
+def test_glue_fine_tunes_a_classifier_on_every_decoder_family(family, tmp_path):
+    folder = family_folder(tmp_path / "model", family)
+    results = tmp_path / "results.json"
+    args = ["glue", str(folder), "--task", "sst2", "--data-dir", str(FIXTURES), "--output-dir", str(tmp_path / "glue"),
+            "--epochs", "2", "--learning-rate", "1e-3", "--batch-size", "4", "--results", str(results)]  # fmt: skip
+    assert main(args) == 0
+    final = tmp_path / "glue" / "sst2" / "final"
+    classifier = AutoModelForSequenceClassification.from_pretrained(final)
+    assert type(classifier).__name__ == FAMILIES[family][1].__name__.replace("CausalLM", "SequenceClassification")
+    rows = [json.loads(line) for line in (FIXTURES / "sst2" / "validation.jsonl").read_text().splitlines()]
+    predictions = _direct_predictions(final, rows, ("sentence",)).argmax(-1)
+    correct = sum(int(p == row["label"]) for p, row in zip(predictions.tolist(), rows, strict=True))
+    accuracy = json.loads(results.read_text())["evaluations"]["glue/sst2"]["scores"]["validation"]["accuracy"]
+    assert accuracy == pytest.approx(correct / len(rows))

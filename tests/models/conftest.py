@@ -21,6 +21,7 @@ TINY = {
 # (model class, head kind) for every class a user can load
 MODEL_CLASSES = [
     (spiking_lm.BiSpikCLMForCausalLM, "causal_lm"),
+    (spiking_lm.BiSpikCLMForSequenceClassification, "classification"),
     (spiking_lm.WDSpikingformerForCausalLM, "causal_lm"),
     (spiking_lm.WDSpikingformerForSequenceClassification, "classification"),
     (spiking_lm.WESpikingformerForMaskedLM, "masked_lm"),

@@ -16,6 +16,8 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+import spiking_lm
+
 from .conftest import INTEGER_NEURONS, MODEL_CLASSES, labels_for, model_inputs, tiny_config, tiny_model
 
 AUTO_FOR_KIND = {
@@ -183,3 +185,27 @@ def test_remote_code_loads_without_the_package(model_class, kind, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote-ok" in result.stdout
+
+
+DECODER_CLASSIFIERS = [
+    spiking_lm.BiSpikCLMForSequenceClassification,
+    spiking_lm.WDSpikingformerForSequenceClassification,
+]
+
+
+@pytest.mark.parametrize("model_class", DECODER_CLASSIFIERS, ids=lambda cls: cls.__name__)
+def test_decoder_classifiers_pick_the_last_token_as_transformers_does(model_class):
+    model = tiny_model(model_class)
+    ids = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    ids[1, 4:] = 0  # right padding (pad_token_id=0)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        alone = model(input_ids=ids[1:, :4]).logits
+        embedded = model(inputs_embeds=model.get_input_embeddings()(ids)).logits
+    torch.testing.assert_close(full[1], alone[0], rtol=1e-5, atol=1e-5)  # padding is skipped
+    # batched inputs_embeds: the last position of every row (padding cannot be seen there), as transformers does
+    assert embedded.shape == full.shape
+    torch.testing.assert_close(embedded[0], full[0], rtol=1e-5, atol=1e-5)
+    without_pad = tiny_model(model_class, pad_token_id=None)
+    with pytest.raises(ValueError, match="need config.pad_token_id"):
+        without_pad(input_ids=ids)

@@ -9,6 +9,7 @@ from transformers import (
     LlamaForCausalLM,
     OPTConfig,
     OPTForCausalLM,
+    OPTForSequenceClassification,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -26,6 +27,8 @@ def teachers():
     yield "qwen2", Qwen2ForCausalLM(qwen), spiking_lm.WDSpikingformerForCausalLM
     opt = OPTConfig(**SHAPE, ffn_dim=37, word_embed_proj_dim=32, max_position_embeddings=64)
     yield "opt", OPTForCausalLM(opt), spiking_lm.BiSpikCLMForCausalLM
+    opt_classifier = OPTConfig(**SHAPE, ffn_dim=37, word_embed_proj_dim=32, max_position_embeddings=64, num_labels=3)
+    yield "opt-classifier", OPTForSequenceClassification(opt_classifier), spiking_lm.BiSpikCLMForSequenceClassification
 
 
 # Every teacher tensor of these kinds has a student counterpart of the same name and shape.
@@ -39,6 +42,7 @@ MUST_COPY = {
     "opt": ["model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight",
             "model.decoder.layers.0.self_attn.out_proj.weight", "model.decoder.layers.1.fc1.bias",
             "model.decoder.final_layer_norm.weight"],
+    "opt-classifier": ["model.decoder.embed_tokens.weight", "model.decoder.layers.1.fc2.weight", "score.weight"],
 }  # fmt: skip
 
 

@@ -1,4 +1,17 @@
 from .configuration_bispikclm import BiSpikCLMConfig
-from .modeling_bispikclm import AUTO_MAP, BiSpikCLMForCausalLM, BiSpikCLMModel, BiSpikCLMPreTrainedModel
+from .modeling_bispikclm import (
+    AUTO_MAP,
+    BiSpikCLMForCausalLM,
+    BiSpikCLMForSequenceClassification,
+    BiSpikCLMModel,
+    BiSpikCLMPreTrainedModel,
+)
 
-__all__ = ["AUTO_MAP", "BiSpikCLMConfig", "BiSpikCLMForCausalLM", "BiSpikCLMModel", "BiSpikCLMPreTrainedModel"]
+__all__ = [
+    "AUTO_MAP",
+    "BiSpikCLMConfig",
+    "BiSpikCLMForCausalLM",
+    "BiSpikCLMForSequenceClassification",
+    "BiSpikCLMModel",
+    "BiSpikCLMPreTrainedModel",
+]

@@ -14,6 +14,7 @@ from transformers.utils.generic import can_return_tuple
 
 from spiking_lm.nn.blocks import membrane_shortcut_layer, spiking_mlp
 from spiking_lm.nn.cpu_linear import FewRowsLinear
+from spiking_lm.nn.heads import LastTokenClassifierMixin
 from spiking_lm.nn.modeling_utils import SpikingCausalLMMixin, SpikingDecoderMixin, SpikingModelMixin
 from spiking_lm.nn.neurons import neuron_from_config
 from spiking_lm.nn.norms import build_norm
@@ -21,7 +22,11 @@ from spiking_lm.nn.self_attention import SpikingSelfAttention
 
 from .configuration_bispikclm import BiSpikCLMConfig
 
-AUTO_MAP = {"AutoModel": "BiSpikCLMModel", "AutoModelForCausalLM": "BiSpikCLMForCausalLM"}
+AUTO_MAP = {
+    "AutoModel": "BiSpikCLMModel",
+    "AutoModelForCausalLM": "BiSpikCLMForCausalLM",
+    "AutoModelForSequenceClassification": "BiSpikCLMForSequenceClassification",
+}
 OPT_POSITION_OFFSET = 2  # OPT's learned positions start at row 2; kept so OPT weights mean the same here
 
 
@@ -128,4 +133,21 @@ class BiSpikCLMForCausalLM(SpikingCausalLMMixin, BiSpikCLMPreTrainedModel, Gener
         self.post_init()
 
 
-__all__ = ["BiSpikCLMForCausalLM", "BiSpikCLMModel", "BiSpikCLMPreTrainedModel"]
+class BiSpikCLMForSequenceClassification(LastTokenClassifierMixin, BiSpikCLMPreTrainedModel):
+    """BiSpikCLM with OPT's classification head: ``score`` reads the last non-padding token
+    (`LastTokenClassifierMixin`); `from_teacher` copies an `OPTForSequenceClassification` whole."""
+
+    def __init__(self, config: BiSpikCLMConfig):
+        super().__init__(config)
+        self.model = BiSpikCLMModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.decoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.decoder.embed_tokens = value
+
+
+__all__ = ["BiSpikCLMForCausalLM", "BiSpikCLMForSequenceClassification", "BiSpikCLMModel", "BiSpikCLMPreTrainedModel"]

@@ -8,23 +8,16 @@ MLP(s) = Norm(down(SN(Norm(up(s))))).
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils.generic import can_return_tuple
 
 from spiking_lm.nn.blocks import membrane_shortcut_layer, spiking_mlp
 from spiking_lm.nn.cpu_linear import FewRowsLinear
-from spiking_lm.nn.modeling_utils import (
-    SpikingCausalLMMixin,
-    SpikingDecoderMixin,
-    SpikingModelMixin,
-    sequence_classification_loss,
-)
+from spiking_lm.nn.heads import LastTokenClassifierMixin
+from spiking_lm.nn.modeling_utils import SpikingCausalLMMixin, SpikingDecoderMixin, SpikingModelMixin
 from spiking_lm.nn.neurons import neuron_from_config
 from spiking_lm.nn.norms import build_norm
-from spiking_lm.nn.outputs import SpikingSequenceClassifierOutputWithPast, head_output
 from spiking_lm.nn.self_attention import SpikingSelfAttention
 
 from .configuration_wd_spikingformer import WDSpikingformerConfig
@@ -122,8 +115,8 @@ class WDSpikingformerForCausalLM(SpikingCausalLMMixin, WDSpikingformerPreTrained
         self.post_init()
 
 
-class WDSpikingformerForSequenceClassification(WDSpikingformerPreTrainedModel):
-    """Classification from the last non-padding token (needs ``pad_token_id`` for batches with padding)."""
+class WDSpikingformerForSequenceClassification(LastTokenClassifierMixin, WDSpikingformerPreTrainedModel):
+    """Classification from the last non-padding token (`LastTokenClassifierMixin`)."""
 
     def __init__(self, config: WDSpikingformerConfig):
         super().__init__(config)
@@ -136,26 +129,6 @@ class WDSpikingformerForSequenceClassification(WDSpikingformerPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.model.embed_tokens = value
-
-    def _last_token_index(self, input_ids, batch_size, length, device):
-        if input_ids is None or self.config.pad_token_id is None:
-            if batch_size > 1 and input_ids is None:
-                raise ValueError("batched inputs_embeds need input_ids to find each sequence's last token")
-            return torch.full((batch_size,), length - 1, device=device)
-        not_pad = (input_ids != self.config.pad_token_id).int() * torch.arange(length, device=device)
-        return not_pad.argmax(-1)  # the rightmost token that is not padding (left or right padding)
-
-    @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, **kwargs):
-        kwargs["use_cache"] = False
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
-        outputs = self.model(**inputs, return_dict=True, **kwargs)
-        logits = self.score(outputs.last_hidden_state)  # (B, L, labels)
-        batch_size, length = logits.shape[:2]
-        last = self._last_token_index(input_ids, batch_size, length, logits.device)
-        pooled = logits[torch.arange(batch_size, device=logits.device), last]
-        loss = None if labels is None else sequence_classification_loss(self.config, pooled, labels)
-        return head_output(SpikingSequenceClassifierOutputWithPast, outputs, loss, pooled)
 
 
 __all__ = [

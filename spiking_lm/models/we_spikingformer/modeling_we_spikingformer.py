@@ -23,7 +23,9 @@ from spiking_lm.nn.blocks import (
     spiking_mlp,
     with_final_norm,
 )
-from spiking_lm.nn.modeling_utils import SpikingModelMixin, check_sequence, sequence_classification_loss
+from spiking_lm.nn.heads import sequence_classification_loss
+from spiking_lm.nn.input_checks import check_sequence
+from spiking_lm.nn.modeling_utils import SpikingModelMixin
 from spiking_lm.nn.neurons import neuron_from_config
 from spiking_lm.nn.norms import build_norm
 from spiking_lm.nn.outputs import (
