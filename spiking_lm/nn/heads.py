@@ -52,10 +52,13 @@ class LastTokenClassifierMixin:
         return not_pad.argmax(-1)  # the rightmost token that is not padding (left or right padding)
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, **kwargs):
-        kwargs["use_cache"] = False
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
-        outputs = self.model(**inputs, return_dict=True, **kwargs)
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, output_firing_rates=False,
+                **kwargs):  # fmt: skip
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             inputs_embeds=inputs_embeds, use_cache=False, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, output_firing_rates=output_firing_rates,
+                             return_dict=True)  # fmt: skip
         logits = self.score(outputs.last_hidden_state)  # (B, L, labels)
         batch_size, length = logits.shape[:2]
         last = self._last_token_index(input_ids, batch_size, length, logits.device)

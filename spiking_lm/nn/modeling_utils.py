@@ -23,6 +23,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .blocks import expand_time, firing_rate, mean_over_time, positions_from_mask, run_layers, with_final_norm
@@ -287,6 +288,7 @@ class SpikingDecoderMixin:
         self.embed_tokens = value
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers 5's name for the K/V cache
     def forward(
         self,
         input_ids=None,
@@ -298,12 +300,10 @@ class SpikingDecoderMixin:
         output_attentions=None,
         output_hidden_states=None,
         output_firing_rates=False,
-        past_key_values=None,
         **kwargs,
     ):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        cache = cache if cache is not None else past_key_values
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -353,6 +353,7 @@ class SpikingCausalLMMixin:
         return super().generate(inputs, generation_config, **kwargs)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers 5's name for the K/V cache
     def forward(
         self,
         input_ids=None,
@@ -366,10 +367,8 @@ class SpikingCausalLMMixin:
         output_hidden_states=None,
         output_firing_rates=False,
         logits_to_keep=0,
-        past_key_values=None,
         **kwargs,
     ):
-        cache = cache if cache is not None else past_key_values
         outputs = self.model(
             return_dict=True,
             input_ids=input_ids,

@@ -18,7 +18,15 @@ from transformers import (
 
 import spiking_lm
 
-from .conftest import INTEGER_NEURONS, MODEL_CLASSES, labels_for, model_inputs, tiny_config, tiny_model
+from .conftest import (
+    CAUSAL_LM_CLASSES,
+    INTEGER_NEURONS,
+    MODEL_CLASSES,
+    labels_for,
+    model_inputs,
+    tiny_config,
+    tiny_model,
+)
 
 AUTO_FOR_KIND = {
     "causal_lm": AutoModelForCausalLM,
@@ -209,3 +217,29 @@ def test_decoder_classifiers_pick_the_last_token_as_transformers_does(model_clas
     without_pad = tiny_model(model_class, pad_token_id=None)
     with pytest.raises(ValueError, match="need config.pad_token_id"):
         without_pad(input_ids=ids)
+
+
+@pytest.mark.parametrize(("model_class", "kind"), MODEL_CLASSES, ids=[cls.__name__ for cls, _ in MODEL_CLASSES])
+def test_forward_signatures_name_their_inputs(model_class, kind):
+    import inspect
+
+    parameters = inspect.signature(model_class.forward).parameters
+    expected = {"input_ids", "attention_mask", "inputs_embeds", "output_attentions", "output_hidden_states"}
+    expected |= {"labels"} if kind != "base" else set()
+    expected |= {"cache", "use_cache", "position_ids"} if kind == "causal_lm" else set()
+    assert expected <= set(parameters), expected - set(parameters)
+    assert "past_key_values" not in parameters  # transformers 5 calls it `cache`
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=lambda cls: cls.__name__)
+def test_past_key_values_still_works_with_transformers_deprecation_warning(model_class):
+    model = tiny_model(model_class)
+    ids = torch.randint(3, 99, (1, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = model(ids[:, :4], use_cache=True)
+        expected = model(ids[:, 4:], cache=first.cache if hasattr(first, "cache") else first.past_key_values).logits
+        first = model(ids[:, :4], use_cache=True)
+        cache = first.cache if hasattr(first, "cache") else first.past_key_values
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+            logits = model(ids[:, 4:], past_key_values=cache).logits
+    torch.testing.assert_close(logits, expected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from spiking_lm.nn.blocks import membrane_shortcut_layer, spiking_mlp
@@ -117,8 +118,14 @@ class BiSpikCLMModel(BiSpikCLMPreTrainedModel):
         self.decoder.embed_tokens = value
 
     @can_return_tuple
-    def forward(self, input_ids=None, **kwargs):
-        return self.decoder(input_ids=input_ids, return_dict=True, **kwargs)
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, output_firing_rates=False,
+                **kwargs):  # fmt: skip
+        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            output_firing_rates=output_firing_rates, return_dict=True)  # fmt: skip
 
 
 class BiSpikCLMForCausalLM(SpikingCausalLMMixin, BiSpikCLMPreTrainedModel, GenerationMixin):

@@ -254,8 +254,10 @@ class WESpikingformerForMaskedLM(WESpikingformerPreTrainedModel):
         self.cls.predictions.decoder = new_embeddings
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                output_firing_rates=False, **kwargs):  # fmt: skip
+        outputs = self.bert(**_encoder_inputs(locals()), return_dict=True)
         logits = self.cls.predictions(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -271,11 +273,20 @@ class WESpikingformerForSequenceClassification(WESpikingformerPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                output_firing_rates=False, **kwargs):  # fmt: skip
+        outputs = self.bert(**_encoder_inputs(locals()), return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
         return head_output(SpikingSequenceClassifierOutput, outputs, loss, logits)
+
+
+def _encoder_inputs(arguments: dict) -> dict:
+    """The base model's arguments among a head's ``forward`` arguments (``locals()``)."""
+    names = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "output_attentions",
+             "output_hidden_states", "output_firing_rates")  # fmt: skip
+    return {name: arguments[name] for name in names}
 
 
 __all__ = [
