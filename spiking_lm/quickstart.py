@@ -23,7 +23,7 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
-from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
+from .data import BlockDataset, load_texts, pack_blocks, save_tokenizer, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADConfig, SpADTrainer
 from .distill.calibration import calibrate_output_norms
 from .energy import estimate_energy
@@ -266,11 +266,11 @@ def _write_folder(output_dir: Path, student, teacher, tokenizer, results: dict, 
     staging = output_dir / STAGING
     # the teacher too, with its tokenizer: recipes/quickstart.yaml distills from it again
     teacher.save_pretrained(staging / "teacher")
-    tokenizer.save_pretrained(staging / "teacher")
+    save_tokenizer(tokenizer, staging / "teacher", teacher.config)
     publish_folder(staging / "teacher", output_dir / "teacher")
     model_dir = staging / "model"
     student.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    save_tokenizer(tokenizer, model_dir, student.config)
     (model_dir / "README.md").write_text(render_model_card(results, student.config))
     training = {"method": "SpAD distillation", "teacher": "OPTForCausalLM of the same shape, trained in the run",
                 "data": "Shakespeare, 15 plays shipped with spiking_lm", "steps": results["timings"]["student_steps"],

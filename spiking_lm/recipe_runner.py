@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments, set_seed
 from transformers.utils import logging
 
-from .data import BlockDataset, load_texts, pack_blocks, shakespeare_files, train_bpe_tokenizer
+from .data import BlockDataset, load_texts, pack_blocks, save_tokenizer, shakespeare_files, train_bpe_tokenizer
 from .distill import SpADTrainer
 from .distill.calibration import calibrate_output_norms
 from .distill.trainer import load_teacher
@@ -136,7 +136,7 @@ def _finish(trainer, tokenizer, recipe: Recipe, method: str) -> Path:
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(staged)
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(staged)
+        save_tokenizer(tokenizer, staged, trainer.model.config)
         (staged / "training_args.bin").unlink(missing_ok=True)  # a pickle; the folder is meant to be shared
         training = {"method": method, "teacher": recipe.teacher, "data": str(recipe.data.source),
                     "steps": trainer.state.global_step, "block_size": recipe.data.block_size}  # fmt: skip

@@ -143,3 +143,18 @@ def test_ctrl_c_in_a_recipe_run_saves_a_checkpoint_and_says_how_to_resume(tmp_pa
     monkeypatch.setattr(StopOnInterrupt, "on_step_end", original)
     assert main(["distill", path, "--resume"]) == 0
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_a_saved_folders_tokenizer_loads_without_the_package_and_knows_the_models_length(tmp_path, teacher_folder):
+    assert main(["distill", str(recipe(tmp_path, teacher_folder)), "--training.max_steps", "1"]) == 0
+    final = tmp_path / "run" / "final"
+    script = ("import sys; sys.modules['spiking_lm'] = None\nfrom transformers import AutoTokenizer\n"
+              f"tokenizer = AutoTokenizer.from_pretrained({str(final)!r}, trust_remote_code=True)\n"
+              "print(tokenizer.model_max_length, len(tokenizer('to be or not', truncation=True)['input_ids']))\n")  # fmt: skip
+    # stdin is a pipe that stays open: a prompt for remote code would wait for an answer and time out here
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.PIPE, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    length, tokens = result.stdout.split()[-2:]
+    assert int(length) == 64 and int(tokens) > 0  # the student's max_position_embeddings

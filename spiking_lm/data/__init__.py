@@ -6,6 +6,7 @@ from .text import (
     BlockDataset,
     load_texts,
     pack_blocks,
+    save_tokenizer,
     shakespeare_files,
     train_bpe_tokenizer,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "encode_examples",
     "load_texts",
     "pack_blocks",
+    "save_tokenizer",
     "shakespeare_files",
     "train_bpe_tokenizer",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "BlockDataset",
     "load_texts",
     "pack_blocks",
+    "save_tokenizer",
     "shakespeare_files",
     "train_bpe_tokenizer",
 ]
@@ -117,3 +118,12 @@ class BlockDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         block = self.blocks[index]
         return {"input_ids": block, "attention_mask": torch.ones_like(block), "labels": block}
+
+
+def save_tokenizer(tokenizer, folder, config) -> None:
+    """Save ``tokenizer`` beside the model of ``config`` with ``model_max_length`` set to the model's positions,
+    so that ``truncation=True`` cuts prompts to what the model can read (an unset length is ~1e30)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None:
+        tokenizer.model_max_length = positions
+    tokenizer.save_pretrained(folder)

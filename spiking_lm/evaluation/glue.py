@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 from transformers.utils import logging
 
-from ..data import encode_examples
+from ..data import encode_examples, save_tokenizer
 from .loading import check_model_reference, energy_probe
 from .results import default_results_path, record_evaluation
 
@@ -163,7 +163,7 @@ def run_glue(model_path: str, task: str, settings: GlueSettings | None = None, r
         scores[split] = {key[5:]: value for key, value in metrics.items() if key[5:] in spec.metrics}
     final = run_dir / "final"
     trainer.save_model(final)
-    tokenizer.save_pretrained(final)
+    save_tokenizer(tokenizer, final, model.config)
     (final / "training_args.bin").unlink(missing_ok=True)
     first_split = encoded[spec.eval_splits[0]]
     batch = DataCollatorWithPadding(tokenizer)(

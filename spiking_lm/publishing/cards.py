@@ -9,11 +9,13 @@ from pathlib import Path
 
 from ..evaluation.results import RESULTS_FILE, load_results, write_text_atomically
 from ..models.auto import ARCHITECTURES
+from .metadata import card_metadata
 
 TEMPLATES = resources.files("spiking_lm.model_cards")
 """The templates of the repository's top-level ``model_cards/``, shipped inside the package as
 ``spiking_lm.model_cards`` (pyproject's package-dir mapping), so an installed package finds them too."""
 DEFAULT_TEMPLATE = "spiking_lm.md.j2"
+FIRING_PLOT = "firing_rates.png"  # written beside the model by `spiking-lm energy`
 INTEGER_NEURONS = ("ilif", "nilif", "asn", "nasn")
 ATTENTION = {
     "wssa": "winner-take-all spiking self-attention (WSSA)",
@@ -138,14 +140,17 @@ def render_card(folder, repo_id: str | None = None, template: str | Path | None 
         f"from transformers import {auto_class}, AutoTokenizer",
         "",
         f'model = {auto_class}.from_pretrained("{source}", trust_remote_code=True)',
-        f'tokenizer = AutoTokenizer.from_pretrained("{source}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{source}", trust_remote_code=True)  # reads the config',
         *usage_lines,
     ])  # fmt: skip
     weights = folder / "model.safetensors"
     parameters = _parameter_count(weights) if weights.is_file() else "?"
     training = results.get("training")
-    teacher = (training or {}).get("teacher")
-    base_model = teacher if teacher and not Path(teacher).exists() and teacher.count("/") == 1 else None
+    evaluations = results.get("evaluations", {})
+    metadata = card_metadata(config, pipeline_tag, training, evaluations, repo_id or folder.name, license)
+    energy = _energy_summary(evaluations)
+    if energy is not None and (folder / FIRING_PLOT).is_file():
+        energy["plot"] = FIRING_PLOT
     entry = ARCHITECTURES.get(config["model_type"])
     architecture = entry.name if entry is not None else config["model_type"]
     template_path = Path(template) if template else TEMPLATES.joinpath(DEFAULT_TEMPLATE)
@@ -163,11 +168,10 @@ def render_card(folder, repo_id: str | None = None, template: str | Path | None 
         parameters=parameters,
         integer_neurons=INTEGER_NEURONS,
         training=training,
-        base_model=base_model,
-        scores=_score_rows(results.get("evaluations", {})),
-        energy=_energy_summary(results.get("evaluations", {})),
+        metadata=metadata,
+        scores=_score_rows(evaluations),
+        energy=energy,
         usage=usage,
-        license=license,
     )
 
 

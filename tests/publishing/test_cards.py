@@ -83,3 +83,37 @@ def test_results_files_carry_no_absolute_local_paths(student_folder, teacher_fol
     assert results["training"] == {"teacher": teacher_folder.name, "data": "corpus.txt"}
     assert results["evaluations"]["perplexity"]["settings"]["data"] == "corpus.txt"
     assert results["model"]["name_or_path"] == "model"
+
+
+def test_card_metadata_and_model_index_parse_with_huggingface_hub(student_folder, teacher_folder, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from spiking_lm.evaluation.results import record_evaluation
+
+    folder = tmp_path / "model"
+    shutil.copytree(student_folder, folder)
+    record_training(folder / "results.json", {"method": "SpAD distillation", "teacher": "facebook/opt-125m",
+                                              "data": "HuggingFaceFW/fineweb-edu", "steps": 16})  # fmt: skip
+    corpus = str(teacher_folder / "corpus.txt")
+    assert main(["perplexity", str(folder), "--data", corpus, "--window", "32"]) == 0
+    assert main(["energy", str(folder), "--data", corpus, "--sequences", "1", "--length", "16"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    record_evaluation(folder / "results.json", model, str(folder), "glue/sst2",
+                      {"validation": {"accuracy": 0.75}}, None, {})  # fmt: skip
+    record_evaluation(folder / "results.json", model, str(folder), "lm_eval",
+                      {"piqa": {"acc": 0.5, "acc_norm": 0.625}}, None, {})  # fmt: skip
+    card = ModelCard(render_card(folder, repo_id="someone/bispikclm-tiny"))
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
+    assert data.base_model == "facebook/opt-125m" and data.language == ["en"] and data.license == "apache-2.0"
+    assert set(data.datasets) == {"HuggingFaceFW/fineweb-edu", "nyu-mll/glue"}
+    assert {"spiking-neural-network", "bispikclm", "neuron-lif"} <= set(data.tags)
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
+    assert results[("nyu-mll/glue", "accuracy")] == 0.75
+    assert results[("piqa", "acc")] == 0.5 and results[("piqa", "acc_norm")] == 0.625
+    perplexity = json.loads((folder / "results.json").read_text())["evaluations"]["perplexity"]["scores"]
+    assert results[("text", "perplexity")] == pytest.approx(perplexity["perplexity"])
+    energy = json.loads((folder / "energy.json").read_text())
+    assert results[("text", "energy_ratio")] == pytest.approx(energy["ratio"])
+    assert "![Firing rate of each layer's spike-fed inputs](firing_rates.png)" in card.text
+    assert (folder / "firing_rates.png").is_file()
