@@ -41,6 +41,22 @@ def _run_recipe(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _recipes(args: argparse.Namespace) -> int:
+    """List the shipped recipes and launch configs with their paths."""
+    from spiking_lm.recipes import shipped_recipes
+
+    shipped = shipped_recipes()
+    print("recipes (spiking-lm distill NAME):")
+    for name, path in shipped.items():
+        if not name.startswith("accelerate/"):
+            print(f"  {name:<42} {path}")
+    print("launch configs (accelerate launch --config_file PATH -m spiking_lm.cli distill NAME):")
+    for name, path in shipped.items():
+        if name.startswith("accelerate/") and name.endswith(".yaml"):
+            print(f"  {name:<42} {path}")
+    return 0
+
+
 def _neurons(args: argparse.Namespace) -> int:
     """Neuron-library demo: every neuron fires on the same input, and every integer neuron is shown to give the
     same Linear output when its spikes are unfolded into binary virtual steps."""
@@ -201,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=f"{text}. Override any recipe key with "
                                       "--section.key value (e.g. --training.max_steps 100).")  # fmt: skip
-        command.add_argument("recipe", help="a YAML recipe (see recipes/)")
+        command.add_argument("recipe", help="a YAML recipe file, or the name of a shipped one (spiking-lm recipes)")
         command.add_argument("--resume", action="store_true", help="resume from the last checkpoint in output_dir")
         replace = "delete an earlier run's checkpoints and final/ in output_dir, then train"
         command.add_argument("--overwrite", action="store_true", help=replace)
@@ -266,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--message", help="commit message")
     push.add_argument("--keep-card", action="store_true", help="upload README.md as it is (no regeneration)")
     push.set_defaults(handler=_push)
+    recipes = commands.add_parser("recipes", help="list the shipped recipes and accelerate launch configs")
+    recipes.set_defaults(handler=_recipes)
     neurons = commands.add_parser("neurons", help="show every neuron on one input and the integer->binary equivalence")
     neurons.add_argument("--seed", type=int, default=0)
     neurons.set_defaults(handler=_neurons)

@@ -41,7 +41,8 @@ def configure_backend(training: dict) -> dict:
             "(e.g. recipes/accelerate/zero2.json) or launch with recipes/accelerate/deepspeed_zero2.yaml"
         )
     if isinstance(config_file, str) and not os.path.isfile(config_file):
-        raise ValueError(f"DeepSpeed config file {config_file!r} does not exist")
+        config_file = _shipped_config(config_file)
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = config_file  # what accelerate's plugin reads
     training["deepspeed"] = config_file
     if not torch.cuda.is_available():
         from accelerate import PartialState
@@ -52,6 +53,19 @@ def configure_backend(training: dict) -> dict:
         if training.get("bf16"):
             training["use_cpu"] = True
     return training
+
+
+def _shipped_config(config_file: str) -> str:
+    """A DeepSpeed JSON named as ``recipes/accelerate/NAME.json`` (as the shipped launch configs name them) from
+    another directory: the copy shipped inside the package."""
+    from .recipes import shipped_recipes
+
+    name = config_file.replace(os.sep, "/").split("recipes/", 1)[-1]
+    shipped = shipped_recipes().get(name)
+    if shipped is None:
+        raise ValueError(f"DeepSpeed config file {config_file!r} does not exist (relative paths are read from the "
+                         f"current directory, {os.getcwd()})")  # fmt: skip
+    return str(shipped)
 
 
 def launched_world_size() -> int:

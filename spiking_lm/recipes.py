@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -25,9 +26,10 @@ import yaml
 from .distill.config import SpADConfig
 from .models.auto import ARCHITECTURES
 
-__all__ = ["DataSettings", "Recipe", "load_recipe"]
+__all__ = ["DataSettings", "Recipe", "find_recipe", "load_recipe", "shipped_recipes"]
 SECTIONS = ("teacher", "student", "data", "training")
 BOOL_TAG, FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+SHIPPED = resources.files("spiking_lm.recipe_files")  # the repository's recipes/, inside the installed package
 
 
 @dataclass
@@ -154,16 +156,70 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> None:
         raw.setdefault(section, {})[key] = read_yaml(value)
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes shipped with the package, by name (``quickstart``, ``distill/bispikclm-125m_from_opt-125m``,
+    ...), and the accelerate/DeepSpeed launch configs (``accelerate/cpu_ddp.yaml``, ...) by file name."""
+    root = Path(str(SHIPPED))
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if path.suffix == ".yaml" and not relative.startswith("accelerate/"):
+            found[relative[: -len(".yaml")]] = path
+        elif relative.startswith("accelerate/") and path.suffix in (".yaml", ".json"):
+            found[relative] = path
+    return found
+
+
+def find_recipe(name_or_path) -> Path:
+    """A recipe file: ``name_or_path`` itself when it exists, else the shipped recipe of that name (with or
+    without ``.yaml``, with or without its ``distill/`` folder)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = str(name_or_path).removesuffix(".yaml").removeprefix("recipes/")
+    for candidate in (name, f"distill/{name}"):
+        if candidate in shipped:
+            return shipped[candidate]
+    names = ", ".join(key for key in shipped if not key.startswith("accelerate/"))
+    raise FileNotFoundError(f"recipe not found: {name_or_path} (neither a file nor a shipped recipe: {names})")
+
+
+def _next_to(recipe_dir: Path, value):
+    """A relative path in a recipe names a file next to the recipe when one is there; anything else (a Hub id,
+    an output folder, a path relative to the current directory) is kept as written."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith("package:"):
+        return value
+    beside = recipe_dir / value
+    return str(beside.resolve()) if beside.exists() else value
+
+
+def _resolve_inputs(raw: dict, recipe_dir: Path) -> None:
+    """Resolve the recipe's input paths (teacher, data source and tokenizer, DeepSpeed config) against its folder."""
+    if "teacher" in raw:
+        raw["teacher"] = _next_to(recipe_dir, raw["teacher"])
+    data, training = raw.get("data") or {}, raw.get("training") or {}
+    for section, key in ((data, "tokenizer"), (training, "deepspeed")):
+        if key in section:
+            section[key] = _next_to(recipe_dir, section[key])
+    if "source" in data:
+        source = data["source"]
+        data["source"] = (
+            [_next_to(recipe_dir, s) for s in source] if isinstance(source, list) else _next_to(recipe_dir, source)
+        )
+
+
 def load_recipe(path, overrides: list[str] | None = None) -> Recipe:
-    """Parse and validate a recipe file; ``overrides`` are ``["--section.key", "value", ...]``.
+    """Parse and validate a recipe file, or a shipped recipe by name (`shipped_recipes`); ``overrides`` are
+    ``["--section.key", "value", ...]``. Relative input paths inside it (teacher, data source and tokenizer,
+    DeepSpeed config) are read next to the recipe when they exist there, else from the current directory;
+    ``output_dir`` is always relative to the current directory.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: neither a file nor a shipped recipe.
         ValueError: an unknown section, key or architecture, or a value its config rejects.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe not found: {path}")
+    path = find_recipe(path)
     try:
         raw = read_yaml(path.read_text()) or {}
     except ValueError as error:
@@ -171,6 +227,7 @@ def load_recipe(path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise ValueError(f"recipe {path} must be a mapping of sections {SECTIONS}")
     _check_keys("<top level>", raw, set(SECTIONS))
+    _resolve_inputs(raw, path.parent)
     _apply_overrides(raw, overrides or [])
     student = dict(raw.get("student") or {})
     architecture = student.get("architecture")

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,7 +151,8 @@ def test_a_saved_folders_tokenizer_loads_without_the_package_and_knows_the_model
     final = tmp_path / "run" / "final"
     script = ("import sys; sys.modules['spiking_lm'] = None\nfrom transformers import AutoTokenizer\n"
               f"tokenizer = AutoTokenizer.from_pretrained({str(final)!r}, trust_remote_code=True)\n"
-              "print(tokenizer.model_max_length, len(tokenizer('to be or not', truncation=True)['input_ids']))\n")  # fmt: skip
+              "ids = tokenizer('to be or not', truncation=True)['input_ids']\n"
+              "print(tokenizer.model_max_length, len(ids))\n")  # fmt: skip
     # stdin is a pipe that stays open: a prompt for remote code would wait for an answer and time out here
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                             stdin=subprocess.PIPE, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
@@ -158,3 +160,44 @@ def test_a_saved_folders_tokenizer_loads_without_the_package_and_knows_the_model
     assert "Do you wish to run the custom code" not in result.stdout + result.stderr
     length, tokens = result.stdout.split()[-2:]
     assert int(length) == 64 and int(tokens) > 0  # the student's max_position_embeddings
+
+
+def test_recipes_run_from_anywhere_and_by_name(tmp_path, teacher_folder, monkeypatch, capsys):
+    from spiking_lm.recipes import load_recipe
+
+    project = tmp_path / "project"  # a recipe naming its inputs relative to itself
+    project.mkdir()
+    (project / "corpus.txt").write_text((teacher_folder / "corpus.txt").read_text())
+    (project / "teacher").symlink_to(teacher_folder)
+    (project / "recipe.yaml").write_text(
+        "teacher: teacher\nstudent: {architecture: bispikclm, time_steps: 2}\n"
+        "data: {source: corpus.txt, block_size: 32}\n"
+        "training: {output_dir: run, max_steps: 1, report_to: none, use_cpu: true}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recipe = load_recipe("../project/recipe.yaml")
+    assert recipe.teacher == str((project / "teacher").resolve()) and recipe.data.source == str(project / "corpus.txt")
+    assert recipe.training["output_dir"] == "run"  # outputs stay relative to where the command runs
+    assert main(["distill", "../project/recipe.yaml"]) == 0
+    assert (elsewhere / "run" / "final" / "model.safetensors").exists()
+
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert "quickstart" in listed and "distill/bispikclm-125m_from_opt-125m" in listed and "cpu_ddp.yaml" in listed
+    shipped = load_recipe("quickstart")  # by name, from a directory without recipes/
+    assert shipped.student["architecture"] == "bispikclm" and shipped.teacher == "outputs/quickstart/teacher"
+    assert load_recipe("bispikclm-125m_from_opt-125m").teacher == "facebook/opt-125m"
+    code, line = run_cli(["distill", "no-such-recipe"], capsys)
+    assert code == 2 and "neither a file nor a shipped recipe: distill/bispikclm-125m_from_opt-125m" in line
+
+
+def test_shipped_launch_configs_find_their_deepspeed_json_from_any_directory(tmp_path, monkeypatch):
+    from spiking_lm.distributed import _shipped_config
+
+    monkeypatch.chdir(tmp_path)
+    resolved = _shipped_config("recipes/accelerate/zero2.json")  # as deepspeed_zero2.yaml names it
+    assert json.loads(Path(resolved).read_text())["zero_optimization"]["stage"] == 2
+    with pytest.raises(ValueError, match="mine.json' does not exist"):
+        _shipped_config("configs/mine.json")

@@ -1,5 +1,6 @@
 """What the package reads at run time ships in its wheel and is found by the installed package, run from outside
-the repository (model-card templates, the shipped corpus, the GLUE metric module)."""
+the repository (model-card templates, the shipped corpus and recipes, the GLUE metric module); a wheel install
+runs the README's commands."""
 
 import os
 import subprocess
@@ -54,3 +55,47 @@ def test_the_wheel_ships_what_the_package_reads_at_run_time(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == "---"  # the rendered card opens its metadata block
+
+
+@pytest.mark.slow
+def test_a_wheel_install_runs_the_readme_commands_from_outside_the_repository(tmp_path):
+    """The wheel (not an editable install) in a fresh virtual environment — its dependencies shared from this
+    one, spiking_lm only from the wheel — runs the quickstart, a shipped recipe by name, card and energy."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w",
+                            str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("spiking_lm-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    dependencies = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "dependencies.pth").write_text("\n".join(dependencies) + "\n")  # paths only: no editable finder
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q"]
+    installed = subprocess.run([*pip, str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    environment.pop("PYTHONPATH", None)
+
+    def spiking_lm(*argv):
+        result = subprocess.run([str(venv / "bin" / "spiking-lm"), *argv], cwd=work, env=environment,
+                                capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert result.returncode == 0, f"{argv}: {result.stderr[-3000:]}"
+        return result.stdout
+
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import spiking_lm; print(spiking_lm.__file__)"],
+                           cwd=work, env=environment, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert Path(where.stdout.strip()).is_relative_to(site), where.stdout + where.stderr
+    spiking_lm("quickstart", "--smoke", "--output-dir", "outputs/quickstart")
+    model = work / "outputs" / "quickstart" / "model"
+    assert (model / "README.md").read_text().startswith("---\n")
+    listed = spiking_lm("recipes")
+    assert str(site) in listed  # the shipped recipes, inside the installed package
+    spiking_lm("distill", "quickstart", "--training.max_steps", "2", "--data.block_size", "64")
+    final = work / "outputs" / "quickstart-distill" / "final"
+    assert (final / "model.safetensors").is_file()
+    spiking_lm("energy", str(final), "--sequences", "1", "--length", "32")
+    assert (final / "energy.json").is_file() and (final / "firing_rates.png").is_file()
+    assert "wrote" in spiking_lm("card", str(final))
+    assert "SNN / ANN energy" in (final / "README.md").read_text()

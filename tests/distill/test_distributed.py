@@ -37,7 +37,8 @@ def test_two_process_distillation_lowers_the_loss_and_saves_a_loadable_student(t
     command += [str(REPO / "recipes/accelerate" / config_name), "--num_processes", "2"]
     command += ["-m", "spiking_lm.cli", "distill", str(recipe)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
+    # run from outside the repository: the launch config names recipes/accelerate/*.json relatively
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     engine = "DDP" if zero_stage is None else f"DeepSpeed ZeRO-{zero_stage}"
     assert f"(trained with {engine}, 2 processes over gloo)" in result.stdout
