@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,deepspeed,eval,plot,tensorboard]"
+	$(PY) -m pip install --quiet -e ".[dev,deepspeed,eval,plot,tensorboard,export]"
 	touch $@
 
 setup: $(VENV)/.installed

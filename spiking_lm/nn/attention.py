@@ -103,7 +103,7 @@ def winner_take_all(
     if not scores.requires_grad:
         return hard
     soft = torch.softmax(masked / temperature, dim=-1).nan_to_num(0.0)
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())  # exactly `hard` forward: (hard + soft) - soft would round
 
 
 def spike_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -31,6 +31,7 @@ def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     out_features, in_features = weight.shape
     if (
         pieces < 2
+        or torch.compiler.is_compiling()  # traced: one graph for every row count, no branch on it
         or rows > FEW_ROWS_MAX
         or x.device.type != "cpu"
         or weight.dtype != x.dtype

@@ -125,6 +125,8 @@ class SpikeExecution:
         """``build(attention_mask, *arguments)``, computed once per forward pass: every layer asks with the same
         mask object and lengths (the mask is remembered by identity and version, so a new or modified mask always
         rebuilds)."""
+        if torch.compiler.is_compiling():  # traced: symbolic lengths must not meet remembered concrete ones
+            return build(attention_mask, *arguments)
         version = None if attention_mask is None else attention_mask._version
         key = (*arguments, version)
         if self._allowed[0] == key and self._allowed[1] is attention_mask:

@@ -58,7 +58,7 @@ def lif(
     if not (torch.is_grad_enabled() and x.requires_grad):
         if x.shape[0] == 1:  # inference at T = 1: the membrane starts at 0, nothing to carry
             return (x >= v_threshold).to(dtype or x.dtype)
-        if backend == "torch" or x.numel() < AUTO_COMPILE_MIN_NUMEL:
+        if backend == "torch" or torch.compiler.is_compiling() or x.numel() < AUTO_COMPILE_MIN_NUMEL:
             spikes = _lif_inference(x, float(beta), float(v_threshold), v_reset)
             return spikes if dtype is None else spikes.to(dtype)
     return MultiStepLIF.apply(

@@ -245,7 +245,10 @@ class SpikingSelfAttention(nn.Module):
         may see it get NaN, as an ANN's would."""
         # 0/1 spikes are always finite (a NaN input does not cross the threshold): only other codings are checked
         may_be_nonfinite = not (self.k_neuron.coding.binary and self.v_neuron.coding.binary)
-        if may_be_nonfinite and key.is_floating_point() and not torch.isfinite(key.sum() + value.sum()):
+        if not (may_be_nonfinite and key.is_floating_point()):
+            return self._attend_finite(query, key, value, allowed, dtype)
+        # traced (torch.export / compile): no branch on the data, the masked path runs always
+        if torch.compiler.is_compiling() or not torch.isfinite(key.sum() + value.sum()):
             bad = ~(torch.isfinite(key).all(-1) & torch.isfinite(value).all(-1))  # (T, B, H, Lk)
             key, value = key.masked_fill(bad.unsqueeze(-1), 0), value.masked_fill(bad.unsqueeze(-1), 0)
             poisoned = (allowed & bad.any(0).unsqueeze(-2)).any(-1, keepdim=True)  # (B, H, Lq, 1)

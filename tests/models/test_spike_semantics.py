@@ -71,3 +71,16 @@ def test_binary_mode_runs_the_attention_on_the_folded_binary_steps():
     for integer, binary in zip(captured["integer"], captured["binary"], strict=True):
         for a, b in zip(integer[1:5], binary[1:5], strict=True):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(("model_class", "kind"), MODEL_CLASSES, ids=[cls.__name__ for cls, _ in MODEL_CLASSES])
+@pytest.mark.parametrize("neuron_type", ["lif", "nilif", "asn"])
+def test_forward_values_do_not_depend_on_autograd(model_class, kind, neuron_type):
+    """With gradients on, straight-through estimators must leave the forward values exactly as without: a
+    winner-take-all written (hard + soft) - soft rounded its 0/1 weights and flipped spikes downstream."""
+    model = tiny_model(model_class, neuron_type=neuron_type)
+    inputs = model_inputs(model_class)
+    with_grad = model(**inputs).logits
+    with torch.no_grad():
+        without = model(**inputs).logits
+    assert torch.equal(with_grad.detach(), without)
