@@ -3,6 +3,7 @@ the repository (model-card templates, the shipped corpus and recipes, the GLUE m
 runs the README's commands."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -60,7 +61,8 @@ def test_the_wheel_ships_what_the_package_reads_at_run_time(tmp_path):
 @pytest.mark.slow
 def test_a_wheel_install_runs_the_readme_commands_from_outside_the_repository(tmp_path):
     """The wheel (not an editable install) in a fresh virtual environment — its dependencies shared from this
-    one, spiking_lm only from the wheel — runs the quickstart, a shipped recipe by name, card and energy."""
+    one, spiking_lm only from the wheel — runs the quickstart, a shipped recipe by name, card and energy, the
+    README's Python blocks, and the card's snippet without spiking_lm."""
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w",
                             str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert built.returncode == 0, built.stderr
@@ -98,4 +100,16 @@ def test_a_wheel_install_runs_the_readme_commands_from_outside_the_repository(tm
     spiking_lm("energy", str(final), "--sequences", "1", "--length", "32")
     assert (final / "energy.json").is_file() and (final / "firing_rates.png").is_file()
     assert "wrote" in spiking_lm("card", str(final))
-    assert "SNN / ANN energy" in (final / "README.md").read_text()
+    card = (final / "README.md").read_text()
+    assert "SNN / ANN energy" in card
+
+    def python(code, blocked=False):
+        code = ("import sys; sys.modules['spiking_lm'] = None\n" if blocked else "") + code
+        result = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=work, env=environment,
+                                capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    readme = (REPO / "README.md").read_text()
+    assert "SNN" in python("\n".join(re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)))
+    assert python(re.search(r"```python\n(.*?)```", card, re.S).group(1), blocked=True).strip()
