@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -150,37 +151,27 @@ def _add_model_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--trust-remote-code", action="store_true", help="load with the folder's own code")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (0 and negatives are refused at parse time, naming the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
+def _bounded(kind: type, low: float, strict: bool):
+    """An argparse type: a ``kind`` (int or float) >= ``low`` (> ``low`` if ``strict``), finite; refused at parse
+    time, naming the value."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            finite = "a finite number " if kind is float else ""
+            raise argparse.ArgumentTypeError(f"{text!r} must be {finite}{'>' if strict else '>='} {low}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return value
+positive_int = _bounded(int, 1, strict=False)
+non_negative_int = _bounded(int, 0, strict=False)
+positive_float = _bounded(float, 0, strict=True)
 
 
 class Parser(argparse.ArgumentParser):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from importlib import resources
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -58,11 +60,9 @@ def configure_backend(training: dict) -> dict:
 def _shipped_config(config_file: str) -> str:
     """A DeepSpeed JSON named as ``recipes/accelerate/NAME.json`` (as the shipped launch configs name them) from
     another directory: the copy shipped inside the package."""
-    from .recipes import shipped_recipes
-
     name = config_file.replace(os.sep, "/").split("recipes/", 1)[-1]
-    shipped = shipped_recipes().get(name)
-    if shipped is None:
+    shipped = Path(str(resources.files("spiking_lm.recipe_files"))) / name
+    if not name.startswith("accelerate/") or not shipped.is_file():
         raise ValueError(f"DeepSpeed config file {config_file!r} does not exist (relative paths are read from the "
                          f"current directory, {os.getcwd()})")  # fmt: skip
     return str(shipped)

@@ -69,6 +69,28 @@ class Interrupt(TrainerCallback):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
+    # a terminal's Ctrl-C: a process started in the background by a shell begins with SIGINT ignored, which
+    # training rightly leaves alone, so the test sets the interactive default first
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_saves_a_checkpoint_and_stops(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. started with nohup or in the background
+    try:
+        trainer = SpikingTrainer(model=tiny_student(), args=arguments(tmp_path, max_steps=4), train_dataset=data(),
+                                 callbacks=[Interrupt(at=2)])  # fmt: skip
+        trainer.train()
+        assert not trainer.interrupted and trainer.state.global_step == 4
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def _ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     trainer = SpikingTrainer(model=tiny_student(), args=arguments(tmp_path, max_steps=6), train_dataset=data(),
                              callbacks=[Interrupt(at=2)])  # fmt: skip

@@ -149,8 +149,8 @@ def render_card(folder, repo_id: str | None = None, template: str | Path | None 
     evaluations = results.get("evaluations", {})
     metadata = card_metadata(config, pipeline_tag, training, evaluations, repo_id or folder.name, license)
     energy = _energy_summary(evaluations)
-    if energy is not None and (folder / FIRING_PLOT).is_file():
-        energy["plot"] = FIRING_PLOT
+    if energy is not None:
+        energy["plot"] = FIRING_PLOT if (folder / FIRING_PLOT).is_file() else None
     entry = ARCHITECTURES.get(config["model_type"])
     architecture = entry.name if entry is not None else config["model_type"]
     template_path = Path(template) if template else TEMPLATES.joinpath(DEFAULT_TEMPLATE)
