@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend
-from .kernels import MultiStepIntegerLIF, MultiStepLIF
+from .kernels import MultiStepIntegerLIF, MultiStepLIF, ParallelFire
 from .surrogate import SurrogateFunction, build_surrogate
 
 __all__ = [
@@ -165,7 +165,11 @@ def tlif(x: torch.Tensor, scale: torch.Tensor, beta: float = 0.5, detach_reset: 
 
 
 def psn(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, surrogate: str | SurrogateFunction = "atan"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    surrogate: str | SurrogateFunction = "atan",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Parallel spiking neuron: H = W X + b over the T axis (W ∈ ℝ^{T×T}, b ∈ ℝ^T); S = Θ(H)."""
     steps = x.shape[0]
@@ -174,8 +178,14 @@ def psn(
             f"psn expects weight ({steps}, {steps}) and bias ({steps},) for T={steps}, "
             f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
         )
-    membrane = torch.addmm(bias.unsqueeze(1), weight, x.reshape(steps, -1))
-    return build_surrogate(surrogate)(membrane).view(x.shape)
+    return _parallel_fire(x, weight, bias, surrogate, backend)
+
+
+def _parallel_fire(x, matrix, offset, surrogate, backend) -> torch.Tensor:
+    """Θ(A X + c) over T with the surrogate gradient: one fused pass each way (`ParallelFire`)."""
+    surrogate = build_surrogate(surrogate)
+    check_backend(backend)
+    return ParallelFire.apply(x, matrix.to(x.dtype), offset.to(x.dtype), surrogate.name, surrogate.param, backend)
 
 
 def band_mask(time_steps: int, order: int, device=None, dtype=None) -> torch.Tensor:
@@ -192,14 +202,19 @@ def masked_psn(
     order: int,
     mask_lambda: float = 1.0,
     surrogate: str | SurrogateFunction = "atan",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Masked PSN: H = (W ⊙ M_k(λ)) X + b with M_k(λ) = λ M_k + (1 − λ); λ is annealed from 0 to 1."""
     mask = band_mask(x.shape[0], order, x.device, weight.dtype)
-    return psn(x, weight * (mask_lambda * mask + (1 - mask_lambda)), bias, surrogate)
+    return psn(x, weight * (mask_lambda * mask + (1 - mask_lambda)), bias, surrogate, backend)
 
 
 def sliding_psn(
-    x: torch.Tensor, weight: torch.Tensor, threshold: torch.Tensor, surrogate: str | SurrogateFunction = "atan"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    threshold: torch.Tensor,
+    surrogate: str | SurrogateFunction = "atan",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Sliding PSN: H[t] = Σ_{i<k} w_i X[t − k + 1 + i] (causal, zero-padded); S = Θ(H − b)."""
     steps, order = x.shape[0], weight.shape[0]
@@ -207,5 +222,4 @@ def sliding_psn(
     tap = index.unsqueeze(0) - index.unsqueeze(1) + order - 1  # tap i used by row t for column j
     valid = (tap >= 0) & (tap < order)
     toeplitz = torch.where(valid, weight[tap.clamp(0, order - 1)], torch.zeros((), dtype=weight.dtype))
-    membrane = (toeplitz @ x.reshape(steps, -1)) - threshold
-    return build_surrogate(surrogate)(membrane).view(x.shape)
+    return _parallel_fire(x, toeplitz, -threshold.expand(steps), surrogate, backend)

@@ -242,3 +242,51 @@ class MultiStepIntegerLIF(torch.autograd.Function):
             if not needs_lower_grad:
                 grad_lower = None
         return grad_x.view(grad_spikes.shape), grad_lower, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parallel spiking neurons: S = Θ(A X + c) with a T×T matrix A mixing the steps (no recurrence)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _mixed(matrix, x, offset):
+    """A X + c for X ``(T, M)``, written as T×T multiply-adds per element: compiled, one pass over X."""
+    return (matrix.unsqueeze(-1) * x.unsqueeze(0)).sum(1) + offset.unsqueeze(-1)
+
+
+def parallel_forward(x, matrix, offset):
+    """Spikes Θ(A X + c), ``(T, M)``, in the dtype of X."""
+    return (_mixed(matrix, x, offset) >= 0).to(x.dtype)
+
+
+def parallel_backward(grad_spikes, x, matrix, offset, surrogate: str, surrogate_param):
+    """(dL/dX, dL/dH) of `parallel_forward`, recomputing the membrane H from X (dL/dA = dL/dH Xᵀ is a GEMM)."""
+    grad_membrane = grad_spikes * surrogate_derivative(surrogate, _mixed(matrix, x, offset), surrogate_param)
+    return (matrix.unsqueeze(-1) * grad_membrane.unsqueeze(1)).sum(0), grad_membrane
+
+
+class ParallelFire(torch.autograd.Function):
+    """Θ(A X + c) over the time axis with a surrogate gradient, for X, A and c; ``apply(x, matrix, offset,
+    surrogate, param, backend)``. Keeps X only (the membrane is recomputed in backward); compiled (`run_kernel`)
+    forward and backward are one pass each where eager PyTorch took a GEMM and five elementwise passes."""
+
+    @staticmethod
+    def forward(ctx, x, matrix, offset, surrogate, surrogate_param, backend):
+        flat = _flatten_time(x)
+        spikes = run_kernel(parallel_forward, backend, flat, matrix.detach(), offset.detach())
+        ctx.save_for_backward(flat, matrix, offset)
+        ctx.options = (surrogate, surrogate_param)
+        ctx.backend = backend
+        return spikes.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        flat, matrix, offset = ctx.saved_tensors
+        grads = grad_spikes.reshape(flat.shape).to(flat.dtype)
+        surrogate, param = ctx.options
+        grad_x, grad_membrane = run_kernel(
+            parallel_backward, ctx.backend, grads, flat, matrix.detach(), offset.detach(), surrogate,
+            torch.tensor(param, dtype=flat.dtype),
+        )  # fmt: skip
+        grad_matrix = grad_membrane @ flat.t()  # reads each once (a reduction per entry of A would read T² times)
+        return grad_x.view(grad_spikes.shape), grad_matrix, grad_membrane.sum(-1), None, None, None

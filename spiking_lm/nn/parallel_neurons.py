@@ -43,7 +43,7 @@ class ParallelSpikingNeuron(SpikingNeuron):
 
     def fire(self, x):
         self._check_steps(x)
-        return psn(x, self.weight, self.bias, self.surrogate)
+        return psn(x, self.weight, self.bias, self.surrogate, self.backend)
 
     def extra_repr(self):
         return f"time_steps={self.time_steps}"
@@ -80,7 +80,7 @@ class MaskedParallelSpikingNeuron(ParallelSpikingNeuron):
 
     def fire(self, x):
         self._check_steps(x)
-        return masked_psn(x, self.weight, self.bias, self.order, self.mask_lambda, self.surrogate)
+        return masked_psn(x, self.weight, self.bias, self.order, self.mask_lambda, self.surrogate, self.backend)
 
     def extra_repr(self):
         return f"time_steps={self.time_steps}, order={self.order}, mask_lambda={self.mask_lambda}"
@@ -109,7 +109,7 @@ class SlidingParallelSpikingNeuron(SpikingNeuron):
         self.threshold = nn.Parameter(torch.tensor(threshold))
 
     def fire(self, x):
-        return sliding_psn(x, self.weight, self.threshold, self.surrogate)
+        return sliding_psn(x, self.weight, self.threshold, self.surrogate, self.backend)
 
     def extra_repr(self):
         return f"order={self.order}"
