@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend
+from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend, run_differentiable
 from .kernels import MultiStepIntegerLIF, MultiStepLIF, ParallelFire
 from .surrogate import SurrogateFunction, build_surrogate
 
@@ -145,14 +145,22 @@ def nasn(
     return integer_lif(x, ceil_ste(alpha), spike_max, 1.0 / spike_max, beta, detach_reset, backend)
 
 
-def tlif(x: torch.Tensor, scale: torch.Tensor, beta: float = 0.5, detach_reset: bool = False) -> torch.Tensor:
+def tlif(
+    x: torch.Tensor, scale: torch.Tensor, beta: float = 0.5, detach_reset: bool = False, backend: str = "auto"
+) -> torch.Tensor:
     """Ternary (bi-spiking) LIF: S[t] = a[t]·clip(round(U[t]/a[t]), −1, 1), values {−a, 0, a}.
 
     ``scale`` holds a[t] per time step (shape ``(T,)``) or one shared value (shape ``(1,)``). Gradient: STE
-    where |U/a| ≤ 1; a gets the LSQ-style gradient of the same expression.
+    where |U/a| ≤ 1; a gets the LSQ-style gradient of the same expression. Forward and backward run compiled
+    (`run_differentiable`) on large inputs: the T-step recurrence then is one pass each way.
     """
     if scale.dim() != 1 or scale.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"tlif scale must have shape (1,) or (T={x.shape[0]},), got {tuple(scale.shape)}")
+    check_backend(backend)
+    return run_differentiable(_tlif_steps, backend, x, scale, float(beta), bool(detach_reset))
+
+
+def _tlif_steps(x: torch.Tensor, scale: torch.Tensor, beta: float, detach_reset: bool) -> torch.Tensor:
     membrane = torch.zeros_like(x[0])
     spikes = []
     for t in range(x.shape[0]):

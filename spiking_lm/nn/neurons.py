@@ -265,7 +265,7 @@ class TernaryLIFNeuron(SpikingNeuron):
             raise ValueError(f"tlif was built for time_steps={self.scale.numel()}, got input with T={x.shape[0]}")
         if not bool(self.scale_initialized):
             self._initialize_scale(x)
-        return tlif(x, self.scale, self.beta, self.detach_reset)
+        return tlif(x, self.scale, self.beta, self.detach_reset, self.backend)
 
     def count_spikes(self, spikes):
         return (spikes != 0).sum()
