@@ -76,8 +76,9 @@ def lif(
 
 def _lif_inference(x: torch.Tensor, beta: float, v_threshold: float, v_reset: float | None) -> torch.Tensor:
     """The LIF recurrence without autograd, for small inputs (decoding): written in place into one output,
-    four ops per step, bitwise equal to `kernels.lif_forward` (the same operations in the same order)."""
-    spikes = torch.empty_like(x)
+    four ops per step, bitwise equal to `kernels.lif_forward` (the same operations in the same order). The spikes
+    are contiguous whatever the layout of ``x`` (a heads view): each step's slice is then a valid ``out=``."""
+    spikes = torch.empty_like(x, memory_format=torch.contiguous_format)
     membrane = None
     for t in range(x.shape[0]):
         potential = x[t] if membrane is None else membrane.add_(x[t])

@@ -225,3 +225,21 @@ def test_normalize_and_fire_widens_bf16_inputs_and_splits_heads_like_the_plain_c
     for a, b in zip(got_grads, expected_grads, strict=True):  # compiled and eager sums differ in order only
         scale = float(b.abs().max())
         torch.testing.assert_close(a, b, rtol=0, atol=scale * (2**-7 if a.dtype == torch.bfloat16 else 1e-5))
+
+
+@pytest.mark.parametrize("time_steps", [1, 4])
+def test_normalize_and_fire_compiles_without_gradients_into_heads(time_steps):
+    """A no-grad forward of a model in training mode (an evaluation inside training) fires into the heads' layout
+    through the inference recurrence; it used to write each step into a non-contiguous slice, which dynamo
+    rejects, and under ``auto`` that sent the kernel eager for the rest of the process. ``inductor`` raises
+    instead of falling back, so this compiles or fails."""
+    from spiking_lm.nn.norms import normalize_and_fire, split_heads
+
+    torch.manual_seed(0)
+    neuron = build_neuron("lif", backend="inductor")
+    norm = torch.nn.LayerNorm(64)
+    x = torch.randn(time_steps, 8, 32, 64) * 2
+    with torch.no_grad():
+        got = normalize_and_fire(norm, neuron, x, heads=4)
+        expected = split_heads(neuron(norm(x)), 4)
+    assert torch.equal(got, expected)
