@@ -16,6 +16,14 @@ read), and "OPT fp32, few_rows_linear", the same ANN with every Linear computed 
 `spiking_lm.nn.cpu_linear.few_rows_linear`, the kernel our LM heads use. The table's last column gives every row
 against the fastest ANN row of its (shape, batch), the honest comparison.
 
+W8 rows ("BiSpikCLM … W8 event") are the same students after ``quantize_weights("int8")``: every spike-fed Linear
+holds int8 weights with a per-row scale and sums spike counts × weights exactly in int32, reading only the int8
+rows the spikes select when few rows decode (`spiking_lm.nn.weight_quantization`); the LM head stays fp32, or,
+in the "W8, int8 head" rows (``lm_head=True``), is int8 too with its input rounded to int8 per row (inexact, as
+the int8 ANN's every Linear is) and the tied embeddings read the same int8 table.
+"weights MB" is what each model holds resident: its weights (the int8 ANN's packed int8 weights) plus the event
+backend's derived copies.
+
 Beside each spiking figure: the measured firing rate and density (share of nonzero spike values entering
 the Linears) on the prompt, and the weight bytes read per generated token — for the ANN every Linear and the
 LM head once per step, for the event path the LM head plus what `spiking_lm.nn.event` actually gathered
@@ -31,7 +39,8 @@ the caches grow by a token per step, and with glibc's defaults every step's larg
 the kernel, a per-run toll that varied from nothing to ~150,000 page faults between identical runs;
 ``--system-allocator`` measures with the defaults.
 
-Targets (issue 6): event path ≥ 1.5× the ANN's tokens/s at batch 1 on the 125M shape, ≥ 1.0× at batch 8.
+Targets (issue 17, 125M shape, against the fastest ANN row): ``nilif`` W8 event decoding ≥ 1.5× at batch 1 and
+≥ 1.2× at batch 8, ``lif`` T=4 W8 ≥ 0.8× at batch 1; resident weights ≤ 0.3× fp32.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ SHAPES = {
              "ffn_dim": 3072},
 }  # fmt: skip
 STUDENTS = {"nilif 1x4": {"neuron_type": "nilif", "time_steps": 1}, "lif T=4": {"neuron_type": "lif", "time_steps": 4}}
+W8 = " W8"  # a student after quantize_weights("int8"): int8 weights, exact int32 sums (event backend only)
+W8_HEAD = " W8, int8 head"  # quantize_weights("int8", lm_head=True): the head too, its inputs rounded to int8
 PROMPT = 128
 
 
@@ -71,7 +82,23 @@ def build(shape: str):
         name: spiking_lm.BiSpikCLMForCausalLM.from_teacher(ann, max_position_embeddings=1024, **options).eval()
         for name, options in STUDENTS.items()
     }
+    for name in list(students):
+        students[name + W8] = copy.deepcopy(students[name]).quantize_weights("int8")
+        students[name + W8_HEAD] = copy.deepcopy(students[name]).quantize_weights("int8", lm_head=True)
     return ann, students
+
+
+def resident_bytes(model) -> int:
+    """Bytes of every weight the model holds: its state (int8 ANN: the packed int8 weights) and, for a spiking
+    model, the event backend's derived copies."""
+    seen, total = set(), 0
+    for value in model.state_dict().values():
+        for tensor in value if isinstance(value, tuple) else (value,):
+            if torch.is_tensor(tensor) and tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+    execution = getattr(model, "execution", None)
+    return total + (execution.derived_bytes() if execution is not None else 0)
 
 
 def linear_bytes(model) -> tuple[int, int]:
@@ -164,7 +191,7 @@ def main() -> None:
                       "OPT fp32, few_rows_linear": (tuned_dense(ann), None)}  # fmt: skip
         anns = [label for label in contenders if label.startswith("OPT")]
         for name, student in students.items():
-            for backend in ("dense", "event"):
+            for backend in ("event",) if W8 in name else ("dense", "event"):
                 contenders[f"BiSpikCLM {name} {backend}"] = (student, backend)
         first = torch.randint(3, SHAPES[shape]["vocab_size"], (1, PROMPT), generator=torch.Generator().manual_seed(1))
         rates = {name: density_on(student, first) for name, student in students.items()}
@@ -174,7 +201,7 @@ def main() -> None:
             )
             speeds = {label: [] for label in contenders}
             ratios = {label: [] for label in contenders}
-            reads, cache_reads = {}, {}
+            reads, cache_reads, resident = {}, {}, {}
             for _ in range(args.rounds):
                 for label, (model, backend) in contenders.items():
                     if backend is not None:
@@ -182,12 +209,14 @@ def main() -> None:
                     decode(model, prompt, 2)  # warm-up at the prompt's shape (compiled kernels, caches)
                     with recording(WeightReads()) as weight_reads:
                         seconds, cache_reads[label] = decode(model, prompt, args.new_tokens)
+                    resident[label] = resident_bytes(model)
                     speed = batch * args.new_tokens / seconds
                     speeds[label].append(speed)
                     ratios[label].append(speed / speeds["OPT fp32 (HF)"][-1])
                     if backend == "event":
                         gathered = weight_reads["gathered_bytes"] + weight_reads["dense_bytes"]
-                        reads[label] = gathered / (args.new_tokens + 1) + head_bytes + dense_code_bytes(model)
+                        head = head_bytes / 4 if W8_HEAD in label else head_bytes  # an int8 head: 1 byte a weight
+                        reads[label] = gathered / (args.new_tokens + 1) + head + dense_code_bytes(model)
                     elif "int8" in label:  # int8 weights (and a scale per row)
                         reads[label] = (block_bytes + head_bytes) / 4
                     else:
@@ -199,15 +228,16 @@ def main() -> None:
                 rate, density = ("-", "-") if student is None else (f"{x:.3f}" for x in rates[student])
                 speed = statistics.median(speeds[label])
                 rows.append((shape, parameters, batch, label, speed, statistics.median(ratios[label]), rate, density,
-                             reads[label] / 1e6, cache_reads[label] / 1e6, speed / best))  # fmt: skip
-    print(f"\n{'shape':<6} {'params':>7} {'batch':>5}  {'model':<32} {'tok/s':>8} {'x HF':>6} {'rate':>6} "
-          f"{'dens.':>6} {'MB read/step':>12} {'K/V MB/step':>11} {'x best ANN':>10}")  # fmt: skip
-    for shape, parameters, batch, label, speed, ratio, rate, density, read, cache_read, best_ratio in rows:
-        print(f"{shape:<6} {parameters:>6.1f}M {batch:>5}  {label:<32} {speed:>8.1f} {ratio:>6.2f} {rate:>6} "
-              f"{density:>6} {read:>12.1f} {cache_read:>11.1f} {best_ratio:>10.2f}")  # fmt: skip
+                             reads[label] / 1e6, cache_reads[label] / 1e6, resident[label] / 1e6,
+                             speed / best))  # fmt: skip
+    print(f"\n{'shape':<6} {'params':>7} {'batch':>5}  {'model':<35} {'tok/s':>8} {'x HF':>6} {'rate':>6} "
+          f"{'dens.':>6} {'MB read/step':>12} {'K/V MB/step':>11} {'weights MB':>10} {'x best ANN':>10}")  # fmt: skip
+    for shape, parameters, batch, label, speed, ratio, rate, density, read, cache_read, held, best_ratio in rows:
+        print(f"{shape:<6} {parameters:>6.1f}M {batch:>5}  {label:<35} {speed:>8.1f} {ratio:>6.2f} {rate:>6} "
+              f"{density:>6} {read:>12.1f} {cache_read:>11.1f} {held:>10.1f} {best_ratio:>10.2f}")  # fmt: skip
     if args.json:
         keys = ("shape", "params_m", "batch", "model", "tokens_per_s", "x_ann", "rate", "density", "mb_read_per_step",
-                "kv_mb_per_step", "x_best_ann")  # fmt: skip
+                "kv_mb_per_step", "weights_mb", "x_best_ann")  # fmt: skip
         settings = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
                     "new_tokens": args.new_tokens, "prompt": PROMPT}  # fmt: skip
         with open(args.json, "w") as handle:

@@ -9,9 +9,12 @@ Shape (issue 3): batch 8 x 128 tokens, hidden 256, 4 layers, 4 heads, FFN 1024, 
 - memory: bytes of activations autograd keeps for backward in one training step (saved-tensor hooks,
   parameters excluded, storages counted once), spiking / ANN.
 Every spiking model is compared with the ANN at the same precision: the fp32 pairs against the fp32 ANN, the
-``-bf16`` pairs (``train_matmul_dtype="bfloat16"``: bf16 operands in the spike-fed GEMMs) against the ANN trained
-under ``torch.autocast("cpu", dtype=torch.bfloat16)``, what a user training in bf16 would pick instead. Generation
-runs in fp32 on both sides (the spiking models always infer in fp32), so the ``-bf16`` rows leave it out.
+``-bf16`` pairs against the ANN trained under ``torch.autocast("cpu", dtype=torch.bfloat16)``, what a user training
+in bf16 would pick instead. A ``-bf16`` spiking model trains as ``Trainer(args=TrainingArguments(bf16=True))``
+trains it: under the same autocast (accelerate wraps the forward in it: real-valued products such as the LM head
+run in bf16, as the ANN's do) and with ``train_matmul_dtype="bfloat16"`` (bf16 operands in the spike-fed GEMMs,
+forward and backward, which the Trainer turns on). Generation runs in fp32 on both sides (the spiking models
+always infer in fp32), so the ``-bf16`` rows leave it out.
 Targets: WD-Spikingformer (nilif) >= 0.9x the same-precision Llama, memory <= 1.2x; BiSpikCLM (lif, T=4) >= 0.40x
 the bf16-autocast OPT, memory <= 2.5x; generation >= 0.5x the ANN.
 Both models run in one process with freed memory kept for reuse (`spiking_lm.memory.keep_freed_memory`, what
@@ -162,13 +165,13 @@ def measure_pair(spiking, ann, causal, args, input_ids, prompt, autocast=False) 
     spiking_opt = torch.optim.AdamW(spiking.parameters(), lr=1e-4)
     ann_opt = torch.optim.AdamW(ann.parameters(), lr=1e-4)
     ratio, spiking_s, ann_s = alternate(
-        lambda: train_step_seconds(spiking, spiking_opt, input_ids),
+        lambda: train_step_seconds(spiking, spiking_opt, input_ids, autocast),
         lambda: train_step_seconds(ann, ann_opt, input_ids, autocast),
         args.rounds,
     )
     tokens = BATCH * LENGTH
     train_text = f"{tokens / spiking_s:>10.0f} / {tokens / ann_s:<10.0f} {ratio:>6.2f}"
-    memory_snn = saved_activation_bytes(spiking, input_ids) / 2**20
+    memory_snn = saved_activation_bytes(spiking, input_ids, autocast) / 2**20
     memory_ann = saved_activation_bytes(ann, input_ids, autocast) / 2**20
     gen_text = f"{'-':>22} {'-':>6}"
     gen_ratio = None

@@ -45,7 +45,10 @@ def test_bf16_training_arguments_turn_on_the_bf16_spike_gemms(tmp_path):
     assert student.execution.train_matmul_dtype == "float32"
     trainer = SpikingTrainer(model=student, args=arguments(tmp_path, bf16=True), train_dataset=data())
     assert student.execution.train_matmul_dtype == "bfloat16" == student.config.train_matmul_dtype
+    head_dtypes = []  # the forward also runs under bf16 autocast: what scripts/bench_models.py measures
+    student.lm_head.register_forward_hook(lambda module, inputs, output: head_dtypes.append(output.dtype))
     trainer.train()
+    assert head_dtypes == [torch.bfloat16] * 3
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
 

@@ -12,7 +12,9 @@ protocol), never from an assumed rate, under two named conventions that every re
 In both, products with real-valued weights (sparsemax) count MACs, every norm on real values counts 2 MACs per
 normalized element (LayerNorm/RMSNorm cannot be folded into a neighbouring Linear; the spiking model runs them
 T times), and neuron updates are reported separately, outside the ratio. The ANN baseline counts the same
-attention pairs as the spiking model (the causal half for causal models) and its own norms.
+attention pairs as the spiking model (the causal half for causal models) and its own norms. A W8 model's spike-fed
+Linears (`spiking_lm.nn.weight_quantization`) add int8 weights into int32 sums: their ACs are counted apart
+(``int8_acs``) at the 32-bit integer add's energy, `E_INT_AC_PJ`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from torch import nn
 
 from ..nn.neurons import SpikingNeuron
 from ..nn.recording import OperationRecorder, recording
+from ..nn.weight_quantization import Int8Linear
 
 E_MAC_PJ = 4.6
 """Energy of one 32-bit floating-point multiply-accumulate in 45 nm CMOS, picojoules (Horowitz, ISSCC 2014),
 the constant this paper family uses."""
 E_AC_PJ = 0.9
 """Energy of one 32-bit floating-point add in 45 nm CMOS, picojoules (same source)."""
+E_INT_AC_PJ = 0.1
+"""Energy of one 32-bit integer add in 45 nm CMOS, picojoules (same table): what an accumulate costs in a W8 model
+(`quantize_weights`), whose spikes add int8 weights into exact int32 sums."""
 CONVENTIONS = ("paper", "measured")
 NORM_MACS_PER_ELEMENT = 2
 """A norm on real values costs 2 MACs per normalized element (a centring/scaling multiply-add and the affine one)."""
@@ -61,6 +67,7 @@ class LayerOperations:
     ann_macs: int = 0
     spikes: int = 0
     spike_slots: int = 0
+    int8_acs: int = 0  # accumulates of int8 weights (W8 Linears), the same in both conventions
     neuron_updates: int = 0
     norm_elements: int = 0
 
@@ -89,6 +96,7 @@ class EnergyReport:
     mac_pj: float = E_MAC_PJ
     ac_pj: float = E_AC_PJ
     convention: str = "paper"
+    int_ac_pj: float = E_INT_AC_PJ
 
     def __post_init__(self):
         check_convention(self.convention)
@@ -106,12 +114,18 @@ class EnergyReport:
     def acs_for(self, convention: str) -> int:
         return sum(layer.convention_acs(check_convention(convention)) for layer in self.layers)
 
+    @property
+    def int8_acs(self) -> int:
+        """Accumulates of int8 weights into int32 sums (W8 models), at `int_ac_pj` each."""
+        return sum(layer.int8_acs for layer in self.layers)
+
     def energy_for(self, convention: str) -> float:
-        return energy_mj(self.macs, self.acs_for(convention), self.mac_pj, self.ac_pj)
+        int8 = energy_mj(0, self.int8_acs, ac_pj=self.int_ac_pj)
+        return energy_mj(self.macs, self.acs_for(convention), self.mac_pj, self.ac_pj) + int8
 
     @property
     def snn_energy_mj(self) -> float:
-        return energy_mj(self.macs, self.acs, self.mac_pj, self.ac_pj)
+        return self.energy_for(self.convention)
 
     @property
     def ann_energy_mj(self) -> float:
@@ -146,7 +160,8 @@ class EnergyReport:
             entry["acs"] = layer.convention_acs(self.convention)
             entry["measured_acs"] = layer.acs
             entry["firing_rate"] = _json_float(layer.firing_rate)
-            entry["snn_energy_mj"] = energy_mj(entry["macs"], entry["acs"], self.mac_pj, self.ac_pj)
+            int8 = energy_mj(0, layer.int8_acs, ac_pj=self.int_ac_pj)
+            entry["snn_energy_mj"] = energy_mj(entry["macs"], entry["acs"], self.mac_pj, self.ac_pj) + int8
             layers.append(entry)
         conventions = {
             name: {"acs": self.acs_for(name), "snn_energy_mj": self.energy_for(name),
@@ -161,6 +176,7 @@ class EnergyReport:
             "ratio": ratio,
             "macs": self.macs,
             "acs": self.acs,
+            "int8_acs": self.int8_acs,
             "ann_macs": self.ann_macs,
             "ann_baseline": self.ann_baseline,
             "firing_rate": _json_float(self.firing_rate),
@@ -170,7 +186,7 @@ class EnergyReport:
             "tokens": self.tokens,
             "per_sequence": scaled(self.sequences),
             "per_token": scaled(self.tokens),
-            "constants": {"mac_pj": self.mac_pj, "ac_pj": self.ac_pj},
+            "constants": {"mac_pj": self.mac_pj, "ac_pj": self.ac_pj, "int_ac_pj": self.int_ac_pj},
             "layers": layers,
         }
 
@@ -224,7 +240,7 @@ class OperationCounter(OperationRecorder):
         from transformers.pytorch_utils import Conv1D
 
         for module in self.model.modules():
-            if isinstance(module, (nn.Linear, Conv1D)):
+            if isinstance(module, (nn.Linear, Conv1D, Int8Linear)):
                 self._handles.append(module.register_forward_pre_hook(self._dense_linear))
             elif isinstance(module, SpikingNeuron):
                 self._handles.append(module.register_forward_hook(self._neuron))
@@ -246,10 +262,8 @@ class OperationCounter(OperationRecorder):
         if id(module) in self._spike_fed:  # counted by `spike_fed_linear`
             self._spike_fed.discard(id(module))
             return
-        weight = module.weight
-        in_features, out_features = (
-            (weight.shape[1], weight.shape[0]) if isinstance(module, nn.Linear) else weight.shape
-        )
+        plain = isinstance(module, (nn.Linear, Int8Linear))  # else Conv1D, whose weight is (in, out)
+        in_features, out_features = (module.in_features, module.out_features) if plain else module.weight.shape
         rows = inputs[0].numel() // in_features
         layer = self.layer(module)
         layer.macs += rows * in_features * out_features
@@ -273,8 +287,11 @@ class OperationCounter(OperationRecorder):
         layer.ann_macs += rows // spikes.shape[0] * in_features * out_features  # once per token, as an ANN
         if neuron is not None:  # spikes x out: the paper's rate x (virtual) steps x dense ops, and what is measured
             accumulates = int(neuron.count_spikes(spikes).round().item()) * out_features
-            layer.acs += accumulates
-            layer.paper_acs += accumulates
+            if isinstance(linear, Int8Linear) and neuron.coding.unit is not None:  # int8 weights into int32 sums
+                layer.int8_acs += accumulates
+            else:
+                layer.acs += accumulates
+                layer.paper_acs += accumulates
         elif self._pending_counts is not None and self._pending_counts.numel() == spikes.numel():
             # A softmax-free attention context: integer counts (spikes of A_s meeting spikes of V) times a
             # constant that folds into the weights; a per-query rescale costs one multiply per output.
@@ -352,7 +369,8 @@ def estimate_energy(
             (its Linear layers and norms by hooks, its attention matmuls as 2·pairs·hidden per layer over the
             pairs the spiking model allows). Without it, the baseline is the same shape as ``model`` run densely
             once per token (every Linear and attention product a MAC, two norms per block and a final one).
-        mac_pj / ac_pj: energy per MAC / AC in picojoules (defaults `E_MAC_PJ`, `E_AC_PJ`).
+        mac_pj / ac_pj: energy per MAC / AC in picojoules (defaults `E_MAC_PJ`, `E_AC_PJ`). The accumulates of a
+            W8 model's int8 weights (``int8_acs``) cost `E_INT_AC_PJ` each, a 32-bit integer add.
         convention (`str`, *optional*, defaults to `"paper"`): the counting convention of the headline figures,
             ``"paper"`` or ``"measured"`` (module docstring); the report carries both.
 

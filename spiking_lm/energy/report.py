@@ -20,8 +20,9 @@ def format_table(report: dict) -> str:
     constants = report["constants"]
     lines += [
         "",
-        f"spiking model: {report['macs']:,} MACs + {report['acs']:,} ACs = {report['snn_energy_mj']:.4g} mJ "
-        f"({per_token['snn_energy_mj']:.4g} mJ/token), mean firing rate {report['firing_rate'] or 0:.4f}",
+        f"spiking model: {report['macs']:,} MACs + {report['acs']:,} ACs{_int8_part(report)} = "
+        f"{report['snn_energy_mj']:.4g} mJ ({per_token['snn_energy_mj']:.4g} mJ/token), mean firing rate "
+        f"{report['firing_rate'] or 0:.4f}",
         f"ANN baseline ({report['ann_baseline']}): {report['ann_macs']:,} MACs = {report['ann_energy_mj']:.4g} mJ "
         f"({per_token['ann_energy_mj']:.4g} mJ/token)",
         f"SNN / ANN energy: {ratio}  ({report['convention']} convention; E_MAC {constants['mac_pj']} pJ, "
@@ -33,6 +34,13 @@ def format_table(report: dict) -> str:
             f"  {name} convention: {figures['acs']:,} ACs, {figures['snn_energy_mj']:.4g} mJ, SNN / ANN {other}"
         )
     return "\n".join(lines)
+
+
+def _int8_part(report: dict) -> str:
+    """`` + N int8 ACs (x pJ)`` for a W8 model, whose spikes add int8 weights into int32 sums; else empty."""
+    if not report.get("int8_acs"):
+        return ""
+    return f" + {report['int8_acs']:,} int8 ACs at {report['constants']['int_ac_pj']} pJ"
 
 
 def plot_firing_rates(report: dict, path) -> Path:

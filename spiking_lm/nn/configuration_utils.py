@@ -14,6 +14,7 @@ from .dispatch import BACKENDS
 from .execution import MATMUL_DTYPES
 from .neurons import NEURONS
 from .surrogate import SURROGATES
+from .weight_quantization import WEIGHT_QUANTIZATIONS
 
 __all__ = ["SpikingConfig", "check_choice", "check_positive_int"]
 
@@ -81,6 +82,11 @@ class SpikingConfig(PreTrainedConfig):
             spike-fed Linear while training (forward and both gradients), `float32` or `bfloat16`. With
             `bfloat16` the spike operand is exact and the weights and gradients are rounded (mixed precision;
             fp32 master weights), ~3x faster GEMMs on CPUs with AVX512-BF16. Inference always runs in fp32.
+        weight_quantization (`str`, *optional*): `"int8"` for a W8 model (`quantize_weights`): the Linears named
+            in `quantized_modules` hold int8 weights with per-row scales. Set by `quantize_weights`, not by hand.
+        quantized_modules (`list[str]`, *optional*): those Linears' names relative to the model's blocks.
+        quantized_lm_head (`str`, *optional*): `"int8"` when the LM head is int8 too (`quantize_weights(...,
+            lm_head=True)`), `"int8-shared"` when the token embeddings read the same int8 table.
     """
 
     allowed_attention_types: tuple[str, ...] = ATTENTION_TYPES
@@ -113,6 +119,9 @@ class SpikingConfig(PreTrainedConfig):
         pre_neuron_norm: bool = True,
         initializer_range: float = 0.02,
         train_matmul_dtype: str = "float32",
+        weight_quantization: str | None = None,
+        quantized_modules: list[str] | None = None,
+        quantized_lm_head: str | None = None,
         **kwargs,
     ):
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
@@ -133,6 +142,12 @@ class SpikingConfig(PreTrainedConfig):
         check_choice("sfsa_output_scale", sfsa_output_scale, SFSA_SCALES)
         check_choice("norm_type", norm_type, NORM_TYPES)
         check_choice("train_matmul_dtype", train_matmul_dtype, tuple(MATMUL_DTYPES))
+        if weight_quantization is not None:
+            check_choice("weight_quantization", weight_quantization, WEIGHT_QUANTIZATIONS)
+            if not quantized_modules:
+                raise ValueError("weight_quantization is set but quantized_modules names no Linear")
+        if quantized_lm_head is not None:
+            check_choice("quantized_lm_head", quantized_lm_head, ("int8", "int8-shared"))
         check_number("v_threshold", v_threshold, 0.0, low_inclusive=False)
         check_number("attn_threshold", attn_threshold, 0.0, low_inclusive=False)
         check_number("wta_temperature", wta_temperature, 0.0, low_inclusive=False)
@@ -165,6 +180,9 @@ class SpikingConfig(PreTrainedConfig):
         self.pre_neuron_norm = bool(pre_neuron_norm)
         self.initializer_range = float(initializer_range)
         self.train_matmul_dtype = train_matmul_dtype
+        self.weight_quantization = weight_quantization
+        self.quantized_modules = list(quantized_modules) if quantized_modules else None
+        self.quantized_lm_head = quantized_lm_head
         super().__init__(**kwargs)
 
     @classmethod

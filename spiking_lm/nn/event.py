@@ -176,4 +176,11 @@ def worth_gathering(linears) -> bool:
     """Whether Linears sharing an input hold enough weight bytes for the event path to pay: under
     `MIN_WEIGHT_BYTES` together they always take the GEMM (module rule), which the dense path runs without
     the event path's bookkeeping. Attention uses the same test for its compact K/V caches."""
-    return sum(lin.weight.numel() * lin.weight.element_size() for lin in linears) >= MIN_WEIGHT_BYTES
+    return sum(_fp32_bytes(lin) for lin in linears) >= MIN_WEIGHT_BYTES
+
+
+def _fp32_bytes(linear) -> int:
+    """The bytes of ``linear``'s weight, counted as fp32 for a W8 Linear (the rule is about the model's size)."""
+    if getattr(linear, "int8_weights", False):
+        return linear.in_features * linear.out_features * 4
+    return linear.weight.numel() * linear.weight.element_size()

@@ -81,6 +81,8 @@ class SpikeExecution:
         plain `nn.Linear` (a wrapped one, e.g. with a LoRA adapter, runs its own forward on the dense path)."""
         if self._inference_backend != "event" or linear.training or torch.is_grad_enabled():
             return False
+        if getattr(linear, "int8_weights", False):  # a W8 Linear (`Int8Linear`): its own exact int8 path
+            return True
         return type(linear).forward is torch.nn.Linear.forward and "forward" not in vars(linear)
 
     def derived(self, linears, kind: str, build):

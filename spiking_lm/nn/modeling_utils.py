@@ -31,6 +31,8 @@ from .execution import SpikeExecution
 from .input_checks import check_prompt, check_sequence, unreadable_weights
 from .neurons import SpikingNeuron
 from .outputs import SpikingCausalLMOutput, SpikingModelOutput, head_output
+from .teacher_weights import copy_matching_weights
+from .weight_quantization import apply_weight_quantization, quantize_weights
 
 logger = logging.get_logger(__name__)
 
@@ -72,6 +74,8 @@ REMOTE_CODE_MODULES = (
     "outputs",
     "heads",
     "input_checks",
+    "teacher_weights",
+    "weight_quantization",
     "modeling_utils",
 )
 _PACKAGE_IMPORT = re.compile(r"^from spiking_lm\.nn\.(\w+) import", flags=re.MULTILINE)
@@ -99,36 +103,6 @@ def export_remote_code(save_directory: str, model_module: str, config_module: st
             handle.write(text)
         written.append(os.path.basename(source))
     return written
-
-
-def _candidate_keys(key: str, student_prefix: str, teacher_prefix: str) -> list[str]:
-    candidates = [key]
-    if student_prefix and key.startswith(student_prefix + "."):
-        inner = key[len(student_prefix) + 1 :]
-        candidates += [inner, f"{teacher_prefix}.{inner}" if teacher_prefix else inner]
-    return candidates
-
-
-@torch.no_grad()
-def copy_matching_weights(student: nn.Module, teacher: nn.Module) -> dict[str, list[str]]:
-    """Copy every teacher tensor whose key (modulo the base-model prefix) and shape match a student tensor.
-
-    Returns ``{"copied": [...], "shape_mismatch": [...], "not_in_teacher": [...]}`` of student keys.
-    """
-    teacher_state = teacher.state_dict()
-    student_prefix = getattr(student, "base_model_prefix", "")
-    teacher_prefix = getattr(teacher, "base_model_prefix", "")
-    report = {"copied": [], "shape_mismatch": [], "not_in_teacher": []}
-    for key, tensor in student.state_dict().items():
-        match = next((k for k in _candidate_keys(key, student_prefix, teacher_prefix) if k in teacher_state), None)
-        if match is None:
-            report["not_in_teacher"].append(key)
-        elif teacher_state[match].shape != tensor.shape:
-            report["shape_mismatch"].append(key)
-        else:
-            tensor.copy_(teacher_state[match].to(tensor.dtype))
-            report["copied"].append(key)
-    return report
 
 
 class SpikingModelMixin:
@@ -192,10 +166,17 @@ class SpikingModelMixin:
         super().post_init()
         # One SpikeExecution per model: the outermost model's post_init runs last and shares its object with
         # every spiking model nested in it (a causal LM's base model and decoder), which pass it to their layers.
+        apply_weight_quantization(self)  # a W8 model's int8 Linears exist before from_pretrained fills them
         execution = SpikeExecution(train_matmul_dtype=self.config.train_matmul_dtype)
         for module in self.modules():
             if isinstance(module, SpikingModelMixin):
                 module.execution = execution
+
+    def quantize_weights(self, scheme: str = "int8", lm_head: bool = False):
+        """W8 inference: every Linear that spikes feed stores int8 weights with a per-row scale and sums spike counts
+        x weights exactly in int32 (`spiking_lm.nn.weight_quantization`); saved and loaded as such. ``lm_head``:
+        the LM head too, with its real input rounded to int8 per row (not exact). Returns self."""
+        return quantize_weights(self, scheme, lm_head)
 
     def set_train_matmul_dtype(self, dtype: str):
         """GEMM operand dtype of the spike-fed Linears while training, ``"float32"`` or ``"bfloat16"`` (see

@@ -34,6 +34,7 @@ from .norms import build_norm, normalize_and_fire
 from .recompute import recompute_region
 from .recording import active_recorders, observing_spikes
 from .spike_linear import exact_coding, exact_output_dtype, linear_on_spikes, linears_on_spikes
+from .weight_quantization import Int8Linear
 
 __all__ = ["SpikingSelfAttention"]
 
@@ -128,7 +129,9 @@ class SpikingSelfAttention(nn.Module):
         grads = any(m.requires_grad for m in membranes) or any(p.requires_grad for n in norms for p in n.parameters())
         low = dtype != torch.float32 and torch.is_grad_enabled() and grads
         spike_dtype = dtype if low and not observing_spikes() else None
-        width = self._projections()[0].weight.dtype  # bf16 Linear outputs (`exact_outputs`) widen in the norm
+        first = self._projections()[0]
+        width = first.weight_scale.dtype if isinstance(first, Int8Linear) else first.weight.dtype  # bf16 Linear
+        # outputs (`exact_outputs`) widen in the norm
         compute_dtype = width if membranes[0].dtype != width else None
         options = (None, spike_dtype, compute_dtype, self.num_heads)
         return [

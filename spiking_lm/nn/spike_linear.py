@@ -22,6 +22,7 @@ from .execution import execution_or_default
 from .recompute import encode_counts
 from .recording import active_recorders
 from .spike_coding import binary_to_integer, coding_of
+from .weight_quantization import Int8Linear, int8_linears_on_spikes, int8_on_spikes
 
 __all__ = [
     "SpikeLinearFunction",
@@ -161,6 +162,8 @@ def linear_on_spikes(linear: nn.Linear, spikes, neuron, execution=None, exact_ou
     execution = execution_or_default(execution)
     for recorder in active_recorders():
         recorder.spike_fed_linear(linear, spikes, neuron)
+    if isinstance(linear, Int8Linear):  # W8: exact int32 sums of counts x int8 weights, on either backend
+        return int8_on_spikes(linear, spikes, neuron)
     if execution.uses_event_path(linear) and worth_gathering((linear,)):
         return event_linears((linear,), spikes, neuron, execution)[0]
     coding = coding_of(neuron)
@@ -231,6 +234,13 @@ def linears_on_spikes(linears, spikes, neuron, execution=None, exact_outputs: bo
     (`event_linears`: the spikes are located once, each reads a row of the concatenated weights); when training
     they share one `SpikeLinearFunction` (the spikes are converted and kept once)."""
     execution = execution_or_default(execution)
+    if all(isinstance(linear, Int8Linear) for linear in linears):  # W8: the counts found once for all
+        for recorder in active_recorders():
+            for linear in linears:
+                recorder.spike_fed_linear(linear, spikes, neuron)
+        return int8_linears_on_spikes(linears, spikes, neuron)
+    if any(isinstance(linear, Int8Linear) for linear in linears):
+        return [linear_on_spikes(linear, spikes, neuron, execution, exact_outputs) for linear in linears]
     grouped = _training_function_options(linears, neuron, execution) if len(linears) > 1 else None
     event = len(linears) > 1 and all(execution.uses_event_path(linear) for linear in linears)
     event = event and worth_gathering(linears)

@@ -72,6 +72,27 @@ def test_a_model_that_fires_everywhere_costs_exactly_the_hand_count():
     assert layer["spikes"] == layer["spike_slots"] == 5 * rows * D + 2 * H * 9 + rows * F
 
 
+def test_a_w8_model_counts_its_spike_fed_linears_as_integer_adds():
+    # The model of the hand count above after quantize_weights("int8"): the Q/K/V and MLP Linears add int8 weights
+    # into int32 sums (E_INT_AC_PJ = 0.1 pJ, the 45 nm 32-bit integer add); the attention products and SFSA's
+    # out_proj (fed real values, kept fp32) stay fp32 accumulates, the head and norms MACs.
+    from spiking_lm.energy import E_INT_AC_PJ
+
+    model = tiny(spiking_lm.BiSpikCLMForCausalLM, time_steps=2).quantize_weights()
+    force_spikes(model, 1.0)
+    report = estimate_energy(model, torch.tensor([[1, 2, 3]]))
+    rows, head_dim, causal_pairs = 2 * 3, D // H, 6
+    qkv, mlp = 3 * rows * D * D, rows * D * F + rows * F * D
+    qk = av = 2 * H * causal_pairs * head_dim
+    assert E_INT_AC_PJ == 0.1
+    assert report.int8_acs == qkv + mlp == 2688
+    assert report.acs_for("paper") == report.acs_for("measured") == qk + av + av * D == 960
+    assert report.snn_energy_mj == pytest.approx((1176 * 4.6 + 960 * 0.9 + 2688 * 0.1) * 1e-9)
+    figures = report.to_dict()
+    assert figures["int8_acs"] == 2688 and figures["constants"]["int_ac_pj"] == 0.1
+    assert figures["conventions"]["paper"]["snn_energy_mj"] == pytest.approx(report.snn_energy_mj)
+
+
 @pytest.mark.parametrize(
     "model_class",
     [spiking_lm.BiSpikCLMForCausalLM, spiking_lm.WDSpikingformerForCausalLM, spiking_lm.WESpikingformerForMaskedLM],

@@ -1,0 +1,288 @@
+"""W8 spiking inference: spike-fed Linears whose weights are int8, driven by integer spike counts.
+
+`Int8Linear` stores W = s ⊙ Q with Q ∈ [-127, 127] int8 and one fp32 scale s per output row (s = max|W_row| / 127).
+Fed by a neuron whose values are u·k + offset with integer counts 0 ≤ k ≤ 127 (`SpikeCoding.unit`), it computes
+y = (k Qᵀ) ⊙ (s·u) + offset·(s ⊙ Q·1) + b: the count × weight sums are exact int32 additions (`torch._int_mm`), and
+the scale is applied once per output. Few rows with few spikes read only the int8 rows their spikes select; other
+inputs take the dense int8 product. Binary virtual steps are summed into the same counts first, so integer and
+binary spike mode give bit-identical outputs. Real values (an input no neuron made, ternary spikes with learned
+scales) take `Int8Linear.forward`: x Qᵀ in the input's dtype, then ⊙ s: the same W, with float rounding.
+
+`quantize_weights(model)` converts every Linear of the blocks that spikes feed (found by one probe forward) and
+records their names in the config (``weight_quantization``, ``quantized_modules``), so that `from_pretrained`
+rebuilds them before it loads the int8 tensors. The LM head, the embeddings and the Linears fed real values keep
+their fp32 weights. ``lm_head=True`` also stores the head in int8 (its real-valued input is rounded to int8 per row
+at run time, as in an int8 ANN: not exact, its perplexity cost is measured in docs/benchmarks.md); when the head is
+tied to the token embeddings, the embeddings then read their rows from the same int8 table (`Int8TiedEmbedding`).
+
+This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .recording import OperationRecorder, active_recorders, recording
+from .spike_coding import binary_to_integer, coding_of
+
+__all__ = ["WEIGHT_QUANTIZATIONS", "Int8Linear", "Int8TiedEmbedding", "apply_weight_quantization", "int8_on_spikes",
+           "int8_linears_on_spikes", "int8_product", "quantize_weights", "selected_inputs"]  # fmt: skip
+
+WEIGHT_QUANTIZATIONS = ("int8",)
+GATHER_MAX_ROWS = 32
+"""Up to this many input rows (decoding), a product reads only the int8 weight rows some row's spikes select..."""
+GATHER_MAX_FRACTION = 0.6
+"""...as long as they are at most this share of the rows (above it, the dense int8 product is as fast)."""
+
+
+class Int8Linear(nn.Module):
+    """A Linear with int8 weights and a per-output-row fp32 scale (module docstring).
+
+    State: ``qweight`` int8 ``(in_features, out_features)``, stored transposed so that each input's row of Qᵀ is
+    one contiguous read for a spike; ``weight_scale`` fp32 ``(out_features,)``; ``bias`` (fp32 or `None`).
+    """
+
+    int8_weights = True  # what the execution object and the event backend's size rule look for
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dynamic_inputs: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.dynamic_inputs = dynamic_inputs  # real inputs rounded to int8 per row (an LM head), module docstring
+        self.register_buffer("qweight", torch.zeros(in_features, out_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self._row_sums = None  # (version, Q·1 as int32), for neurons with an offset
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, dynamic_inputs: bool = False) -> Int8Linear:
+        """Round ``linear``'s weight to int8 per output row: W ≈ s ⊙ Q, |W − s ⊙ Q| ≤ s/2 = max|W_row| / 254."""
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(1) / 127
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                     dynamic_inputs=dynamic_inputs)  # fmt: skip
+        module.to(linear.weight.device)
+        module.qweight.copy_(torch.round(weight / scale[:, None]).clamp_(-127, 127).t())
+        module.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            module.bias.data.copy_(linear.bias.detach())
+        return module
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """s ⊙ Q as an fp32 ``(out, in)`` matrix: the weight this layer computes with."""
+        return self.qweight.t().float() * self.weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Real-valued ``x``: x Qᵀ in x's dtype (int8 values are exact in it), then ⊙ s and + b. With
+        ``dynamic_inputs``, x is first rounded to int8 per row (scale max|x_row| / 127) and the product is an int32
+        sum (an int8 ANN's dynamic quantization); a gradient then passes straight through the rounding."""
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        if not self.dynamic_inputs or needs_grad:
+            output = F.linear(x, self.qweight.t().to(x.dtype)) * self.weight_scale.to(x.dtype)
+        if self.dynamic_inputs:
+            rounded = self._rounded_input_product(x.detach()).to(x.dtype)
+            output = rounded + (output - output.detach()) if needs_grad else rounded
+        return output if self.bias is None else output + self.bias.to(x.dtype)
+
+    def _rounded_input_product(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float()
+        row_scale = flat.abs().amax(1, keepdim=True) / 127
+        row_scale = torch.where(row_scale > 0, row_scale, torch.ones_like(row_scale))
+        counts = torch.round(flat / row_scale).to(torch.int8)
+        output = torch._int_mm(counts, self.qweight).float().mul_(row_scale).mul_(self.weight_scale)
+        return output.view(*x.shape[:-1], self.out_features)
+
+    def row_sums(self) -> torch.Tensor:
+        """Σ_in Q as int32 ``(out,)`` (exact), kept until ``qweight`` changes."""
+        version = self.qweight._version
+        if self._row_sums is None or self._row_sums[0] != version:
+            self._row_sums = (version, self.qweight.sum(0, dtype=torch.int32))
+        return self._row_sums[1]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+
+
+class Int8TiedEmbedding(nn.Module):
+    """Token embeddings read from an int8 LM head's table (``head.qweight`` column v, times its scale): a tied
+    model keeps one int8 copy. Holds no tensors of its own; the head is referenced, not registered, so the table
+    is saved once, under the head's name."""
+
+    def __init__(self, head: Int8Linear, padding_idx: int | None = None):
+        super().__init__()
+        self._head = (head,)  # a tuple: not a submodule
+        self.num_embeddings, self.embedding_dim, self.padding_idx = head.out_features, head.in_features, padding_idx
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        head = self._head[0]
+        flat = input_ids.reshape(-1)
+        rows = head.qweight.index_select(1, flat).t().float() * head.weight_scale.index_select(0, flat)[:, None]
+        return rows.view(*input_ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8, read from the LM head's table"
+
+
+def selected_inputs(counts: torch.Tensor) -> torch.Tensor | None:
+    """The inputs (columns of int8 ``counts`` ``(R, in)``) that some row's spikes select, when a product should read
+    only their weight rows: at most `GATHER_MAX_ROWS` rows selecting at most `GATHER_MAX_FRACTION` of the inputs
+    (decoding); else `None`, for the dense int8 product."""
+    rows, in_features = counts.shape
+    if rows > GATHER_MAX_ROWS or counts.device.type != "cpu":
+        return None
+    columns = (counts.view(-1) if rows == 1 else counts.any(0)).nonzero().view(-1)
+    return columns if columns.numel() <= GATHER_MAX_FRACTION * in_features else None
+
+
+def int8_product(counts: torch.Tensor, qweight: torch.Tensor, columns=None, selected=None) -> torch.Tensor:
+    """``counts @ qweight`` exactly, as int32, for int8 ``counts`` ``(R, in)`` and ``qweight`` ``(in, out)``: reading
+    only the rows ``columns`` of ``qweight`` if given (`selected_inputs`; ``selected``: those columns of ``counts``,
+    if already taken), a quarter of the bytes of fp32 rows; else the whole int8 matrix."""
+    if columns is None:
+        return torch._int_mm(counts, qweight)
+    if columns.numel() == 0:
+        return counts.new_zeros(counts.shape[0], qweight.shape[1], dtype=torch.int32)
+    selected = counts.index_select(1, columns) if selected is None else selected
+    return torch._int_mm(selected, qweight.index_select(0, columns))
+
+
+def _integer_counts(spikes: torch.Tensor, coding) -> torch.Tensor | None:
+    """The spike counts k of ``spikes`` (values u·k + offset, binary virtual steps summed) in x's dtype, or `None`
+    where the values are not such counts or a gradient must flow (the real-valued path)."""
+    unit = coding.unit
+    if unit is None or (torch.is_grad_enabled() and spikes.requires_grad):
+        return None
+    if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
+        return binary_to_integer(spikes, coding.max)
+    above = spikes - coding.offset if coding.has_offset else spikes
+    return above if unit == 1 else torch.round(above / unit)
+
+
+def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
+    """The `Int8Linear` ``layers`` applied to what ``neuron`` emitted (any spike mode), each ``(T, ..., out)``:
+    exact int32 count sums when the neuron's values are integer counts of one unit up to 127 and no gradient is
+    needed (the counts and the inputs they select found once for all the layers), else the real-valued
+    `Int8Linear.forward` on the values."""
+    coding = coding_of(neuron)
+    counts = _integer_counts(spikes, coding)
+    if counts is None:
+        values = coding.values(spikes)
+        return [layer(values) for layer in layers]
+    flat = counts.reshape(-1, layers[0].in_features).to(torch.int8)
+    columns = selected_inputs(flat)
+    selected = None if columns is None or columns.numel() == 0 else flat.index_select(1, columns)
+    rows_read = flat.shape[1] if columns is None else columns.numel()
+    outputs = []
+    for layer in layers:
+        sums = int8_product(flat, layer.qweight, columns, selected)
+        for recorder in active_recorders():
+            recorder.weight_read("int8" if columns is None else "gathered", 1, rows_read * layer.out_features)
+        output = sums.float().mul_(layer.weight_scale * coding.unit if coding.unit != 1 else layer.weight_scale)
+        if coding.has_offset:  # the silent inputs' constant: offset · (s ⊙ Q·1)
+            output += layer.weight_scale * layer.row_sums().float() * coding.offset
+        if layer.bias is not None:
+            output += layer.bias
+        outputs.append(output.view(*counts.shape[:-1], layer.out_features))
+    return outputs
+
+
+def int8_on_spikes(layer: Int8Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:
+    """`int8_linears_on_spikes` for one layer."""
+    return int8_linears_on_spikes([layer], spikes, neuron)[0]
+
+
+class _SpikeFedLinears(OperationRecorder):
+    """Collects the Linears that a neuron's spikes feed during one forward pass."""
+
+    observes_spikes = False
+
+    def __init__(self):
+        self.linears = []
+
+    def spike_fed_linear(self, linear, spikes, neuron) -> None:
+        if neuron is not None and isinstance(linear, (nn.Linear, Int8Linear)) and linear not in self.linears:
+            self.linears.append(linear)
+
+
+def quantize_weights(model, scheme: str = "int8", lm_head: bool = False):
+    """Store every Linear of ``model``'s blocks that spikes feed as an `Int8Linear` (module docstring); records
+    ``weight_quantization`` and ``quantized_modules`` (names relative to the blocks) in the config. ``lm_head``:
+    the LM head too, with int8-rounded inputs (``quantized_lm_head``: ``"int8"``, or ``"int8-shared"`` when the
+    token embeddings were tied to it and now read the same int8 table). Returns the model."""
+    if scheme not in WEIGHT_QUANTIZATIONS:
+        raise ValueError(f"weight quantization must be one of {WEIGHT_QUANTIZATIONS}, got {scheme!r}")
+    if getattr(model.config, "weight_quantization", None) is not None:
+        raise ValueError(f"the weights are already quantized ({model.config.weight_quantization}); load the fp32 "
+                         "model again to quantize it differently")  # fmt: skip
+    blocks = model.spiking_blocks()
+    probe = _SpikeFedLinears()
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), recording(probe):
+            model(input_ids=torch.full((1, 2), 1, dtype=torch.long, device=model.device))
+    finally:
+        model.train(training)
+    names = {module: name for name, module in blocks.named_modules()}
+    quantized = [names[linear] for linear in probe.linears if linear in names]
+    if not quantized:
+        raise ValueError(f"{type(model).__name__} has no Linear fed by spikes in its blocks: nothing to quantize")
+    for name in quantized:
+        parent, _, child = name.rpartition(".")
+        owner = blocks.get_submodule(parent) if parent else blocks
+        setattr(owner, child, Int8Linear.from_linear(getattr(owner, child)))
+    if lm_head:
+        _quantize_head(model)
+    model.config.weight_quantization = scheme
+    model.config.quantized_modules = sorted(quantized)
+    return model
+
+
+def _quantize_head(model) -> None:
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no Linear LM head to quantize (lm_head=True)")
+    tied = isinstance(embeddings, nn.Embedding) and embeddings.weight is head.weight
+    quantized = Int8Linear.from_linear(head, dynamic_inputs=True)
+    model.set_output_embeddings(quantized)
+    if tied:  # one int8 table for both; transformers must not tie the fp32 weights again on load
+        model.set_input_embeddings(Int8TiedEmbedding(quantized, embeddings.padding_idx))
+        model.config.tie_word_embeddings = False
+    model.config.quantized_lm_head = "int8-shared" if tied else "int8"
+
+
+def apply_weight_quantization(model) -> None:
+    """Replace the Linears the config names (``quantized_modules``) with empty `Int8Linear` modules of the same
+    shape, for `from_pretrained` to fill; a no-op for an unquantized model or ones already replaced."""
+    config = model.config
+    if getattr(config, "weight_quantization", None) is None:
+        return
+    try:
+        blocks = model.spiking_blocks()
+    except AttributeError:  # a part nested in the model (BiSpikCLM's decoder): the model's own post_init applies it
+        return
+    for name in config.quantized_modules:
+        parent, _, child = name.rpartition(".")
+        owner = blocks.get_submodule(parent) if parent else blocks
+        _replace_empty(owner, child)
+    head_scheme = getattr(config, "quantized_lm_head", None)
+    if (
+        head_scheme is not None
+        and hasattr(model, "get_output_embeddings")
+        and model.get_output_embeddings() is not None
+    ):
+        head = model.get_output_embeddings()
+        if not isinstance(head, Int8Linear):
+            head = Int8Linear(head.in_features, head.out_features, head.bias is not None, dynamic_inputs=True)
+            model.set_output_embeddings(head)
+        if head_scheme == "int8-shared" and not isinstance(model.get_input_embeddings(), Int8TiedEmbedding):
+            model.set_input_embeddings(Int8TiedEmbedding(head, model.get_input_embeddings().padding_idx))
+
+
+def _replace_empty(owner: nn.Module, child: str) -> None:
+    linear = getattr(owner, child)
+    if not isinstance(linear, Int8Linear):
+        replacement = Int8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        setattr(owner, child, replacement.to(linear.weight.device))

@@ -1,0 +1,279 @@
+"""W8 spiking inference (`quantize_weights("int8")`): int8 weights driven by spike counts, exact int32 sums."""
+
+import copy
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+import spiking_lm
+from spiking_lm.nn.weight_quantization import (
+    Int8Linear,
+    Int8TiedEmbedding,
+    int8_on_spikes,
+    int8_product,
+    selected_inputs,
+)
+
+from .conftest import CAUSAL_LM_CLASSES, INTEGER_NEURONS, MODEL_CLASSES, model_inputs, tiny_model
+from .test_common import AUTO_FOR_KIND, REMOTE_LOAD
+
+IDS = [cls.__name__ for cls, _ in MODEL_CLASSES]
+
+
+class Counts:
+    """A stand-in neuron that only describes its values (what `int8_on_spikes` reads)."""
+
+    def __init__(self, scale=1.0, offset=0.0, spike_max=4, mode="integer"):
+        self.coding = spiking_lm.nn.SpikeCoding(scale=scale, offset=offset, max=spike_max, binary=spike_max == 1,
+                                                mode=mode)  # fmt: skip
+
+
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (0.25, 0.0), (0.25, 0.5)])
+@pytest.mark.parametrize("rows,density", [(1, 0.1), (3, 0.1), (3, 0.9), (40, 0.3)])  # gathered and dense products
+def test_spike_counts_times_int8_weights_are_exact_sums_scaled_once(scale, offset, rows, density):
+    linear = torch.nn.Linear(96, 40)
+    layer = Int8Linear.from_linear(linear)
+    generator = torch.Generator().manual_seed(rows)
+    counts = torch.randint(1, 5, (2, rows, 96), generator=generator) * (torch.rand(2, rows, 96, generator=generator)
+                                                                        < density)  # fmt: skip
+    values = counts * scale + offset
+    got = int8_on_spikes(layer, values.float(), Counts(scale, offset))
+    q = layer.qweight.double()  # (in, out)
+    sums = counts.double() @ q  # exact: small integers
+    s = layer.weight_scale.double()
+    expected = sums * (s * scale) + offset * (s * q.sum(0)) + layer.bias.double()
+    assert got.shape == (2, rows, 40) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=3e-7, atol=3e-7 * float(expected.abs().max()))
+    flat = counts.reshape(-1, 96).to(torch.int8)  # gathered or dense: the same int32 sums
+    columns = selected_inputs(flat)
+    union = flat.any(0).nonzero().view(-1)
+    if rows <= 32 and union.numel() <= 0.6 * 96:  # decoding with few spikes: only their weight rows are read
+        assert torch.equal(columns, union)
+    else:
+        assert columns is None
+    assert torch.equal(int8_product(flat, layer.qweight, columns), torch._int_mm(flat, layer.qweight))
+
+
+def test_int8_rounding_is_per_output_row_and_real_values_use_the_same_weight():
+    linear = torch.nn.Linear(64, 8)
+    with torch.no_grad():
+        linear.weight[3] *= 100  # one large row must not coarsen the others
+    layer = Int8Linear.from_linear(linear)
+    assert layer.qweight.dtype == torch.int8 and layer.qweight.shape == (64, 8)
+    error = (layer.dequantized_weight() - linear.weight).abs()
+    assert (error <= linear.weight.abs().amax(1, keepdim=True) / 254 + 1e-7).all()
+    x = torch.randn(5, 64)
+    expected = x.double() @ layer.dequantized_weight().double().t() + layer.bias.double()
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+    assert layer.bias is not None and not layer.bias.requires_grad
+
+
+@pytest.mark.parametrize("model_class,kind", MODEL_CLASSES, ids=IDS)
+def test_quantize_weights_converts_every_spike_fed_linear_and_nothing_else(model_class, kind):
+    model = tiny_model(model_class)
+    fp32_bytes = sum(m.weight.numel() * 4 for m in model.spiking_blocks().modules() if isinstance(m, torch.nn.Linear))
+    assert model.quantize_weights("int8") is model
+    config = model.config
+    assert config.weight_quantization == "int8" and config.quantized_modules
+    blocks = model.spiking_blocks()
+    for name in config.quantized_modules:
+        assert isinstance(blocks.get_submodule(name), Int8Linear), name
+    left = [name for name, m in blocks.named_modules() if isinstance(m, torch.nn.Linear)]
+    if model_class.config_class is spiking_lm.BiSpikCLMConfig:  # SFSA's output projection takes real values
+        assert left and all(name.endswith("self_attn.out_proj") for name in left)
+    else:
+        assert left == []
+    int8_bytes = sum(m.qweight.numel() for m in blocks.modules() if isinstance(m, Int8Linear))
+    assert int8_bytes * 4 <= fp32_bytes
+    head = model.get_output_embeddings() if kind != "classification" else model.score if hasattr(model, "score") \
+        else model.classifier  # fmt: skip
+    assert isinstance(head, torch.nn.Linear)  # the head keeps its fp32 weight
+    with torch.no_grad():
+        logits = model(**model_inputs(model_class)).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("neuron_type", INTEGER_NEURONS)
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES[1:] + [spiking_lm.WESpikingformerForMaskedLM],
+                         ids=lambda cls: cls.__name__)  # fmt: skip
+def test_w8_binary_spike_mode_and_the_event_backend_are_bit_identical(model_class, neuron_type):
+    """Integer counts and their binary virtual steps sum to the same int32 values: no rounding can differ."""
+    model = tiny_model(model_class, neuron_type=neuron_type).quantize_weights()
+    inputs = model_inputs(model_class)
+    with torch.no_grad():
+        integer = model(**inputs).logits
+        binary = model.set_spike_mode("binary")(**inputs).logits
+        event = model.set_spike_mode("integer").set_inference_backend("event")(**inputs).logits
+    assert torch.equal(integer, binary)
+    assert torch.equal(integer, event)
+
+
+@pytest.mark.parametrize("model_class,kind", MODEL_CLASSES[::2], ids=IDS[::2])
+def test_w8_models_save_int8_safetensors_and_load_back_exactly(model_class, kind, tmp_path):
+    model = tiny_model(model_class).quantize_weights()
+    inputs = model_inputs(model_class)
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}  # noqa: SIM118 - not iterable
+    first = model.config.quantized_modules[0]
+    prefix = next(key for key in dtypes if key.endswith(f"{first}.qweight"))
+    assert dtypes[prefix] == "I8" and dtypes[prefix.replace("qweight", "weight_scale")] == "F32"
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert loaded.config.weight_quantization == "int8"
+    assert loaded.config.quantized_modules == model.config.quantized_modules
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+REMOTE_CASES = [(cls, False) for cls in CAUSAL_LM_CLASSES + [spiking_lm.WESpikingformerForMaskedLM]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_class,lm_head", [*REMOTE_CASES, (spiking_lm.BiSpikCLMForCausalLM, True)],
+                         ids=lambda value: getattr(value, "__name__", str(value)))  # fmt: skip
+def test_w8_models_load_through_remote_code_without_the_package(model_class, lm_head, tmp_path):
+    model = tiny_model(model_class).quantize_weights(lm_head=lm_head)
+    kind = "masked_lm" if model_class is spiking_lm.WESpikingformerForMaskedLM else "causal_lm"
+    inputs = model_inputs(model_class)
+    model.save_pretrained(tmp_path / "model")
+    expected = tmp_path / "expected.safetensors"
+    with torch.no_grad():
+        save_file({**inputs, "logits": model(**inputs).logits.contiguous()}, str(expected))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    script = REMOTE_LOAD.format(auto=AUTO_FOR_KIND[kind].__name__)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model"), str(expected)],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote-ok" in result.stdout
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=lambda cls: cls.__name__)
+def test_w8_generation_with_the_cache_matches_full_forwards(model_class):
+    model = tiny_model(model_class).quantize_weights().set_inference_backend("event")
+    prompt = model_inputs(model_class, batch=1, length=5)["input_ids"]
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        tokens = prompt
+        for _ in range(6):  # no cache: every step recomputes the whole sequence
+            tokens = torch.cat([tokens, model(input_ids=tokens).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, tokens)
+
+
+@pytest.mark.parametrize("model_class,tied", [(spiking_lm.BiSpikCLMForCausalLM, True),
+                                               (spiking_lm.WDSpikingformerForCausalLM, False),
+                                               (spiking_lm.WESpikingformerForMaskedLM, True)])  # fmt: skip
+def test_the_lm_head_option_stores_one_int8_table_and_rounds_its_inputs(model_class, tied, tmp_path):
+    model = tiny_model(model_class)
+    assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
+    inputs = model_inputs(model_class)
+    exact_head = tiny_model(model_class).quantize_weights()
+    model.quantize_weights(lm_head=True)
+    head = model.get_output_embeddings()
+    assert isinstance(head, Int8Linear) and head.dynamic_inputs
+    assert model.config.quantized_lm_head == ("int8-shared" if tied else "int8")
+    assert isinstance(model.get_input_embeddings(), Int8TiedEmbedding) == tied
+    hidden = torch.randn(5, model.config.hidden_size)
+    with torch.no_grad():
+        logits, exact = model(**inputs).logits, exact_head(**inputs).logits
+        embedded = model.get_input_embeddings()(inputs["input_ids"])
+        rounded = head(hidden)
+    # the head's inputs are rounded to int8 per row, by at most half a step each: |error| <= step/2 · Σ|W_row|
+    weight = head.dequantized_weight()
+    step = hidden.abs().amax(1, keepdim=True) / 127
+    error = (rounded - (hidden @ weight.t() + (0 if head.bias is None else head.bias))).abs()
+    assert (error <= step / 2 * weight.abs().sum(1) + 1e-5).all()
+    if not tied:  # only the head differs from the exact W8 model
+        torch.testing.assert_close(logits, exact, rtol=0, atol=0.05 * float(exact.abs().max()))
+    else:  # the token embeddings are the head's int8 rows times their scales
+        rows = head.dequantized_weight()[inputs["input_ids"]]
+        torch.testing.assert_close(embedded, rows, rtol=1e-6, atol=1e-7)
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    head_tables = [key for key in keys if key in ("lm_head.qweight", "cls.predictions.decoder.qweight")]
+    embedding_tables = [key for key in keys if key.endswith(("embed_tokens.weight", "word_embeddings.weight"))]
+    assert len(head_tables) == 1 and (embedding_tables == []) == tied  # a tied model saves the int8 table once
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.get_output_embeddings(), Int8Linear)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, logits)
+
+
+def test_quantize_weights_refuses_what_it_cannot_do():
+    model = tiny_model(spiking_lm.WDSpikingformerForCausalLM)
+    with pytest.raises(ValueError, match="weight quantization must be one of \\('int8',\\), got 'int4'"):
+        model.quantize_weights("int4")
+    model.quantize_weights()
+    with pytest.raises(ValueError, match="already quantized \\(int8\\)"):
+        model.quantize_weights()
+    with pytest.raises(ValueError, match="weight_quantization='int4' is invalid"):
+        spiking_lm.WDSpikingformerConfig(weight_quantization="int4", quantized_modules=["0.mlp.up_proj"])
+    with pytest.raises(ValueError, match="quantized_modules names no Linear"):
+        spiking_lm.WDSpikingformerConfig(weight_quantization="int8")
+    classifier = tiny_model(spiking_lm.WDSpikingformerForSequenceClassification)
+    with pytest.raises(ValueError, match="has no Linear LM head to quantize"):
+        classifier.quantize_weights(lm_head=True)
+
+
+TEXT = "the spiking neuron fires when its membrane crosses the threshold and rests again " * 40
+
+
+def train_tiny(neuron_type: str, time_steps: int, steps: int = 150):
+    """A tiny BiSpikCLM trained on a repeated sentence until it predicts it well (a few seconds)."""
+    config = spiking_lm.BiSpikCLMConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=64, neuron_type=neuron_type,
+                                        time_steps=time_steps)  # fmt: skip
+    torch.manual_seed(0)
+    model = spiking_lm.BiSpikCLMForCausalLM(config)
+    data = torch.tensor([min(ord(c) - 32, 63) for c in TEXT]).clamp_min(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 33, (8,), generator=generator)
+        batch = torch.stack([data[s : s + 32] for s in starts])
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    held_out = torch.stack([data[s : s + 32] for s in range(7, len(data) - 33, 97)])
+    return model.eval(), held_out
+
+
+def perplexity(model, blocks) -> float:
+    with torch.no_grad():
+        return math.exp(model(input_ids=blocks, labels=blocks).loss.item())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("neuron_type,time_steps", [("lif", 4), ("nilif", 1)])
+def test_w8_perplexity_of_a_trained_model_is_within_one_percent(neuron_type, time_steps):
+    model, held_out = train_tiny(neuron_type, time_steps)
+    fp32 = perplexity(model, held_out)
+    assert fp32 < 8  # it learned the sentence (64 symbols: a uniform guess scores 64)
+    w8 = perplexity(copy.deepcopy(model).quantize_weights(), held_out)
+    assert abs(w8 / fp32 - 1) <= 0.01, (fp32, w8)
+    with_head = perplexity(model.quantize_weights(lm_head=True), held_out)  # inexact head: measured 0.04-0.11 %
+    assert abs(with_head / fp32 - 1) <= 0.01, (fp32, with_head)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=lambda cls: cls.__name__)
+def test_lm_eval_scores_a_saved_w8_model(model_class, teacher_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from spiking_lm.evaluation.harness import evaluate_zero_shot
+
+    from ..evaluation.test_harness import FIXTURES
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_folder)  # a causal LM's BPE tokenizer
+    tiny_model(model_class, vocab_size=len(tokenizer)).quantize_weights().save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(model.spiking_blocks().get_submodule(model.config.quantized_modules[0]), Int8Linear)
+    results = evaluate_zero_shot(model, tokenizer, "piqa", data_dir=FIXTURES, batch_size=2, limit=4)
+    assert results["samples"]["piqa"] == 3 and 0 <= results["scores"]["piqa"]["acc"] <= 1
