@@ -129,6 +129,15 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from spiking_lm.publishing.quantize import quantize_folder
+
+    result = quantize_folder(args.model, args.output_dir, args.lm_head, args.trust_remote_code)
+    print(f"wrote {args.output_dir}: {len(result['quantized_modules'])} Linears in int8, weights "
+          f"{result['fp32_bytes'] / 1e6:.3g} MB -> {result['w8_bytes'] / 1e6:.3g} MB")  # fmt: skip
+    return 0
+
+
 def _glue(args: argparse.Namespace) -> int:
     from spiking_lm.evaluation.glue import GLUE_TASKS, GlueSettings, run_glue
 
@@ -273,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--message", help="commit message")
     push.add_argument("--keep-card", action="store_true", help="upload README.md as it is (no regeneration)")
     push.set_defaults(handler=_push)
+    quantize = commands.add_parser("quantize", help="write a saved model's W8 variant: int8 weights fed by spikes")
+    quantize.add_argument("model", help="a saved spiking model folder or Hub id")
+    quantize.add_argument("output_dir", help="where the W8 model (weights, code, tokenizer) goes")
+    quantize.add_argument(
+        "--lm-head",
+        action="store_true",
+        help="the LM head in int8 too, its input rounded per row (not exact; docs/w8.md)",
+    )
+    quantize.add_argument("--trust-remote-code", action="store_true", help="load with the folder's own code")
+    quantize.set_defaults(handler=_quantize, runs_models=True)
     recipes = commands.add_parser("recipes", help="list the shipped recipes and accelerate launch configs")
     recipes.set_defaults(handler=_recipes)
     neurons = commands.add_parser("neurons", help="show every neuron on one input and the integer->binary equivalence")

@@ -27,7 +27,18 @@ def recipe(tmp_path, teacher_folder, training="max_steps: 4"):
 def test_help_lists_every_subcommand():
     result = subprocess.run([sys.executable, "-m", "spiking_lm.cli", "--help"], capture_output=True, text=True)
     listed = set(re.findall(r"^    (\w+)", result.stdout, re.M))
-    assert {"quickstart", "distill", "train", "glue", "eval", "perplexity", "energy", "card", "push"} <= listed
+    assert {
+        "quickstart",
+        "distill",
+        "train",
+        "glue",
+        "eval",
+        "perplexity",
+        "energy",
+        "card",
+        "push",
+        "quantize",
+    } <= listed
 
 
 def test_distill_saves_a_loadable_student(tmp_path, teacher_folder):
@@ -83,6 +94,23 @@ def test_commands_that_run_models_keep_freed_memory_for_reuse(argv, runs_models,
     monkeypatch.setattr(cli, handler, lambda args: 0)  # the command itself is tested elsewhere
     assert main(argv) == 0
     assert calls == ([True] if runs_models else [])
+
+
+def test_quantize_writes_a_loadable_w8_folder(tmp_path, student_folder, teacher_folder, capsys):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "w8"
+    assert main(["quantize", str(student_folder), str(out), "--lm-head"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {out}: 10 Linears in int8, weights ") and " MB -> " in printed
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert (model.config.weight_quantization, model.config.quantized_lm_head) == ("int8", "int8-shared")
+    assert AutoTokenizer.from_pretrained(out)("winter")["input_ids"]
+    assert main(["quantize", str(teacher_folder), str(tmp_path / "no")]) == 2  # an ANN: a clear error, nothing written
+    assert "holds a OPTForCausalLM, not a spiking_lm model" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    assert main(["quantize", str(student_folder), str(student_folder)]) == 2
+    assert "is the source folder" in capsys.readouterr().err
 
 
 def run_cli(argv, capsys):

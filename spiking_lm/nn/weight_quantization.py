@@ -232,7 +232,7 @@ def quantize_weights(model, scheme: str = "int8", lm_head: bool = False):
     for name in quantized:
         parent, _, child = name.rpartition(".")
         owner = blocks.get_submodule(parent) if parent else blocks
-        setattr(owner, child, Int8Linear.from_linear(getattr(owner, child)))
+        setattr(owner, child, Int8Linear.from_linear(getattr(owner, child)).train(owner.training))
     if lm_head:
         _quantize_head(model)
     model.config.weight_quantization = scheme
@@ -245,10 +245,10 @@ def _quantize_head(model) -> None:
     if not isinstance(head, nn.Linear):
         raise ValueError(f"{type(model).__name__} has no Linear LM head to quantize (lm_head=True)")
     tied = isinstance(embeddings, nn.Embedding) and embeddings.weight is head.weight
-    quantized = Int8Linear.from_linear(head, dynamic_inputs=True)
+    quantized = Int8Linear.from_linear(head, dynamic_inputs=True).train(head.training)
     model.set_output_embeddings(quantized)
     if tied:  # one int8 table for both; transformers must not tie the fp32 weights again on load
-        model.set_input_embeddings(Int8TiedEmbedding(quantized, embeddings.padding_idx))
+        model.set_input_embeddings(Int8TiedEmbedding(quantized, embeddings.padding_idx).train(embeddings.training))
         model.config.tie_word_embeddings = False
     model.config.quantized_lm_head = "int8-shared" if tied else "int8"
 
@@ -275,8 +275,9 @@ def apply_weight_quantization(model) -> None:
     ):
         head = model.get_output_embeddings()
         if not isinstance(head, Int8Linear):
-            head = Int8Linear(head.in_features, head.out_features, head.bias is not None, dynamic_inputs=True)
-            model.set_output_embeddings(head)
+            empty = Int8Linear(head.in_features, head.out_features, head.bias is not None, dynamic_inputs=True)
+            model.set_output_embeddings(empty.to(head.weight.device).train(head.training))
+            head = empty
         if head_scheme == "int8-shared" and not isinstance(model.get_input_embeddings(), Int8TiedEmbedding):
             model.set_input_embeddings(Int8TiedEmbedding(head, model.get_input_embeddings().padding_idx))
 
@@ -285,4 +286,4 @@ def _replace_empty(owner: nn.Module, child: str) -> None:
     linear = getattr(owner, child)
     if not isinstance(linear, Int8Linear):
         replacement = Int8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        setattr(owner, child, replacement.to(linear.weight.device))
+        setattr(owner, child, replacement.to(linear.weight.device).train(linear.training))

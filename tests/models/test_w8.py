@@ -80,6 +80,7 @@ def test_quantize_weights_converts_every_spike_fed_linear_and_nothing_else(model
     model = tiny_model(model_class)
     fp32_bytes = sum(m.weight.numel() * 4 for m in model.spiking_blocks().modules() if isinstance(m, torch.nn.Linear))
     assert model.quantize_weights("int8") is model
+    assert not any(module.training for module in model.modules())  # the new layers follow the model's eval mode
     config = model.config
     assert config.weight_quantization == "int8" and config.quantized_modules
     blocks = model.spiking_blocks()
