@@ -25,9 +25,12 @@ def loss_and_grads(model, kind, inputs, through_attention_maps=False):
 
 def saved_bytes_and_sizes(model, kind, inputs):
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages, shapes = {}, []
+    storages, shapes, alive = {}, [], []
 
     def pack(tensor):
+        # held until the count is done: a tensor saved by a graph that is dropped inside the forward could be
+        # freed and its address reused by another, which would then be counted as the same storage
+        alive.append(tensor)
         if tensor.untyped_storage().data_ptr() not in parameters:
             storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
             shapes.append(tensor.numel())
