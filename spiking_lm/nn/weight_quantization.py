@@ -41,7 +41,8 @@ class Int8Linear(nn.Module):
     """A Linear with int8 weights and a per-output-row fp32 scale (module docstring).
 
     State: ``qweight`` int8 ``(in_features, out_features)``, stored transposed so that each input's row of Qᵀ is
-    one contiguous read for a spike; ``weight_scale`` fp32 ``(out_features,)``; ``bias`` (fp32 or `None`).
+    one contiguous read for a spike (``(out_features, in_features)`` with ``dynamic_inputs``: `quantized_t`);
+    ``weight_scale`` fp32 ``(out_features,)``; ``bias`` (fp32 or `None`).
     """
 
     int8_weights = True  # what the execution object and the event backend's size rule look for
@@ -50,7 +51,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.dynamic_inputs = dynamic_inputs  # real inputs rounded to int8 per row (an LM head), module docstring
-        self.register_buffer("qweight", torch.zeros(in_features, out_features, dtype=torch.int8))
+        shape = (out_features, in_features) if dynamic_inputs else (in_features, out_features)
+        self.register_buffer("qweight", torch.zeros(shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._row_sums = None  # (version, Q·1 as int32), for neurons with an offset
@@ -64,7 +66,7 @@ class Int8Linear(nn.Module):
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                      dynamic_inputs=dynamic_inputs)  # fmt: skip
         module.to(linear.weight.device)
-        module.qweight.copy_(torch.round(weight / scale[:, None]).clamp_(-127, 127).t())
+        module.quantized_t().copy_(torch.round(weight / scale[:, None]).clamp_(-127, 127).t())
         module.weight_scale.copy_(scale)
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
@@ -72,7 +74,13 @@ class Int8Linear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """s ⊙ Q as an fp32 ``(out, in)`` matrix: the weight this layer computes with."""
-        return self.qweight.t().float() * self.weight_scale[:, None]
+        return self.quantized_t().t().float() * self.weight_scale[:, None]
+
+    def quantized_t(self) -> torch.Tensor:
+        """Qᵀ ``(in, out)``: ``qweight`` itself, or a view of it for a layer with ``dynamic_inputs`` (an LM head),
+        which stores Q ``(out, in)``: its dense int8 product was 1.8x faster so (one row against 50272 × 768), and
+        a tied embedding reads a token's row in one piece."""
+        return self.qweight.t() if self.dynamic_inputs else self.qweight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Real-valued ``x``: x Qᵀ in x's dtype (int8 values are exact in it), then ⊙ s and + b. With
@@ -80,7 +88,7 @@ class Int8Linear(nn.Module):
         sum (an int8 ANN's dynamic quantization); a gradient then passes straight through the rounding."""
         needs_grad = torch.is_grad_enabled() and x.requires_grad
         if not self.dynamic_inputs or needs_grad:
-            output = F.linear(x, self.qweight.t().to(x.dtype)) * self.weight_scale.to(x.dtype)
+            output = F.linear(x, self.quantized_t().t().to(x.dtype)) * self.weight_scale.to(x.dtype)
         if self.dynamic_inputs:
             rounded = self._rounded_input_product(x.detach()).to(x.dtype)
             output = rounded + (output - output.detach()) if needs_grad else rounded
@@ -91,14 +99,14 @@ class Int8Linear(nn.Module):
         row_scale = flat.abs().amax(1, keepdim=True) / 127
         row_scale = torch.where(row_scale > 0, row_scale, torch.ones_like(row_scale))
         counts = torch.round(flat / row_scale).to(torch.int8)
-        output = torch._int_mm(counts, self.qweight).float().mul_(row_scale).mul_(self.weight_scale)
+        output = torch._int_mm(counts, self.quantized_t()).float().mul_(row_scale).mul_(self.weight_scale)
         return output.view(*x.shape[:-1], self.out_features)
 
     def row_sums(self) -> torch.Tensor:
         """Σ_in Q as int32 ``(out,)`` (exact), kept until ``qweight`` changes."""
         version = self.qweight._version
         if self._row_sums is None or self._row_sums[0] != version:
-            self._row_sums = (version, self.qweight.sum(0, dtype=torch.int32))
+            self._row_sums = (version, self.quantized_t().sum(0, dtype=torch.int32))
         return self._row_sums[1]
 
     def extra_repr(self) -> str:
@@ -106,7 +114,7 @@ class Int8Linear(nn.Module):
 
 
 class Int8TiedEmbedding(nn.Module):
-    """Token embeddings read from an int8 LM head's table (``head.qweight`` column v, times its scale): a tied
+    """Token embeddings read from an int8 LM head's table (row v of Q, times its scale): a tied
     model keeps one int8 copy. Holds no tensors of its own; the head is referenced, not registered, so the table
     is saved once, under the head's name."""
 
@@ -118,7 +126,8 @@ class Int8TiedEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         head = self._head[0]
         flat = input_ids.reshape(-1)
-        rows = head.qweight.index_select(1, flat).t().float() * head.weight_scale.index_select(0, flat)[:, None]
+        table = head.quantized_t().t()  # (vocabulary, width)
+        rows = table.index_select(0, flat).float() * head.weight_scale.index_select(0, flat)[:, None]
         return rows.view(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
@@ -176,7 +185,7 @@ def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.T
     rows_read = flat.shape[1] if columns is None else columns.numel()
     outputs = []
     for layer in layers:
-        sums = int8_product(flat, layer.qweight, columns, selected)
+        sums = int8_product(flat, layer.quantized_t(), columns, selected)
         for recorder in active_recorders():
             recorder.weight_read("int8" if columns is None else "gathered", 1, rows_read * layer.out_features)
         output = sums.float().mul_(layer.weight_scale * coding.unit if coding.unit != 1 else layer.weight_scale)
