@@ -12,7 +12,7 @@ scales) take `Int8Linear.forward`: x Qᵀ in the input's dtype, then ⊙ s: the 
 records their names in the config (``weight_quantization``, ``quantized_modules``), so that `from_pretrained`
 rebuilds them before it loads the int8 tensors. The LM head, the embeddings and the Linears fed real values keep
 their fp32 weights. ``lm_head=True`` also stores the head in int8 (its real-valued input is rounded to int8 per row
-at run time, as in an int8 ANN: not exact, its perplexity cost is measured in docs/benchmarks.md); when the head is
+at run time, as in an int8 ANN: not exact, its perplexity cost is measured in docs/w8.md); when the head is
 tied to the token embeddings, the embeddings then read their rows from the same int8 table (`Int8TiedEmbedding`).
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.

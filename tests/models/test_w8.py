@@ -278,3 +278,19 @@ def test_lm_eval_scores_a_saved_w8_model(model_class, teacher_folder, tmp_path):
     assert isinstance(model.spiking_blocks().get_submodule(model.config.quantized_modules[0]), Int8Linear)
     results = evaluate_zero_shot(model, tokenizer, "piqa", data_dir=FIXTURES, batch_size=2, limit=4)
     assert results["samples"]["piqa"] == 3 and 0 <= results["scores"]["piqa"]["acc"] <= 1
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("neuron_type", ["nilif", "asn"])
+def test_a_non_finite_position_stays_non_finite_in_a_w8_model(model_class, neuron_type):
+    """A NaN position reaches that position's logits through the residual stream (as an ANN's would), whatever
+    the int8 products make of its counts, and earlier positions stay exact."""
+    model = tiny_model(model_class, neuron_type=neuron_type).quantize_weights()
+    ids = torch.randint(3, 99, (1, 6), generator=torch.Generator().manual_seed(0))
+    embeddings = model.get_input_embeddings()(ids).detach().clone()
+    embeddings[0, 3] = float("nan")
+    with torch.no_grad():
+        logits = model(inputs_embeds=embeddings).logits
+        prefix = model(inputs_embeds=embeddings[:, :3]).logits
+    assert torch.isfinite(logits[0, :3]).all() and not torch.isfinite(logits[0, 3]).all()
+    torch.testing.assert_close(logits[0, :3], prefix[0], rtol=1e-5, atol=1e-5)
