@@ -106,6 +106,8 @@ def test_quantize_writes_a_loadable_w8_folder(tmp_path, student_folder, teacher_
     model = AutoModelForCausalLM.from_pretrained(out)
     assert (model.config.weight_quantization, model.config.quantized_lm_head) == ("int8", "int8-shared")
     assert AutoTokenizer.from_pretrained(out)("winter")["input_ids"]
+    assert main(["card", str(out)]) == 0  # the card says what the weights are
+    assert "| weights | W8: the 10 spike-fed Linears in int8" in (out / "README.md").read_text()
     assert main(["quantize", str(teacher_folder), str(tmp_path / "no")]) == 2  # an ANN: a clear error, nothing written
     assert "holds a OPTForCausalLM, not a spiking_lm model" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
