@@ -157,11 +157,12 @@ def int8_product(counts: torch.Tensor, qweight: torch.Tensor, columns=None, sele
     return torch._int_mm(selected, qweight.index_select(0, columns))
 
 
-def _integer_counts(spikes: torch.Tensor, coding) -> torch.Tensor | None:
+def _integer_counts(spikes: torch.Tensor, coding, layers) -> torch.Tensor | None:
     """The spike counts k of ``spikes`` (values u·k + offset, binary virtual steps summed) in x's dtype, or `None`
-    where the values are not such counts or a gradient must flow (the real-valued path)."""
+    where the values are not such counts or a gradient must flow (to the spikes or a bias: the real-valued path)."""
     unit = coding.unit
-    if unit is None or (torch.is_grad_enabled() and spikes.requires_grad):
+    trainable = [spikes] + [layer.bias for layer in layers if layer.bias is not None]
+    if unit is None or (torch.is_grad_enabled() and any(t.requires_grad for t in trainable)):
         return None
     if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
         return binary_to_integer(spikes, coding.max)
@@ -175,7 +176,7 @@ def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.T
     needed (the counts and the inputs they select found once for all the layers), else the real-valued
     `Int8Linear.forward` on the values."""
     coding = coding_of(neuron)
-    counts = _integer_counts(spikes, coding)
+    counts = _integer_counts(spikes, coding, layers)
     if counts is None:
         values = coding.values(spikes)
         return [layer(values) for layer in layers]

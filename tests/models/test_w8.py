@@ -294,3 +294,19 @@ def test_a_non_finite_position_stays_non_finite_in_a_w8_model(model_class, neuro
         prefix = model(inputs_embeds=embeddings[:, :3]).logits
     assert torch.isfinite(logits[0, :3]).all() and not torch.isfinite(logits[0, 3]).all()
     torch.testing.assert_close(logits[0, :3], prefix[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_w8_model_trains_its_biases_and_norms_through_the_real_valued_path():
+    """Gradients never go through the int32 sums: with a trainable bias or spikes the layer computes x Qᵀ ⊙ s + b
+    (the same values up to float rounding), so the biases and everything before them get their gradients."""
+    model = tiny_model(spiking_lm.BiSpikCLMForCausalLM).quantize_weights().train()
+    inputs = model_inputs(spiking_lm.BiSpikCLMForCausalLM)
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert model.spiking_blocks()[0].self_attn.q_norm.weight.grad is not None
+    model.zero_grad()
+    for parameter in model.parameters():  # only one bias trains: its input spikes need no gradient
+        parameter.requires_grad_(False)
+    layer = model.spiking_blocks()[1].fc2
+    layer.bias.requires_grad_(True)
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert layer.bias.grad is not None and layer.bias.grad.abs().sum() > 0
