@@ -60,6 +60,7 @@ from spiking_lm.memory import keep_freed_memory
 from spiking_lm.nn import event
 from spiking_lm.nn.cpu_linear import few_rows_linear
 from spiking_lm.nn.recording import OperationRecorder, WeightReads, recording
+from spiking_lm.publishing.quantize import weight_bytes
 
 SHAPES = {
     "8m": {"vocab_size": 16384, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -91,14 +92,8 @@ def build(shape: str):
 def resident_bytes(model) -> int:
     """Bytes of every weight the model holds: its state (int8 ANN: the packed int8 weights) and, for a spiking
     model, the event backend's derived copies."""
-    seen, total = set(), 0
-    for value in model.state_dict().values():
-        for tensor in value if isinstance(value, tuple) else (value,):
-            if torch.is_tensor(tensor) and tensor.data_ptr() not in seen:
-                seen.add(tensor.data_ptr())
-                total += tensor.numel() * tensor.element_size()
     execution = getattr(model, "execution", None)
-    return total + (execution.derived_bytes() if execution is not None else 0)
+    return weight_bytes(model) + (execution.derived_bytes() if execution is not None else 0)
 
 
 def linear_bytes(model) -> tuple[int, int]:

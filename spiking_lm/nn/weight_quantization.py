@@ -55,7 +55,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", torch.zeros(shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self._row_sums = None  # (version, Q·1 as int32), for neurons with an offset
+        self._row_sums = None  # (qweight, its version, Q·1 as int32), for neurons with an offset
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dynamic_inputs: bool = False) -> Int8Linear:
@@ -97,17 +97,18 @@ class Int8Linear(nn.Module):
     def _rounded_input_product(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
         row_scale = flat.abs().amax(1, keepdim=True) / 127
-        row_scale = torch.where(row_scale > 0, row_scale, torch.ones_like(row_scale))
-        counts = torch.round(flat / row_scale).to(torch.int8)
+        # an all-zero row divides by 1; a non-finite row keeps its NaN/inf scale, which makes its outputs non-finite
+        row_scale = torch.where(row_scale == 0, torch.ones_like(row_scale), row_scale)
+        counts = torch.nan_to_num(torch.round(flat / row_scale)).to(torch.int8)
         output = torch._int_mm(counts, self.quantized_t()).float().mul_(row_scale).mul_(self.weight_scale)
         return output.view(*x.shape[:-1], self.out_features)
 
     def row_sums(self) -> torch.Tensor:
-        """Σ_in Q as int32 ``(out,)`` (exact), kept until ``qweight`` changes."""
-        version = self.qweight._version
-        if self._row_sums is None or self._row_sums[0] != version:
-            self._row_sums = (version, self.quantized_t().sum(0, dtype=torch.int32))
-        return self._row_sums[1]
+        """Σ_in Q as int32 ``(out,)`` (exact), kept until ``qweight`` changes (in place or replaced)."""
+        kept = self._row_sums
+        if kept is None or kept[0] is not self.qweight or kept[1] != self.qweight._version:
+            kept = self._row_sums = (self.qweight, self.qweight._version, self.quantized_t().sum(0, dtype=torch.int32))
+        return kept[2]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
@@ -158,8 +159,10 @@ def int8_product(counts: torch.Tensor, qweight: torch.Tensor, columns=None, sele
 
 
 def _integer_counts(spikes: torch.Tensor, coding, layers) -> torch.Tensor | None:
-    """The spike counts k of ``spikes`` (values u·k + offset, binary virtual steps summed) in x's dtype, or `None`
-    where the values are not such counts or a gradient must flow (to the spikes or a bias: the real-valued path)."""
+    """The spike counts k of ``spikes`` (values u·k + offset, binary virtual steps summed) in the spikes' dtype, or
+    `None` for the real-valued path: where the values are not such counts, where a gradient must flow (to the spikes
+    or a bias), or where an integer neuron fed NaN/inf emitted non-finite values (no int8 count holds them; the
+    real-valued product makes exactly those rows non-finite, as the fp32 model does)."""
     unit = coding.unit
     trainable = [spikes] + [layer.bias for layer in layers if layer.bias is not None]
     if unit is None or (torch.is_grad_enabled() and any(t.requires_grad for t in trainable)):
@@ -167,6 +170,8 @@ def _integer_counts(spikes: torch.Tensor, coding, layers) -> torch.Tensor | None
     if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
         return binary_to_integer(spikes, coding.max)
     above = spikes - coding.offset if coding.has_offset else spikes
+    if not coding.binary and not torch.isfinite(above.sum()):  # 0/1 spikes are always finite
+        return None
     return above if unit == 1 else torch.round(above / unit)
 
 

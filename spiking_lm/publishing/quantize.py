@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..evaluation.loading import check_model_reference, load_model_and_tokenizer
 
 __all__ = ["quantize_folder", "weight_bytes"]
 
 
 def weight_bytes(model) -> int:
-    """Bytes of every tensor the model's state holds (shared tensors counted once)."""
+    """Bytes of every tensor the model's state holds (shared tensors counted once; the tuples torch's quantized
+    modules keep in their state, e.g. packed int8 weights, included)."""
     seen, total = set(), 0
-    for tensor in model.state_dict().values():
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
+    for value in model.state_dict().values():
+        for tensor in value if isinstance(value, tuple) else (value,):
+            if torch.is_tensor(tensor) and tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
     return total
 
 

@@ -282,17 +282,21 @@ def test_lm_eval_scores_a_saved_w8_model(model_class, teacher_folder, tmp_path):
 
 @pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("neuron_type", ["nilif", "asn"])
-def test_a_non_finite_position_stays_non_finite_in_a_w8_model(model_class, neuron_type):
-    """A NaN position reaches that position's logits through the residual stream (as an ANN's would), whatever
-    the int8 products make of its counts, and earlier positions stay exact."""
-    model = tiny_model(model_class, neuron_type=neuron_type).quantize_weights()
+@pytest.mark.parametrize("lm_head", [False, True])
+def test_a_non_finite_position_reaches_the_same_logits_in_a_w8_model(model_class, neuron_type, lm_head):
+    """NaN fed to integer neurons cannot be an int8 count: the W8 model's logits are non-finite exactly where the
+    fp32 model's are (that position and the queries that may see it), and earlier positions stay exact."""
+    model = tiny_model(model_class, neuron_type=neuron_type)
     ids = torch.randint(3, 99, (1, 6), generator=torch.Generator().manual_seed(0))
     embeddings = model.get_input_embeddings()(ids).detach().clone()
     embeddings[0, 3] = float("nan")
     with torch.no_grad():
+        fp32 = model(inputs_embeds=embeddings).logits
+        model.quantize_weights(lm_head=lm_head)
         logits = model(inputs_embeds=embeddings).logits
         prefix = model(inputs_embeds=embeddings[:, :3]).logits
-    assert torch.isfinite(logits[0, :3]).all() and not torch.isfinite(logits[0, 3]).all()
+    assert not torch.isfinite(fp32[0, 3:]).any()
+    assert torch.equal(torch.isfinite(logits), torch.isfinite(fp32))
     torch.testing.assert_close(logits[0, :3], prefix[0], rtol=1e-5, atol=1e-5)
 
 
