@@ -45,7 +45,8 @@ def check_backend(backend: str) -> str:
 
 def _compiled(kernel):
     if kernel not in _compiled_kernels:
-        _compiled_kernels[kernel] = torch.compile(kernel, dynamic=None, fullgraph=True)
+        options = getattr(kernel, "inductor_options", None)  # inductor config a kernel asks for (see kernels.py)
+        _compiled_kernels[kernel] = torch.compile(kernel, dynamic=None, fullgraph=True, options=options)
     return _compiled_kernels[kernel]
 
 

@@ -6,10 +6,12 @@ between calls: the membrane starts at zero on every call.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend, run_differentiable
-from .kernels import MultiStepIntegerLIF, MultiStepLIF, ParallelFire
+from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend
+from .kernels import MultiStepIntegerLIF, MultiStepLIF, MultiStepTernaryLIF, ParallelFire
 from .surrogate import SurrogateFunction, build_surrogate
 
 __all__ = [
@@ -152,25 +154,13 @@ def tlif(
     """Ternary (bi-spiking) LIF: S[t] = a[t]·clip(round(U[t]/a[t]), −1, 1), values {−a, 0, a}.
 
     ``scale`` holds a[t] per time step (shape ``(T,)``) or one shared value (shape ``(1,)``). Gradient: STE
-    where |U/a| ≤ 1; a gets the LSQ-style gradient of the same expression. Forward and backward run compiled
-    (`run_differentiable`) on large inputs: the T-step recurrence then is one pass each way.
+    where |U/a| ≤ 1; a gets the LSQ-style gradient of the same expression, q − U/a. Forward and backward run as
+    one compiled pass each (`MultiStepTernaryLIF`) on large inputs.
     """
     if scale.dim() != 1 or scale.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"tlif scale must have shape (1,) or (T={x.shape[0]},), got {tuple(scale.shape)}")
     check_backend(backend)
-    return run_differentiable(_tlif_steps, backend, x, scale, float(beta), bool(detach_reset))
-
-
-def _tlif_steps(x: torch.Tensor, scale: torch.Tensor, beta: float, detach_reset: bool) -> torch.Tensor:
-    membrane = torch.zeros_like(x[0])
-    spikes = []
-    for t in range(x.shape[0]):
-        a = scale[t if scale.shape[0] > 1 else 0]
-        potential = membrane + x[t]
-        spike = a * round_ste(torch.clamp(potential / a, -1.0, 1.0))
-        membrane = beta * (potential - (spike.detach() if detach_reset else spike))
-        spikes.append(spike)
-    return torch.stack(spikes)
+    return MultiStepTernaryLIF.apply(x, scale, float(beta), bool(detach_reset), backend)
 
 
 def psn(
@@ -204,6 +194,14 @@ def band_mask(time_steps: int, order: int, device=None, dtype=None) -> torch.Ten
     return ((lag >= 0) & (lag < order)).to(dtype or torch.get_default_dtype())
 
 
+@functools.lru_cache(maxsize=64)
+def _band_factor(time_steps: int, order: int, mask_lambda: float, device, dtype) -> torch.Tensor:
+    """M_k(λ) = λ M_k + (1 − λ), cached: rebuilding it took a handful of tiny ops per call. Built outside inference
+    mode, so that a factor first made under `torch.inference_mode` can later be saved for backward."""
+    with torch.inference_mode(False):
+        return mask_lambda * band_mask(time_steps, order, device, dtype) + (1 - mask_lambda)
+
+
 def masked_psn(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -214,8 +212,18 @@ def masked_psn(
     backend: str = "auto",
 ) -> torch.Tensor:
     """Masked PSN: H = (W ⊙ M_k(λ)) X + b with M_k(λ) = λ M_k + (1 − λ); λ is annealed from 0 to 1."""
-    mask = band_mask(x.shape[0], order, x.device, weight.dtype)
-    return psn(x, weight * (mask_lambda * mask + (1 - mask_lambda)), bias, surrogate, backend)
+    factor = _band_factor(x.shape[0], int(order), float(mask_lambda), weight.device, weight.dtype)
+    return psn(x, weight * factor, bias, surrogate, backend)
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_selector(time_steps: int, order: int, device, dtype) -> torch.Tensor:
+    """One-hot ``(T, T, k)``: entry [t, j, i] is 1 where row t reads X[j] through tap i (j = t − k + 1 + i)."""
+    with torch.inference_mode(False):  # as in `_band_factor`
+        index = torch.arange(time_steps, device=device)
+        tap = index.unsqueeze(0) - index.unsqueeze(1) + order - 1
+        valid = ((tap >= 0) & (tap < order)).unsqueeze(-1).to(dtype)
+        return torch.nn.functional.one_hot(tap.clamp(0, order - 1), order).to(dtype) * valid
 
 
 def sliding_psn(
@@ -227,8 +235,5 @@ def sliding_psn(
 ) -> torch.Tensor:
     """Sliding PSN: H[t] = Σ_{i<k} w_i X[t − k + 1 + i] (causal, zero-padded); S = Θ(H − b)."""
     steps, order = x.shape[0], weight.shape[0]
-    index = torch.arange(steps, device=x.device)
-    tap = index.unsqueeze(0) - index.unsqueeze(1) + order - 1  # tap i used by row t for column j
-    valid = (tap >= 0) & (tap < order)
-    toeplitz = torch.where(valid, weight[tap.clamp(0, order - 1)], torch.zeros((), dtype=weight.dtype))
+    toeplitz = _tap_selector(steps, order, weight.device, weight.dtype) @ weight  # one op each way under autograd
     return _parallel_fire(x, toeplitz, -threshold.expand(steps), surrogate, backend)

@@ -126,3 +126,34 @@ def test_compiled_kernel_matches_eager_reference(name, steps):
     assert torch.equal(results[0][0], results[1][0])
     for eager, compiled in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(eager, compiled, rtol=1e-5, atol=1e-4)
+
+
+def _tlif_autograd(x, scale, beta, detach_reset):
+    """The ternary LIF written with autograd ops (round_ste), the reference for the fused kernel's gradients."""
+    from spiking_lm.nn.functional import round_ste
+
+    membrane, spikes = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        a = scale[t if scale.shape[0] > 1 else 0]
+        potential = membrane + x[t]
+        spike = a * round_ste(torch.clamp(potential / a, -1.0, 1.0))
+        membrane = beta * (potential - (spike.detach() if detach_reset else spike))
+        spikes.append(spike)
+    return torch.stack(spikes)
+
+
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+@pytest.mark.parametrize("shared,detach_reset", [(False, False), (True, False), (False, True)])
+def test_tlif_gradients_equal_autograd_of_the_straight_through_recurrence(backend, shared, detach_reset):
+    from spiking_lm.nn.functional import tlif
+
+    x = (torch.randn(4, 64, 1000) * 1.5).requires_grad_()
+    scale = (torch.tensor([1.1]) if shared else torch.tensor([0.9, 1.3, 0.7, 1.6])).requires_grad_()
+    grad = torch.randn_like(x)
+    out = tlif(x, scale, 0.6, detach_reset, backend)
+    reference = _tlif_autograd(x, scale, 0.6, detach_reset)
+    assert torch.equal(out, reference)
+    fused, expected = torch.autograd.grad(out, [x, scale], grad), torch.autograd.grad(reference, [x, scale], grad)
+    for got, want in zip(fused, expected, strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
