@@ -28,6 +28,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .blocks import expand_time, firing_rate, mean_over_time, positions_from_mask, run_layers, with_final_norm
 from .execution import SpikeExecution
+from .heads import causal_lm_loss
 from .input_checks import check_prompt, check_sequence, unreadable_weights
 from .neurons import SpikingNeuron
 from .outputs import SpikingCausalLMOutput, SpikingModelOutput, head_output
@@ -367,7 +368,7 @@ class SpikingCausalLMMixin:
         logits = self.lm_head(hidden[:, keep, :])
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = causal_lm_loss(logits, labels, self.config.vocab_size, **kwargs)
         return head_output(
             SpikingCausalLMOutput, outputs, loss, logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
