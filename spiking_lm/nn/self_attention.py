@@ -251,7 +251,7 @@ class SpikingSelfAttention(nn.Module):
         if not (may_be_nonfinite and key.is_floating_point()):
             return self._attend_finite(query, key, value, allowed, dtype)
         # traced (torch.export / compile): no branch on the data, the masked path runs always
-        if torch.compiler.is_compiling() or not torch.isfinite(key.sum() + value.sum()):
+        if torch.compiler.is_compiling() or not math.isfinite((key.sum() + value.sum()).item()):
             bad = ~(torch.isfinite(key).all(-1) & torch.isfinite(value).all(-1))  # (T, B, H, Lk)
             key, value = key.masked_fill(bad.unsqueeze(-1), 0), value.masked_fill(bad.unsqueeze(-1), 0)
             poisoned = (allowed & bad.any(0).unsqueeze(-2)).any(-1, keepdim=True)  # (B, H, Lq, 1)

@@ -20,6 +20,8 @@ This module imports only `torch` and same-folder modules so that it can travel w
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -56,6 +58,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._row_sums = None  # (qweight, its version, Q·1 as int32), for neurons with an offset
+        self._count_scale = None  # (weight_scale, its version, unit, s·u)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dynamic_inputs: bool = False) -> Int8Linear:
@@ -109,6 +112,15 @@ class Int8Linear(nn.Module):
         if kept is None or kept[0] is not self.qweight or kept[1] != self.qweight._version:
             kept = self._row_sums = (self.qweight, self.qweight._version, self.quantized_t().sum(0, dtype=torch.int32))
         return kept[2]
+
+    def count_scale(self, unit: float) -> torch.Tensor:
+        """s · u ``(out,)``: what one count of ``unit`` adds per int8 step, kept until ``weight_scale`` or the unit
+        changes (decoding asks for it once per layer and token)."""
+        kept = self._count_scale
+        scale = self.weight_scale
+        if kept is None or kept[0] is not scale or kept[1] != scale._version or kept[2] != unit:
+            kept = self._count_scale = (scale, scale._version, unit, scale * unit if unit != 1 else scale)
+        return kept[3]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
@@ -170,7 +182,7 @@ def _integer_counts(spikes: torch.Tensor, coding, layers) -> torch.Tensor | None
     if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
         return binary_to_integer(spikes, coding.max)
     above = spikes - coding.offset if coding.has_offset else spikes
-    if not coding.binary and not torch.isfinite(above.sum()):  # 0/1 spikes are always finite
+    if not coding.binary and not math.isfinite(above.sum().item()):  # 0/1 spikes are always finite
         return None
     return above if unit == 1 else torch.round(above / unit)
 
@@ -194,7 +206,7 @@ def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.T
         sums = int8_product(flat, layer.quantized_t(), columns, selected)
         for recorder in active_recorders():
             recorder.weight_read("int8" if columns is None else "gathered", 1, rows_read * layer.out_features)
-        output = sums.float().mul_(layer.weight_scale * coding.unit if coding.unit != 1 else layer.weight_scale)
+        output = torch.mul(sums, layer.count_scale(coding.unit))  # int32 · fp32 → fp32 in one pass
         if coding.has_offset:  # the silent inputs' constant: offset · (s ⊙ Q·1)
             output += layer.weight_scale * layer.row_sums().float() * coding.offset
         if layer.bias is not None:
