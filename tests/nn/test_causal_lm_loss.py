@@ -59,6 +59,8 @@ def test_out_of_range_labels_raise_with_the_label_named():
         causal_lm_loss(logits, torch.tensor([[1, 12, 3, 4]]), 9)
     with pytest.raises(IndexError, match="label -3"):
         causal_lm_loss(logits, torch.tensor([[1, 2, -3, 4]]), 9)
+    with pytest.raises(ValueError, match="logits have 9 entries per position, vocab_size is 3"):
+        causal_lm_loss(logits, torch.tensor([[1, 2, 0, 1]]), 3)  # 36 logits would reshape to 12 rows of 3
 
 
 def test_all_targets_ignored_gives_nan_as_transformers_does():
