@@ -368,8 +368,8 @@ class MultiStepTernaryLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes):
         flat, scale = ctx.saved_tensors
-        grads = grad_spikes.reshape(flat.shape)
+        grads = grad_spikes.reshape(flat.shape).to(flat.dtype)  # and β a 0-d tensor of X's dtype, not a bf16 grad's
         grad_x, grad_scale = run_kernel(
             ternary_backward, ctx.backend, grads, flat, scale.detach(), ctx.beta, ctx.detach_reset
         )
-        return grad_x.view(grad_spikes.shape).to(flat.dtype), grad_scale.to(scale.dtype), None, None, None
+        return grad_x.view(grad_spikes.shape), grad_scale.to(scale.dtype), None, None, None
