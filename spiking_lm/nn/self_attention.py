@@ -129,9 +129,9 @@ class SpikingSelfAttention(nn.Module):
         grads = any(m.requires_grad for m in membranes) or any(p.requires_grad for n in norms for p in n.parameters())
         low = dtype != torch.float32 and torch.is_grad_enabled() and grads
         spike_dtype = dtype if low and not observing_spikes() else None
+        # bf16 Linear outputs (`exact_outputs`) widen in the norm, to the dtype of the weights (W8: of the scales)
         first = self._projections()[0]
-        width = first.weight_scale.dtype if isinstance(first, Int8Linear) else first.weight.dtype  # bf16 Linear
-        # outputs (`exact_outputs`) widen in the norm
+        width = first.weight_scale.dtype if isinstance(first, Int8Linear) else first.weight.dtype
         compute_dtype = width if membranes[0].dtype != width else None
         options = (None, spike_dtype, compute_dtype, self.num_heads)
         return [

@@ -57,8 +57,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", torch.zeros(shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self._row_sums = None  # (qweight, its version, Q·1 as int32), for neurons with an offset
-        self._count_scale = None  # (weight_scale, its version, unit, s·u)
+        self._derived = {}  # tensors derived from the buffers (`_kept`): Q·1 for offsets, s·u per unit
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dynamic_inputs: bool = False) -> Int8Linear:
@@ -108,18 +107,19 @@ class Int8Linear(nn.Module):
 
     def row_sums(self) -> torch.Tensor:
         """Σ_in Q as int32 ``(out,)`` (exact), kept until ``qweight`` changes (in place or replaced)."""
-        kept = self._row_sums
-        if kept is None or kept[0] is not self.qweight or kept[1] != self.qweight._version:
-            kept = self._row_sums = (self.qweight, self.qweight._version, self.quantized_t().sum(0, dtype=torch.int32))
-        return kept[2]
+        return self._kept("row_sums", self.qweight, None, lambda: self.quantized_t().sum(0, dtype=torch.int32))
 
     def count_scale(self, unit: float) -> torch.Tensor:
         """s · u ``(out,)``: what one count of ``unit`` adds per int8 step, kept until ``weight_scale`` or the unit
         changes (decoding asks for it once per layer and token)."""
-        kept = self._count_scale
         scale = self.weight_scale
-        if kept is None or kept[0] is not scale or kept[1] != scale._version or kept[2] != unit:
-            kept = self._count_scale = (scale, scale._version, unit, scale * unit if unit != 1 else scale)
+        return self._kept("count_scale", scale, unit, lambda: scale * unit if unit != 1 else scale)
+
+    def _kept(self, name: str, source: torch.Tensor, key, build):
+        """``build()``, kept until ``source`` is replaced or changed in place (its version) or ``key`` changes."""
+        kept = self._derived.get(name)
+        if kept is None or kept[0] is not source or kept[1] != source._version or kept[2] != key:
+            kept = self._derived[name] = (source, source._version, key, build())
         return kept[3]
 
     def extra_repr(self) -> str:
