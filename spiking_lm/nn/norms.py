@@ -53,10 +53,47 @@ def _static_time_and_width(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+# Rows summed together first when a norm's weight gradient sums over rows (see `_row_sum`).
+ROW_SUM_BLOCK = 64
+
+
+def _row_sum(values: torch.Tensor) -> torch.Tensor:
+    """Σ over all leading dims of ``(…, D)``, in two levels (blocks of `ROW_SUM_BLOCK` consecutive rows, then the
+    blocks). Compiled, one sum down all rows walks each column at a stride of D elements: at D = 1024 (4 KiB)
+    every load maps to the same cache set and the sum of a 4096 × 1024 gradient took 3.8 ms instead of 0.7."""
+    flat = values.reshape(-1, values.shape[-1])
+    if flat.shape[0] % ROW_SUM_BLOCK:
+        return flat.sum(0)
+    return flat.view(-1, ROW_SUM_BLOCK, flat.shape[-1]).sum(1).sum(0)
+
+
+class _Affine(torch.autograd.Function):
+    """y = x̂ ⊙ w (+ b) over the last dim, its parameter gradients summed by `_row_sum`."""
+
+    @staticmethod
+    def forward(ctx, normalized, weight, bias):
+        ctx.save_for_backward(normalized, weight)
+        ctx.has_bias = bias is not None
+        output = normalized * weight
+        return output if bias is None else output + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        normalized, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_weight = _row_sum(grad * normalized).to(weight.dtype) if needs[1] else None
+        grad_bias = _row_sum(grad).to(weight.dtype) if ctx.has_bias and needs[2] else None
+        return grad * weight if needs[0] else None, grad_weight, grad_bias
+
+
 def _normalize(x, weight, bias, eps, is_rms, compute_dtype=None):
     if compute_dtype is not None:  # a bf16 GEMM output widens here, fused into the norm
         x = x.to(compute_dtype)
     width = (x.shape[-1],)
+    trains = torch.is_grad_enabled() and weight is not None and weight.requires_grad
+    if trains:  # the affine part apart, so that its gradients sum over rows in two levels (`_row_sum`)
+        normalized = F.rms_norm(x, width, None, eps) if is_rms else F.layer_norm(x, width, None, None, eps)
+        return _Affine.apply(normalized, weight, bias)
     return F.rms_norm(x, width, weight, eps) if is_rms else F.layer_norm(x, width, weight, bias, eps)
 
 

@@ -155,6 +155,35 @@ def test_fused_norm_and_neuron_match_the_separate_modules(norm_class, name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("width", [256, 1024])  # the fused norm → neuron function, and the recomputed region
+@pytest.mark.parametrize("length", [64, 50])  # rows T·B·L a multiple of the row-sum block (64), and not
+@pytest.mark.parametrize("norm_class", [torch.nn.LayerNorm, RMSNorm])
+def test_compiled_norms_give_the_parameter_gradients_of_the_module(norm_class, length, width):
+    """The compiled norms sum their weight and bias gradients over rows in two levels (`norms._row_sum`); the
+    gradients of x, weight and bias equal those of the module applied to the widened input."""
+    from spiking_lm.nn.norms import normalize_and_fire
+
+    torch.manual_seed(0)
+    norm = norm_class(width, eps=1e-5) if norm_class is torch.nn.LayerNorm else RMSNorm(width, eps=1e-5)
+    with torch.no_grad():
+        for parameter in norm.parameters():
+            parameter.uniform_(0.5, 1.5)
+    x = (torch.randn(2, 3, length, width) * 2).bfloat16().requires_grad_()  # a bf16 GEMM output, as in training
+    grad = torch.randn(2, 3, length, width)
+    neuron = build_neuron("lif", backend="inductor")
+    spikes = normalize_and_fire(norm, neuron, x, torch.bfloat16, None, torch.float32)
+    wide = x.detach().float().requires_grad_()
+    expected = build_neuron("lif", backend="torch")(norm(wide))
+    assert torch.equal(spikes, expected)
+    params = list(norm.parameters())
+    got = torch.autograd.grad(spikes, [x, *params], grad)
+    want = torch.autograd.grad(expected, [wide, *params], grad)
+    assert got[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0].float(), want[0].bfloat16().float(), rtol=1e-2, atol=1e-2)
+    for a, b in zip(got[1:], want[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
 def test_grouped_spike_linears_train_when_only_some_outputs_reach_the_loss():
     torch.manual_seed(0)
     neuron = build_neuron("lif")
