@@ -44,6 +44,62 @@ def test_energy_constants_reproduce_the_reference_figure():
         energy_mj(-1, 0)
 
 
+# Spikingformer-8-512 on ImageNet (T = 4, 14 x 14 = 196 tokens, width 512, MLP 2048): the accumulate counts its
+# published energy log prints for the Linears (1x1 convolutions) of its eight blocks, as (in, out, bias, ACs).
+# Q, K and V read the same spikes and print the same count. (zhouchenlin2096/Spikingformer,
+# energy_consumption_calculation/test_spikingformer-8-512_eg.log, "Info of Conv/Linear layers".)
+SPIKINGFORMER_8_512_BLOCK_ACS = [
+    # q/k/v (each),  proj_conv,      fc1_conv,       fc2_conv
+    (3.62941169e07, 6.13242808e07, 2.20482576e08, 2.70491441e07),
+    (6.94564082e07, 6.37503862e07, 2.71977241e08, 2.43828727e07),
+    (7.03339749e07, 6.46986613e07, 2.86069781e08, 2.10542404e07),
+    (7.07533763e07, 5.99013096e07, 2.85499925e08, 1.58668667e07),
+    (7.05497085e07, 4.32200951e07, 2.96846249e08, 1.16866970e07),
+    (7.38409652e07, 3.41198850e07, 2.96114600e08, 7.83468481e06),
+    (7.03473378e07, 2.19994710e07, 2.65800898e08, 4.67945935e06),
+    (6.52882326e07, 1.95155069e07, 2.46475020e08, 1.13243712e07),
+]
+
+
+def test_the_counter_reproduces_the_block_counts_spikingformer_prints():
+    # The paper convention for a Linear fed spikes: (spikes) x (outputs) ACs, i.e. firing rate x T x dense ops.
+    # Each printed count is an average over ImageNet's validation set (a fractional number of spikes per image);
+    # fed the nearest whole number of spikes, the counter must land within half a spike's worth of it. The log's
+    # counter also scales each bias add by the input's firing rate (dense ops T.N.(in + 1).out where a Linear
+    # has a bias); this library adds a bias once per output whatever fires, so there the print is (in + 1) / in
+    # of the spikes' ACs, and that factor is taken out before comparing.
+    from spiking_lm.energy import OperationCounter
+    from spiking_lm.nn import LIFNeuron
+    from spiking_lm.nn.spike_linear import linear_on_spikes
+
+    steps, tokens, width, inner = 4, 196, 512, 2048
+    shapes = [(width, width, False), (width, width, True), (width, inner, True), (inner, width, True)]
+    generator = torch.Generator().manual_seed(0)
+    ours_total = printed_total = 0.0
+    for block, printed_counts in enumerate(SPIKINGFORMER_8_512_BLOCK_ACS):
+        for (in_features, out_features, bias), printed in zip(shapes, printed_counts, strict=True):
+            printed_spike_acs = printed * in_features / (in_features + bias)
+            spikes_fired = round(printed_spike_acs / out_features)
+            slots = steps * tokens * in_features
+            spikes = torch.zeros(slots)
+            spikes[torch.randperm(slots, generator=generator)[:spikes_fired]] = 1
+            linear = torch.nn.Linear(in_features, out_features, bias=bias)
+            model = torch.nn.ModuleDict({f"block{block}": linear})
+            with torch.no_grad(), OperationCounter(model) as counter:
+                linear_on_spikes(linear, spikes.view(steps, 1, tokens, in_features), LIFNeuron())
+            (layer,) = counter.layers.values()
+            ours = layer.convention_acs("paper")
+            assert ours == spikes_fired * out_features
+            assert abs(ours - printed_spike_acs) <= out_features / 2, (block, in_features, out_features)
+            copies = 3 if not bias else 1  # Q, K and V
+            ours_total += copies * ours
+            printed_total += copies * printed_spike_acs
+    # All 48 Linears together: 4.24 G ACs of the log's 6.52 G total (the rest: its convolutional stem, which this
+    # library does not build, and its attention products, which it multiplies in another order).
+    assert ours_total == pytest.approx(printed_total, rel=1e-6)
+    assert ours_total == pytest.approx(4.237e9, rel=1e-3)
+
+
 def test_a_model_that_fires_everywhere_costs_exactly_the_hand_count():
     # BiSpikCLM, 1 layer, T=2, one sequence of L=3 tokens, every neuron forced to fire. Rows fed to each Linear:
     # T·L = 6. Spike-fed Linears cost (spikes = rows·in) × out ACs; QKᵀ costs one AC per (query, allowed key,
