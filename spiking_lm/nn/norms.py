@@ -24,7 +24,7 @@ __all__ = ["FUSED_NORM_MAX_WIDTH", "RMSNorm", "build_norm", "normalize_and_fire"
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return _normalize(x, weight, None, eps, True)  # F.rms_norm; its weight gradient summed as in `_row_sum`
 
 
 class RMSNorm(nn.RMSNorm):

@@ -157,29 +157,36 @@ def test_fused_norm_and_neuron_match_the_separate_modules(norm_class, name):
 
 @pytest.mark.parametrize("width", [256, 1024])  # the fused norm → neuron function, and the recomputed region
 @pytest.mark.parametrize("length", [64, 50])  # rows T·B·L a multiple of the row-sum block (64), and not
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])  # a bf16 GEMM output widened in the norm, or not
 @pytest.mark.parametrize("norm_class", [torch.nn.LayerNorm, RMSNorm])
-def test_compiled_norms_give_the_parameter_gradients_of_the_module(norm_class, length, width):
+def test_compiled_norms_give_the_parameter_gradients_of_the_functional_norm(norm_class, dtype, length, width):
     """The compiled norms sum their weight and bias gradients over rows in two levels (`norms._row_sum`); the
-    gradients of x, weight and bias equal those of the module applied to the widened input."""
+    gradients of x, weight and bias equal those of `F.layer_norm` / `F.rms_norm` on the widened input."""
     from spiking_lm.nn.norms import normalize_and_fire
 
     torch.manual_seed(0)
-    norm = norm_class(width, eps=1e-5) if norm_class is torch.nn.LayerNorm else RMSNorm(width, eps=1e-5)
+    rms = norm_class is RMSNorm
+    norm = RMSNorm(width, eps=1e-5) if rms else torch.nn.LayerNorm(width, eps=1e-5)
     with torch.no_grad():
         for parameter in norm.parameters():
             parameter.uniform_(0.5, 1.5)
-    x = (torch.randn(2, 3, length, width) * 2).bfloat16().requires_grad_()  # a bf16 GEMM output, as in training
+    x = (torch.randn(2, 3, length, width) * 2).to(dtype).requires_grad_()
     grad = torch.randn(2, 3, length, width)
     neuron = build_neuron("lif", backend="inductor")
-    spikes = normalize_and_fire(norm, neuron, x, torch.bfloat16, None, torch.float32)
+    widen = torch.float32 if dtype == torch.bfloat16 else None
+    spikes = normalize_and_fire(norm, neuron, x, dtype, None, widen)
     wide = x.detach().float().requires_grad_()
-    expected = build_neuron("lif", backend="torch")(norm(wide))
+    if rms:
+        reference = torch.nn.functional.rms_norm(wide, (width,), norm.weight, 1e-5)
+    else:
+        reference = torch.nn.functional.layer_norm(wide, (width,), norm.weight, norm.bias, 1e-5)
+    expected = build_neuron("lif", backend="torch")(reference)
     assert torch.equal(spikes, expected)
     params = list(norm.parameters())
     got = torch.autograd.grad(spikes, [x, *params], grad)
     want = torch.autograd.grad(expected, [wide, *params], grad)
-    assert got[0].dtype == torch.bfloat16
-    torch.testing.assert_close(got[0].float(), want[0].bfloat16().float(), rtol=1e-2, atol=1e-2)
+    assert got[0].dtype == dtype
+    torch.testing.assert_close(got[0].float(), want[0].to(dtype).float(), rtol=1e-2, atol=1e-2)
     for a, b in zip(got[1:], want[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
