@@ -45,8 +45,8 @@ def test_energy_constants_reproduce_the_reference_figure():
 
 
 # Spikingformer-8-512 on ImageNet (T = 4, 14 x 14 = 196 tokens, width 512, MLP 2048): the accumulate counts its
-# published energy log prints for the Linears (1x1 convolutions) of its eight blocks, as (in, out, bias, ACs).
-# Q, K and V read the same spikes and print the same count. (zhouchenlin2096/Spikingformer,
+# published energy log prints for the Linears (1x1 convolutions) of its eight blocks, one row per block. Q, K and
+# V read the same spikes and print the same count. (zhouchenlin2096/Spikingformer,
 # energy_consumption_calculation/test_spikingformer-8-512_eg.log, "Info of Conv/Linear layers".)
 SPIKINGFORMER_8_512_BLOCK_ACS = [
     # q/k/v (each),  proj_conv,      fc1_conv,       fc2_conv
@@ -95,7 +95,7 @@ def test_the_counter_reproduces_the_block_counts_spikingformer_prints():
             ours_total += copies * ours
             printed_total += copies * printed_spike_acs
     # All 48 Linears together: 4.24 G ACs of the log's 6.52 G total (the rest: its convolutional stem, which this
-    # library does not build, and its attention products, which it multiplies in another order).
+    # library does not build, and its attention products, which that log counts as Q·(KᵀV)).
     assert ours_total == pytest.approx(printed_total, rel=1e-6)
     assert ours_total == pytest.approx(4.237e9, rel=1e-3)
 
