@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from .attention import row_normalized
-from .norms import normalize_and_fire
+from .norms import normalize, normalize_and_fire
 from .spike_linear import exact_output_dtype, linear_on_spikes, low_spike_dtype
 
 __all__ = [
@@ -82,7 +82,9 @@ def spiking_mlp(spikes, source_neuron, fc1, norm1, neuron, fc2, norm2, execution
     low = exact is not None
     fc1_output = linear_on_spikes(fc1, spikes, source_neuron, execution, exact_outputs=low)
     hidden = normalize_and_fire(norm1, neuron, fc1_output, exact, spike_dtype, fc1.weight.dtype if low else None)
-    return norm2(linear_on_spikes(fc2, hidden, neuron, execution))
+    low = exact_output_dtype([fc2], neuron, execution) is not None  # fc2's bf16 output, widened in norm2 alike
+    fc2_output = linear_on_spikes(fc2, hidden, neuron, execution, exact_outputs=low)
+    return normalize(norm2, fc2_output, fc2.weight.dtype if low else None, neuron.backend)
 
 
 def membrane_shortcut_layer(

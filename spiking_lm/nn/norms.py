@@ -20,7 +20,15 @@ from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron
 from .recompute import recompute_region
 from .recording import observing_spikes
 
-__all__ = ["FUSED_NORM_MAX_WIDTH", "RMSNorm", "build_norm", "normalize_and_fire", "rms_norm", "split_heads"]
+__all__ = [
+    "FUSED_NORM_MAX_WIDTH",
+    "RMSNorm",
+    "build_norm",
+    "normalize",
+    "normalize_and_fire",
+    "rms_norm",
+    "split_heads",
+]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -128,6 +136,21 @@ def _fusable_neuron(neuron):
     return None
 
 
+def normalize(norm: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype | None = None, backend: str = "auto"):
+    """``norm(x)``; with ``compute_dtype``, x arrives in a narrower dtype (a bf16 GEMM output,
+    `SpikeLinearFunction`'s ``exact_outputs``) and is widened inside the compiled norm, so that it is kept for
+    backward as it came and its gradient leaves in that dtype (eager, the conversion alone cost more than the
+    norm)."""
+    if compute_dtype is None:
+        return norm(x)
+    is_rms = isinstance(norm, nn.RMSNorm)
+    if not (is_rms or isinstance(norm, nn.LayerNorm)):
+        return norm(x.to(compute_dtype))
+    bias = None if is_rms else norm.bias
+    arguments = (_static_time_and_width(x), norm.weight, bias, norm.eps, is_rms, compute_dtype)
+    return run_differentiable(_normalize, backend, *arguments)
+
+
 def normalize_and_fire(
     norm: nn.Module,
     neuron,
@@ -152,13 +175,7 @@ def normalize_and_fire(
     bias = None if is_rms else getattr(norm, "bias", None)
 
     def normalized(membrane):
-        if compute_dtype is None:
-            return norm(membrane)
-        if not is_norm:
-            return norm(membrane.to(compute_dtype))
-        # Widening and norm compiled together: eager, the bf16 → fp32 conversion alone cost more than the norm.
-        arguments = (_static_time_and_width(membrane), norm.weight, bias, norm.eps, is_rms, compute_dtype)
-        return run_differentiable(_normalize, neuron.backend, *arguments)
+        return normalize(norm, membrane, compute_dtype, neuron.backend)
 
     def split(spikes):
         return spikes if heads is None else split_heads(spikes, heads)

@@ -30,7 +30,7 @@ from .bitpack import PACKED_MAX_QUERIES, pack_bits, packs_keys, unpack_bits
 from .event import integer_counts, worth_gathering
 from .execution import execution_or_default
 from .neurons import build_neuron, neuron_from_config
-from .norms import build_norm, normalize_and_fire
+from .norms import build_norm, normalize, normalize_and_fire
 from .recompute import recompute_region
 from .recording import active_recorders, observing_spikes
 from .spike_linear import exact_coding, exact_output_dtype, linear_on_spikes, linears_on_spikes
@@ -206,8 +206,12 @@ class SpikingSelfAttention(nn.Module):
             context, weights = attend_spikes(spikes)
         if self.output_norm_name is None:
             return context, producer, weights
-        output = linear_on_spikes(getattr(self, self.names[3]), context, producer, execution)
-        return getattr(self, self.output_norm_name)(output), None, weights
+        projection = getattr(self, self.names[3])
+        # Training in bf16, the projection's exact bf16 output is widened inside the compiled output norm.
+        low = exact_output_dtype([projection], producer, execution) is not None
+        output = linear_on_spikes(projection, context, producer, execution, exact_outputs=low)
+        widen = projection.weight.dtype if low else None
+        return normalize(getattr(self, self.output_norm_name), output, widen, self.v_neuron.backend), None, weights
 
     def _attention_parameters(self, left_out: tuple = ()) -> list:
         """Trainable parameters used from the input spikes up to the context (not the output projection, nor the

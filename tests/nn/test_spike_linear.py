@@ -191,6 +191,31 @@ def test_compiled_norms_give_the_parameter_gradients_of_the_functional_norm(norm
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("norm_class", [torch.nn.LayerNorm, RMSNorm])
+def test_a_bf16_gemm_output_is_kept_as_bf16_by_the_norm_that_widens_it(norm_class):
+    """`norms.normalize` with a compute dtype (an output norm after a bf16 spike GEMM): the same values as the
+    module on the widened input, the input kept for backward in bf16 (not a widened fp32 copy), its gradient
+    returned in bf16."""
+    from spiking_lm.nn.norms import normalize
+
+    torch.manual_seed(0)
+    norm = norm_class(256, eps=1e-5) if norm_class is torch.nn.LayerNorm else RMSNorm(256, eps=1e-5)
+    x = torch.randn(2, 4, 64, 256).bfloat16().requires_grad_()
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        y = normalize(norm, x, torch.float32, backend="inductor")
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, norm(x.detach().float()), rtol=1e-5, atol=1e-5)
+    assert not [t for t in kept if t.dtype == torch.float32 and t.shape == x.shape]
+    assert [t for t in kept if t.dtype == torch.bfloat16 and t.shape == x.shape]
+    grad = torch.randn_like(y)
+    (got,) = torch.autograd.grad(y, x, grad)
+    wide = x.detach().float().requires_grad_()
+    (want,) = torch.autograd.grad(norm(wide), wide, grad)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.bfloat16().float(), rtol=1e-2, atol=1e-2)
+
+
 def test_grouped_spike_linears_train_when_only_some_outputs_reach_the_loss():
     torch.manual_seed(0)
     neuron = build_neuron("lif")
