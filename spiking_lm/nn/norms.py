@@ -3,7 +3,8 @@
 `normalize_and_fire(norm, neuron, x)` is ``neuron(norm(x))``: for LayerNorm/RMSNorm feeding a parameter-free
 neuron no wider than `FUSED_NORM_MAX_WIDTH`, one compiled function whose backward recomputes the norm output
 instead of storing it; otherwise, while training with T > 1, a recomputed region that keeps only x
-(`spiking_lm.nn.recompute`).
+(`spiking_lm.nn.recompute`). `normalize(norm, x, compute_dtype)` is ``norm(x)`` for an x that arrives narrower
+than the norm computes (a bf16 GEMM output): widened inside the compiled norm, kept for backward as it came.
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
