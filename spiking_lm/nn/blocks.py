@@ -82,9 +82,9 @@ def spiking_mlp(spikes, source_neuron, fc1, norm1, neuron, fc2, norm2, execution
     low = exact is not None
     fc1_output = linear_on_spikes(fc1, spikes, source_neuron, execution, exact_outputs=low)
     hidden = normalize_and_fire(norm1, neuron, fc1_output, exact, spike_dtype, fc1.weight.dtype if low else None)
-    low = exact_output_dtype([fc2], neuron, execution) is not None  # fc2's bf16 output, widened in norm2 alike
-    fc2_output = linear_on_spikes(fc2, hidden, neuron, execution, exact_outputs=low)
-    return normalize(norm2, fc2_output, fc2.weight.dtype if low else None, neuron.backend)
+    fc2_low = exact_output_dtype([fc2], neuron, execution) is not None  # fc2's bf16 output, widened in norm2 alike
+    fc2_output = linear_on_spikes(fc2, hidden, neuron, execution, exact_outputs=fc2_low)
+    return normalize(norm2, fc2_output, fc2.weight.dtype if fc2_low else None, neuron.backend)
 
 
 def membrane_shortcut_layer(

@@ -73,11 +73,12 @@ def test_the_counter_reproduces_the_block_counts_spikingformer_prints():
     from spiking_lm.nn.spike_linear import linear_on_spikes
 
     steps, tokens, width, inner = 4, 196, 512, 2048
-    shapes = [(width, width, False), (width, width, True), (width, inner, True), (inner, width, True)]
+    # (in, out, bias, how many such Linears per block): Q/K/V, proj_conv, fc1_conv, fc2_conv
+    shapes = [(width, width, False, 3), (width, width, True, 1), (width, inner, True, 1), (inner, width, True, 1)]
     generator = torch.Generator().manual_seed(0)
     ours_total = printed_total = 0.0
     for block, printed_counts in enumerate(SPIKINGFORMER_8_512_BLOCK_ACS):
-        for (in_features, out_features, bias), printed in zip(shapes, printed_counts, strict=True):
+        for (in_features, out_features, bias, copies), printed in zip(shapes, printed_counts, strict=True):
             printed_spike_acs = printed * in_features / (in_features + bias)
             spikes_fired = round(printed_spike_acs / out_features)
             slots = steps * tokens * in_features
@@ -91,7 +92,6 @@ def test_the_counter_reproduces_the_block_counts_spikingformer_prints():
             ours = layer.convention_acs("paper")
             assert ours == spikes_fired * out_features
             assert abs(ours - printed_spike_acs) <= out_features / 2, (block, in_features, out_features)
-            copies = 3 if not bias else 1  # Q, K and V
             ours_total += copies * ours
             printed_total += copies * printed_spike_acs
     # All 48 Linears together: 4.24 G ACs of the log's 6.52 G total (the rest: its convolutional stem, which this
