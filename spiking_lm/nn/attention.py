@@ -10,6 +10,9 @@ values:
 - ``sfsa``: A_s = SN_attn(A ⊙ mask) binary, O = A_s V (integer counts), scaled by c. No softmax, no exp.
 - ``ssa``: O = (Q Kᵀ ⊙ mask) V · 0.125, re-spiked by the caller.
 
+Training SFSA in bf16 on 0/1 Q, K, V, `SpikingAttentionProducts` computes A_s V with a hand-written backward that
+keeps Q, K, V and the overlap counts as uint8 (exact) and recomputes A_s in the backward neuron kernel.
+
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
 
@@ -20,10 +23,13 @@ import math
 import torch
 
 from .bitpack import and_popcount, pack_bits
+from .dispatch import as_graph_inputs, run_kernel
+from .kernels import as_uint8, lif_backward_steps, lif_scan, masked_lif_forward
 
 __all__ = [
     "ATTENTION_TYPES",
     "SFSA_SCALES",
+    "SpikingAttentionProducts",
     "WTA_MODES",
     "allowed_keys",
     "softmax_free_attention",
@@ -31,6 +37,7 @@ __all__ = [
     "spike_scores",
     "sparsemax",
     "spikformer_attention",
+    "uses_compact_products",
     "winner_take_all",
 ]
 
@@ -138,15 +145,19 @@ def softmax_free_attention(
     score_scale: float,
     output_scale: str = "sqrt_d",
     matmul_dtype: torch.dtype = torch.float32,
+    zero_one: bool = False,
 ):
     """SFSA: ``(O·c, A_s)`` with A_s = SN_attn(score_scale · (Q Kᵀ ⊙ mask)) and O = A_s V.
 
     Shapes: Q ``(T, B, H, Lq, d)``, K/V ``(T, B, H, Lk, d)``, ``allowed`` ``(B, 1, Lq, Lk)``. ``output_scale``
     picks c: ``"sqrt_d"`` → 1/√d, ``"causal_count"`` → 1/(number of allowed keys of each query).
-    ``matmul_dtype``: see `spike_matmul`.
+    ``matmul_dtype``: see `spike_matmul`. ``zero_one``: the caller's promise that Q, K and V are 0/1 spikes
+    (training in bf16 then keeps them and the overlap counts as uint8, `uses_compact_products`).
     """
     if _trains_low(matmul_dtype, query, key, value) and hasattr(attn_neuron, "fire_masked"):
-        return _low_precision_sfsa(query, key, value, allowed, attn_neuron, score_scale, output_scale, matmul_dtype)
+        return _low_precision_sfsa(
+            query, key, value, allowed, attn_neuron, score_scale, output_scale, matmul_dtype, zero_one
+        )
     scores = spike_scores(query, key, matmul_dtype).masked_fill(~allowed, 0)  # (T, B, H, Lq, Lk) overlaps
     attention_spikes = attn_neuron(scores * score_scale)  # binary; masked pairs get 0 input and never fire
     output = spike_matmul(attention_spikes, value, matmul_dtype)
@@ -162,18 +173,112 @@ def _trains_low(dtype: torch.dtype, *operands) -> bool:
     return dtype != torch.float32 and torch.is_grad_enabled() and any(x.requires_grad for x in operands)
 
 
-def _low_precision_sfsa(query, key, value, allowed, attn_neuron, score_scale, output_scale, dtype):
+def uses_compact_products(attn_neuron, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether SFSA training in ``dtype`` on 0/1 Q, K, V of heads of ``head_dim`` runs through the neuron's
+    `fire_masked_products` (`SpikingAttentionProducts`: uint8 operands and counts kept, nothing recomputed):
+    a low-precision dtype, overlap counts that fit a uint8, and nothing recorded from the attention neuron."""
+    return (
+        dtype != torch.float32
+        and head_dim <= 255
+        and hasattr(attn_neuron, "fire_masked_products")
+        and not attn_neuron.record_firing_rate
+    )
+
+
+def _low_precision_sfsa(query, key, value, allowed, attn_neuron, score_scale, output_scale, dtype, zero_one=False):
     """`softmax_free_attention` while training in ``dtype`` (bf16), with the values of the fp32 path: the overlap
     counts stay bf16 into the attention neuron, which widens, masks, scales and fires in one kernel
     (`fire_masked`) and emits bf16 spikes for A·V; the context stays bf16 where the output scale is a power of
-    two (1/√d for d = 4ⁿ), so that nothing is converted between the two products and the output projection."""
-    scores = torch.matmul(query.to(dtype), key.transpose(-1, -2).to(dtype))
-    attention_spikes = attn_neuron.fire_masked(scores, allowed, score_scale, dtype)
-    output = torch.matmul(attention_spikes, value.to(dtype))
+    two (1/√d for d = 4ⁿ), so that nothing is converted between the two products and the output projection.
+    0/1 operands already in ``dtype`` go through `fire_masked_products`, which keeps them compact."""
+    operands = (query, key, value)
+    compact = zero_one and all(x.dtype == dtype for x in operands)
+    if compact and uses_compact_products(attn_neuron, query.shape[-1], dtype):
+        output, attention_spikes = attn_neuron.fire_masked_products(*operands, allowed, score_scale, dtype)
+    else:
+        scores = torch.matmul(query.to(dtype), key.transpose(-1, -2).to(dtype))
+        attention_spikes = attn_neuron.fire_masked(scores, allowed, score_scale, dtype)
+        output = torch.matmul(attention_spikes, value.to(dtype))
     if output_scale != "sqrt_d":
         return output.float() / allowed.sum(-1, keepdim=True).clamp_min(1), attention_spikes
     root = math.sqrt(query.shape[-1])
     return (output / root if math.frexp(root)[0] == 0.5 else output.float() / root), attention_spikes
+
+
+# Training SFSA in bf16 on 0/1 Q, K, V: the products keep uint8 copies (`SpikingAttentionProducts`).
+
+
+def masked_lif_forward_codes(scores, allowed, scale, beta, v_threshold, v_reset, dtype):
+    """`masked_lif_forward` and, from the same pass, ``scores`` as uint8: exact for SFSA's overlap counts of 0/1
+    spikes (integers in [0, d], d ≤ 255), what `SpikingAttentionProducts` keeps for backward."""
+    return masked_lif_forward(scores, allowed, scale, beta, v_threshold, v_reset, dtype), scores.to(torch.uint8)
+
+
+def masked_lif_backward_and_spikes(
+    grad_spikes, codes, allowed, scale, beta, v_threshold, v_reset, detach_reset, surrogate, alpha, dtype
+):
+    """dL/dscores for `masked_lif_forward` from uint8 ``codes`` of the scores, in ``dtype``, and the spikes
+    (``dtype``) recomputed in the same pass."""
+    x = codes.to(scale.dtype) * allowed * scale
+    spikes, _ = lif_scan(x, beta, v_threshold, v_reset)
+    options = (beta, v_threshold, v_reset, detach_reset, surrogate, alpha)
+    steps = lif_backward_steps(grad_spikes.to(x.dtype), x, *options)
+    grads = torch.stack([(grad * scale * allowed).to(dtype) for grad in steps])
+    return grads, torch.stack([spike.to(dtype) for spike in spikes])
+
+
+def widened(query, key, value, dtype):
+    """Three `as_uint8` tensors back in ``dtype``."""
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
+class SpikingAttentionProducts(torch.autograd.Function):
+    """SFSA's products for 0/1 Q, K, V while training in a low-precision ``dtype`` (bf16): ``(A V, A)`` with
+    A = `masked_lif_forward` of the overlap counts Q Kᵀ; ``apply(query, key, value, allowed, scale, beta,
+    v_threshold, v_reset, detach_reset, surrogate, alpha, dtype, backend)``.
+
+    The values and gradients of the composition (two `torch.matmul` and `MaskedMultiStepLIF`), with what it
+    keeps for backward cut to a quarter: Q, K, V and the counts as uint8 (exact: 0/1 and integers in [0, d]),
+    the attention spikes recomputed from the counts in the backward neuron kernel. Nothing else reruns, so
+    the attention needs no recomputed region (`recompute_region`)."""
+
+    @staticmethod
+    def forward(
+        ctx, query, key, value, allowed, scale, beta, v_threshold, v_reset, detach_reset, surrogate, alpha, dtype,
+        backend,
+    ):  # fmt: skip
+        ctx.set_materialize_grads(False)  # attention maps nobody asked a gradient of cost nothing
+        like = query.new_empty((), dtype=torch.float32)
+        numbers = as_graph_inputs((scale, beta, v_threshold, *(() if v_reset is None else (v_reset,)), alpha), like)
+        scale, beta, v_threshold, *rest, alpha = numbers
+        v_reset = rest[0] if rest else None
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+        scores = torch.matmul(query, key.transpose(-1, -2))
+        spikes, codes = run_kernel(
+            masked_lif_forward_codes, backend, scores, allowed, scale, beta, v_threshold, v_reset, dtype
+        )
+        output = torch.matmul(spikes, value)
+        ctx.save_for_backward(*run_kernel(as_uint8, backend, query, key, value), codes, allowed)
+        ctx.options = (scale, beta, v_threshold, v_reset, detach_reset, surrogate, alpha)
+        ctx.dtype, ctx.backend = dtype, backend
+        return output, spikes
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_spikes):
+        query, key, value, codes, allowed = ctx.saved_tensors
+        dtype = ctx.dtype
+        query, key, value = run_kernel(widened, ctx.backend, query, key, value, dtype)
+        grad_attention = None if grad_output is None else torch.matmul(grad_output.to(dtype), value.transpose(-1, -2))
+        if grad_spikes is not None:
+            grad_spikes = grad_spikes.to(dtype)
+            grad_attention = grad_spikes if grad_attention is None else grad_attention + grad_spikes
+        grad_scores, spikes = run_kernel(
+            masked_lif_backward_and_spikes, ctx.backend, grad_attention, codes, allowed, *ctx.options, dtype
+        )
+        grad_value = None if grad_output is None else torch.matmul(spikes.transpose(-1, -2), grad_output.to(dtype))
+        grad_query = torch.matmul(grad_scores, key)
+        grad_key = torch.matmul(grad_scores.transpose(-1, -2), query)
+        return grad_query, grad_key, grad_value, *([None] * 10)
 
 
 def spikformer_attention(query, key, value, allowed, scale: float = 0.125, matmul_dtype=torch.float32):

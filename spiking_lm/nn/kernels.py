@@ -90,6 +90,11 @@ def masked_lif_backward(
     return torch.stack([(grad * scale * allowed).to(scores.dtype) for grad in steps])
 
 
+def as_uint8(*spikes):
+    """0/1 spikes (or integer counts in [0, 255]) as uint8, one compiled pass for all of them."""
+    return tuple(x.to(torch.uint8) for x in spikes)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Integer LIF family (ilif, nilif, asn, nasn):
 #   U[t] = H[t-1] + X[t];  q[t] = clip(round(U[t]), lo, lo + D);  S[t] = scale · q[t];  H[t] = β (U[t] - q[t])

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from .attention import SpikingAttentionProducts
 from .functional import ceil_ste, integer_lif, lif, tlif
 from .kernels import MaskedMultiStepLIF
 from .neuron_base import SpikingNeuron, _check_int, _check_number
@@ -88,6 +89,16 @@ class LIFNeuron(SpikingNeuron):
         surrogate = self.surrogate
         return MaskedMultiStepLIF.apply(
             scores, allowed, float(scale), self.beta, self.v_threshold, self.v_reset, self.detach_reset,
+            surrogate.name, surrogate.param, dtype, self.backend,
+        )  # fmt: skip
+
+    def fire_masked_products(self, query, key, value, allowed, scale: float, dtype: torch.dtype):
+        """SFSA's ``(A V, A)`` with A = `fire_masked` (Q Kᵀ, allowed, scale) for 0/1 ``query``, ``key`` and
+        ``value`` of ``dtype`` while training: `SpikingAttentionProducts`, the values and gradients of the
+        composition with Q, K, V and the overlap counts kept as uint8."""
+        surrogate = self.surrogate
+        return SpikingAttentionProducts.apply(
+            query, key, value, allowed, float(scale), self.beta, self.v_threshold, self.v_reset, self.detach_reset,
             surrogate.name, surrogate.param, dtype, self.backend,
         )  # fmt: skip
 

@@ -24,6 +24,7 @@ from .attention import (
     spike_matmul,
     spike_scores,
     spikformer_attention,
+    uses_compact_products,
     winner_take_all,
 )
 from .bitpack import PACKED_MAX_QUERIES, pack_bits, packs_keys, unpack_bits
@@ -37,6 +38,12 @@ from .spike_linear import exact_coding, exact_output_dtype, linear_on_spikes, li
 from .weight_quantization import Int8Linear
 
 __all__ = ["SpikingSelfAttention"]
+
+
+def _zero_one(neuron) -> bool:
+    """Whether the neuron emits 0/1 spikes: binary, unit 1, no offset."""
+    coding = neuron.coding
+    return coding.binary and coding.counts and coding.max == 1 and coding.scale == 1 and not coding.has_offset
 
 
 def _cache_unit(neuron) -> float | None:
@@ -192,7 +199,12 @@ class SpikingSelfAttention(nn.Module):
 
         training = cache is None and spikes.shape[0] > 1
         exact = exact_output_dtype(self._projections(), source_neuron, execution) if training else None
-        if exact is not None:  # training keeps the Q/K/V Linear
+        if exact is not None and self._compact_products(execution):
+            # SFSA's products keep their 0/1 operands and overlap counts as uint8 and the norm → neuron functions
+            # keep the bf16 Linear outputs: a quarter of the plain graph's attention memory, nothing recomputed.
+            membranes = linears_on_spikes(self._projections(), spikes, source_neuron, execution, exact_outputs=True)
+            context, weights = attend(*membranes)
+        elif exact is not None:  # training keeps the Q/K/V Linear
             # outputs in the dtype of their GEMM (bf16: 2 bytes per value, lossless), so that the norms, neurons
             # and the attention recompute in backward without the three GEMMs.
             membranes = linears_on_spikes(self._projections(), spikes, source_neuron, execution, exact_outputs=True)
@@ -212,6 +224,16 @@ class SpikingSelfAttention(nn.Module):
         output = linear_on_spikes(projection, context, producer, execution, exact_outputs=low)
         widen = projection.weight.dtype if low else None
         return normalize(getattr(self, self.output_norm_name), output, widen, self.v_neuron.backend), None, weights
+
+    def _zero_one_operands(self) -> bool:
+        """Whether Q, K and V are 0/1 spikes (binary neurons, unit 1, no offset)."""
+        return all(_zero_one(n) for n in (self.q_neuron, self.k_neuron, self.v_neuron))
+
+    def _compact_products(self, execution) -> bool:
+        """Whether training runs SFSA's products through `SpikingAttentionProducts` (see `uses_compact_products`)."""
+        if self.kind != "sfsa" or observing_spikes() or not self._zero_one_operands():
+            return False
+        return uses_compact_products(self.attn_neuron, self.head_dim, execution.matmul_dtype)
 
     def _attention_parameters(self, left_out: tuple = ()) -> list:
         """Trainable parameters used from the input spikes up to the context (not the output projection, nor the
@@ -268,8 +290,9 @@ class SpikingSelfAttention(nn.Module):
         if self.kind == "sfsa":
             scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0
             return softmax_free_attention(
-                query, key, value, allowed, self.attn_neuron, scale, config.sfsa_output_scale, dtype
-            )
+                query, key, value, allowed, self.attn_neuron, scale, config.sfsa_output_scale, dtype,
+                self._zero_one_operands(),
+            )  # fmt: skip
         if self.kind == "ssa":
             return spikformer_attention(query, key, value, allowed, matmul_dtype=dtype)
         scores = spike_scores(query, key, dtype)

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .dispatch import run_kernel
 from .event import event_linears, worth_gathering
 from .execution import execution_or_default
+from .kernels import as_uint8
 from .recompute import encode_counts
 from .recording import active_recorders
 from .spike_coding import binary_to_integer, coding_of
@@ -60,11 +62,14 @@ class SpikeLinearFunction(torch.autograd.Function):
     def forward(ctx, x, coding, matmul_dtype, exact_outputs, *parameters):
         weights, biases = parameters[0::2], parameters[1::2]
         low = matmul_dtype != torch.float32  # float32 means: the input's own dtype
-        # 0/1 spikes that arrive in the GEMM dtype (`low_spike_dtype`) are the operand and what is kept, as they
-        # are: 2 bytes instead of 1, but no conversion either way (bf16 → uint8 alone cost more than the
-        # neuron that made them).
+        # 0/1 spikes that arrive in the GEMM dtype (`low_spike_dtype`) are the operand as they are. Kept for
+        # backward: as uint8 by one compiled pass where they feed several Linears (Q/K/V: 1 byte instead of 2,
+        # no measurable cost), as they are for a single Linear (converting the MLP's inputs too, 1024 wide, cost
+        # 6 % of a BiSpikCLM step; eager, bf16 → uint8 alone cost more than the neuron that made them).
         direct = low and x.dtype == matmul_dtype and coding in (None, (1.0, 0.0))
         counts = None if coding is None or direct else encode_counts(x, *coding)
+        if direct and coding is not None and len(weights) > 1:
+            (counts,) = run_kernel(as_uint8, "auto", x)
         ctx.coding, ctx.has_bias = coding, [bias is not None for bias in biases]
         ctx.matmul_dtype, ctx.input_dtype = (matmul_dtype if low else None), x.dtype
         kept = counts if counts is not None else (x.to(matmul_dtype) if low else x)
@@ -105,7 +110,8 @@ class SpikeLinearFunction(torch.autograd.Function):
         grad_parameters = []
         weight_grads = [None] * len(weights)
         if any(needs[4::2]):
-            inputs = kept.reshape(-1, kept.shape[-1]).to(dtype)
+            inputs = kept.reshape(-1, kept.shape[-1])
+            inputs = run_kernel(_widened, "auto", inputs, dtype) if inputs.dtype == torch.uint8 else inputs.to(dtype)
             weight_grads = (joined.T @ inputs).to(weights[0].dtype).split(widths)
         scale, offset = ctx.coding or (1.0, 0.0)
         for index, (grad, flat_grad) in enumerate(zip(weight_grads, flat_grads, strict=True)):
@@ -123,6 +129,10 @@ class SpikeLinearFunction(torch.autograd.Function):
             bias_grad = sums if wants_bias else None
             grad_parameters += [grad, bias_grad]
         return grad_input, None, None, None, *grad_parameters
+
+
+def _widened(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype)
 
 
 def _folds_into_weights(coding) -> bool:

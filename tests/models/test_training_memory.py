@@ -136,8 +136,13 @@ def test_bfloat16_training_keeps_gemm_outputs_as_bf16_and_recomputes_the_plain_g
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append((t.dtype, t.shape)) or t, lambda t: t):
         model(**inputs, labels=labels_for(kind, inputs)).loss.backward()
     hidden = (2, *inputs["input_ids"].shape, model.config.hidden_size)  # (T, B, L, D)
-    # Q, K and V Linear outputs of every layer, kept for the recomputed attention instead of rerunning the GEMMs
-    assert kept.count((torch.bfloat16, hidden)) >= 3 * model.config.num_hidden_layers
+    if model.config.attention_type == "sfsa":  # SFSA's products keep uint8 overlap counts, nothing wider
+        batch, length = inputs["input_ids"].shape
+        score_map = torch.Size((2, batch, model.config.num_attention_heads, length, length))
+        assert (torch.uint8, score_map) in kept
+        assert [dtype for dtype, shape in kept if shape == score_map] == [torch.uint8] * model.config.num_hidden_layers
+    else:  # Q, K and V Linear outputs of every layer, kept for the recomputed attention instead of the GEMMs
+        assert kept.count((torch.bfloat16, hidden)) >= 3 * model.config.num_hidden_layers
 
 
 def test_train_matmul_dtype_is_validated_and_survives_save_and_load(tmp_path):

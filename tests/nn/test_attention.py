@@ -142,3 +142,33 @@ def test_sfsa_training_in_bf16_equals_the_unfused_products_bit_for_bit(head_dim,
     assert 0 < plain_spikes.mean() < 1  # the neuron fired on some pairs, not all
     maps = row_normalized(fused_spikes)  # distillation's attention maps: summed in fp32, not bf16
     assert maps.dtype == torch.float32 and torch.equal(maps, row_normalized(plain_spikes))
+
+
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+def test_sfsa_on_zero_one_bf16_operands_keeps_uint8_and_computes_the_fused_products(backend):
+    """Training in bf16 on 0/1 Q, K, V (`zero_one`), SFSA's products keep Q, K, V and the overlap counts as
+    uint8 and recompute the attention spikes in the backward neuron kernel (`SpikingAttentionProducts`): the
+    context and the spikes are those of the fused path bit for bit, and so are the gradients of Q, K and V,
+    through the context and through the attention maps (SAA distillation differentiates them)."""
+    from spiking_lm.nn import build_neuron
+    from spiking_lm.nn.attention import softmax_free_attention
+
+    torch.manual_seed(0)
+    shape = (4, 2, 3, 16, 16)
+    operands = [(torch.rand(shape) < 0.4).bfloat16().requires_grad_() for _ in range(3)]
+    allowed = allowed_keys(torch.tensor([[0, 0] + [1] * 14, [1] * 16]), 16, 16, causal=True, device="cpu")
+    neuron = build_neuron("lif", v_threshold=0.4, backend=backend)
+    grad, grad_maps = torch.randn(shape).bfloat16(), torch.randn(4, 2, 3, 16, 16).bfloat16()
+    results = []
+    for zero_one in (True, False):
+        output, spikes = softmax_free_attention(*operands, allowed, neuron, 0.3, "sqrt_d", torch.bfloat16, zero_one)
+        saved = output.grad_fn.next_functions[0][0].saved_tensors if zero_one else ()
+        loss = (output * grad).sum() + (spikes * grad_maps).sum()
+        results.append((output, spikes, saved, *torch.autograd.grad(loss, operands)))
+    (output, spikes, saved, *grads), (fused, fused_spikes, _, *fused_grads) = results
+    assert [t.dtype for t in saved] == [torch.uint8] * 4 + [torch.bool]  # Q, K, V, counts; the mask
+    assert spikes.dtype == output.dtype == torch.bfloat16
+    assert torch.equal(spikes, fused_spikes) and torch.equal(output, fused)
+    assert 0 < spikes.float().mean() < 1
+    for got, expected in zip(grads, fused_grads, strict=True):
+        assert got.dtype == torch.bfloat16 and torch.equal(got, expected)

@@ -232,9 +232,10 @@ def test_grouped_spike_linears_train_when_only_some_outputs_reach_the_loss():
 
 @pytest.mark.parametrize("exact_outputs", [False, True])
 def test_bf16_spikes_into_a_bf16_spike_linear_give_the_float32_spikes_results(exact_outputs):
-    """Spikes that arrive in bf16 (`low_spike_dtype`) are the GEMM operand and what is kept, as they are; outputs
-    and gradients equal those of the same spikes in fp32, the input gradient comes back in bf16, and
-    ``exact_outputs`` hands over the bf16 GEMM output that the fp32 output is the widening of."""
+    """Spikes that arrive in bf16 (`low_spike_dtype`) are the GEMM operand as they are, kept as uint8 when they
+    feed several Linears and as bf16 for one; outputs and gradients equal those of the same spikes in fp32, the
+    input gradient comes back in bf16, and ``exact_outputs`` hands over the bf16 GEMM output that the fp32 output
+    is the widening of."""
     from spiking_lm.nn.spike_linear import exact_output_dtype, low_spike_dtype
 
     torch.manual_seed(0)
@@ -251,10 +252,12 @@ def test_bf16_spikes_into_a_bf16_spike_linear_give_the_float32_spikes_results(ex
         exact = dtype == torch.bfloat16 and exact_outputs
         outputs = linears_on_spikes(linears, x, neuron, BF16, exact_outputs=exact)
         kept = outputs[0].grad_fn.saved_tensors[0]
-        assert kept.dtype == (torch.uint8 if dtype == torch.float32 else torch.bfloat16)
+        assert kept.dtype == torch.uint8
         output_grads = [g.to(outputs[0].dtype) for g in grads]
         results.append([*outputs, *torch.autograd.grad(outputs, [x, *parameters], output_grads)])
     assert results[1][3].dtype == torch.bfloat16  # the input gradient, in the input's dtype
+    single = linear_on_spikes(linears[0], spikes.bfloat16().requires_grad_(), neuron, BF16)
+    assert single.grad_fn.saved_tensors[0].dtype == torch.bfloat16  # one Linear: kept as it came
     for index, (reference, low) in enumerate(zip(*results, strict=True)):
         if exact_outputs and index < 3:
             assert low.dtype == torch.bfloat16 and torch.equal(low.float(), reference)
