@@ -268,14 +268,16 @@ class SpikingAttentionProducts(torch.autograd.Function):
         query, key, value, codes, allowed = ctx.saved_tensors
         dtype = ctx.dtype
         query, key, value = run_kernel(widened, ctx.backend, query, key, value, dtype)
-        grad_attention = None if grad_output is None else torch.matmul(grad_output.to(dtype), value.transpose(-1, -2))
+        if grad_output is not None:  # a view of the (T, B, L, D) context's gradient: copied once, not per product
+            grad_output = grad_output.to(dtype).contiguous()
+        grad_attention = None if grad_output is None else torch.matmul(grad_output, value.transpose(-1, -2))
         if grad_spikes is not None:
             grad_spikes = grad_spikes.to(dtype)
             grad_attention = grad_spikes if grad_attention is None else grad_attention + grad_spikes
         grad_scores, spikes = run_kernel(
             masked_lif_backward_and_spikes, ctx.backend, grad_attention, codes, allowed, *ctx.options, dtype
         )
-        grad_value = None if grad_output is None else torch.matmul(spikes.transpose(-1, -2), grad_output.to(dtype))
+        grad_value = None if grad_output is None else torch.matmul(spikes.transpose(-1, -2), grad_output)
         grad_query = torch.matmul(grad_scores, key)
         grad_key = torch.matmul(grad_scores.transpose(-1, -2), query)
         return grad_query, grad_key, grad_value, *([None] * 10)
