@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import types
 
 import torch
 
@@ -30,6 +31,7 @@ BACKENDS = ("auto", "torch", "inductor")
 AUTO_COMPILE_MIN_NUMEL = int(os.environ.get("SPIKING_LM_COMPILE_MIN_NUMEL", 1 << 17))
 
 _compiled_kernels: dict = {}
+_compiled_inference_kernels: dict = {}
 _broken_kernels: set = set()
 _limited_kernels: set = set()
 KERNEL_RECOMPILE_LIMIT = 64  # compiled variants per kernel before new ones run eagerly (see `_call_compiled`)
@@ -43,11 +45,27 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def _compiled(kernel):
-    if kernel not in _compiled_kernels:
+def _compiled(kernel, training: bool = True):
+    """The compiled ``kernel``. Calls that train nothing (no autograd, no input that needs a gradient) go to a twin
+    with its own code object, hence its own dynamo cache and automatic-dynamic state: decoding with the cache (one
+    token at a time, growing lengths) turned batch and length dynamic in every kernel it called, and kernels then
+    compiled for training in the same process came out dynamic too (WE-Spikingformer fell from 0.95 to 0.73× in
+    the benchmark table after the other models had generated)."""
+    table = _compiled_kernels if training else _compiled_inference_kernels
+    if kernel not in table:
         options = getattr(kernel, "inductor_options", None)  # inductor config a kernel asks for (see kernels.py)
-        _compiled_kernels[kernel] = torch.compile(kernel, dynamic=None, fullgraph=True, options=options)
-    return _compiled_kernels[kernel]
+        target = kernel if training else _twin(kernel)
+        table[kernel] = torch.compile(target, dynamic=None, fullgraph=True, options=options)
+    return table[kernel]
+
+
+def _twin(function):
+    """``function`` with a copy of its code object (same behaviour, separate dynamo state)."""
+    code = function.__code__.replace(co_name=f"{function.__code__.co_name}_inference")
+    twin = types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
+    twin.__kwdefaults__ = function.__kwdefaults__
+    twin.__dict__.update(function.__dict__)
+    return twin
 
 
 def as_graph_inputs(args, like: torch.Tensor) -> tuple:
@@ -67,7 +85,7 @@ def _hit_recompile_limit(error: Exception) -> bool:
     return type(error).__name__ in RECOMPILE_LIMIT_ERRORS or "recompile limit" in str(error)
 
 
-def _call_compiled(function, args: tuple):
+def _call_compiled(function, args: tuple, training: bool = True):
     """The compiled ``function(*args)``, run with dynamo's `recompile_limit` raised to `KERNEL_RECOMPILE_LIMIT`
     for the call: dynamo allows 8 variants per function by default, and one of these kernels meets more in a
     process that trains, evaluates and generates (dtypes, head layouts, T = 1 and T > 1, grad modes, several
@@ -75,10 +93,10 @@ def _call_compiled(function, args: tuple):
     config = torch._dynamo.config
     limit = config.recompile_limit
     if limit >= KERNEL_RECOMPILE_LIMIT:
-        return _compiled(function)(*args)
+        return _compiled(function, training)(*args)
     config.recompile_limit = KERNEL_RECOMPILE_LIMIT
     try:
-        return _compiled(function)(*args)
+        return _compiled(function, training)(*args)
     finally:
         config.recompile_limit = limit
 
@@ -89,11 +107,12 @@ def _run(function, backend: str, x: torch.Tensor, args: tuple, graph_inputs):
         return function(x, *args)
     if backend == "auto" and (function in _broken_kernels or x.numel() < AUTO_COMPILE_MIN_NUMEL):
         return function(x, *args)
+    training = torch.is_grad_enabled() or x.requires_grad  # x: an activation (parameters always need gradients)
     compiled_args = graph_inputs((x, *args), x)
     if backend == "inductor":
-        return _call_compiled(function, compiled_args)
+        return _call_compiled(function, compiled_args, training)
     try:
-        return _call_compiled(function, compiled_args)
+        return _call_compiled(function, compiled_args, training)
     except Exception as error:  # noqa: BLE001 - "auto" promises an eager fallback; the reason is logged
         if _hit_recompile_limit(error):  # the compiled variants stay; new ones run eagerly
             if function not in _limited_kernels:

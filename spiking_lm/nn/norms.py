@@ -48,8 +48,8 @@ class RMSNorm(nn.RMSNorm):
         return run_differentiable(rms_norm, self.backend, x, self.weight, self.eps)
 
 
-# Widest norm → neuron pair compiled as one function (docs/design.md: why 512 and not wider).
-FUSED_NORM_MAX_WIDTH = 512
+# Widest norm → neuron pair compiled as one function (docs/design.md: why 1024, an MLP's width, and not 512).
+FUSED_NORM_MAX_WIDTH = 1024
 
 
 def _static_time_and_width(x: torch.Tensor) -> torch.Tensor:

@@ -202,3 +202,30 @@ def test_masked_lif_on_bf16_scores_equals_the_widened_masked_composition(backend
     (got,) = torch.autograd.grad(fused, scores, grad)
     assert torch.equal(got, expected)
     assert torch.equal(got[..., ~allowed[0, 0]], torch.zeros_like(got[..., ~allowed[0, 0]]))  # masked: no grad
+
+
+def test_inference_calls_do_not_turn_the_training_kernels_dynamic():
+    """Calls that train nothing compile in a twin of the kernel with its own dynamo state: decoding's varying
+    lengths make the twin's shapes dynamic, and a training call compiled after them still gets a static graph (it
+    once came out dynamic, and WE-Spikingformer trained 25 % slower after another model had generated)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from spiking_lm.nn import dispatch
+
+    def quadrupled(x):  # a fresh kernel: its own dynamo cache
+        return x * 4
+
+    with torch.no_grad():
+        for length in (10, 20, 30):  # the third length compiles a dynamic graph in the inference twin
+            x = torch.ones(length)
+            assert torch.equal(dispatch.run_kernel(quadrupled, "inductor", x), x * 4)
+    assert quadrupled in dispatch._compiled_inference_kernels and quadrupled not in dispatch._compiled_kernels
+    graphs = []
+    for length in (40, 50):  # training: a static graph per length, not the twin's dynamic one
+        x = torch.ones(length, requires_grad=True)
+        before = counters["stats"]["unique_graphs"]
+        assert torch.equal(dispatch.run_kernel(quadrupled, "inductor", x), x.detach() * 4)
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert graphs == [1, 1]
+    assert dispatch._compiled_inference_kernels[quadrupled] is not dispatch._compiled_kernels[quadrupled]
