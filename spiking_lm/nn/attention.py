@@ -24,7 +24,7 @@ import torch
 
 from .bitpack import and_popcount, pack_bits
 from .dispatch import as_graph_inputs, run_kernel
-from .kernels import as_uint8, lif_backward_steps, lif_scan, masked_lif_forward
+from .kernels import as_uint8, lif_backward_steps, lif_scan, masked_lif_forward, widened
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -225,11 +225,6 @@ def masked_lif_backward_and_spikes(
     steps = lif_backward_steps(grad_spikes.to(x.dtype), x, *options)
     grads = torch.stack([(grad * scale * allowed).to(dtype) for grad in steps])
     return grads, torch.stack([spike.to(dtype) for spike in spikes])
-
-
-def widened(query, key, value, dtype):
-    """Three `as_uint8` tensors back in ``dtype``."""
-    return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
 class SpikingAttentionProducts(torch.autograd.Function):

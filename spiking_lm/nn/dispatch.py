@@ -46,7 +46,7 @@ def check_backend(backend: str) -> str:
 
 
 def _compiled(kernel, training: bool = True):
-    """The compiled ``kernel``. Calls that train nothing (no autograd, no input that needs a gradient) go to a twin
+    """The compiled ``kernel``. Calls that train nothing (autograd off, an input x that needs no gradient) go to a twin
     with its own code object, hence its own dynamo cache and automatic-dynamic state: decoding with the cache (one
     token at a time, growing lengths) turned batch and length dynamic in every kernel it called, and kernels then
     compiled for training in the same process came out dynamic too (WE-Spikingformer fell from 0.95 to 0.73× in

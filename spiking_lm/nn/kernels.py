@@ -95,6 +95,13 @@ def as_uint8(*spikes):
     return tuple(x.to(torch.uint8) for x in spikes)
 
 
+def widened(*codes_and_dtype):
+    """``widened(*codes, dtype)``: `as_uint8` tensors back in ``dtype``, one compiled pass for all of them (the
+    dtype last, as `run_kernel` takes a tensor first)."""
+    *codes, dtype = codes_and_dtype
+    return tuple(x.to(dtype) for x in codes)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Integer LIF family (ilif, nilif, asn, nasn):
 #   U[t] = H[t-1] + X[t];  q[t] = clip(round(U[t]), lo, lo + D);  S[t] = scale · q[t];  H[t] = β (U[t] - q[t])

@@ -40,12 +40,6 @@ from .weight_quantization import Int8Linear
 __all__ = ["SpikingSelfAttention"]
 
 
-def _zero_one(neuron) -> bool:
-    """Whether the neuron emits 0/1 spikes: binary, unit 1, no offset."""
-    coding = neuron.coding
-    return coding.binary and coding.counts and coding.max == 1 and coding.scale == 1 and not coding.has_offset
-
-
 def _cache_unit(neuron) -> float | None:
     """u such that the neuron's spike values are u·k with integer |k| ≤ 127 and no offset (cacheable as int8)."""
     coding = neuron.coding
@@ -227,7 +221,7 @@ class SpikingSelfAttention(nn.Module):
 
     def _zero_one_operands(self) -> bool:
         """Whether Q, K and V are 0/1 spikes (binary neurons, unit 1, no offset)."""
-        return all(_zero_one(n) for n in (self.q_neuron, self.k_neuron, self.v_neuron))
+        return all(n.coding.zero_one for n in (self.q_neuron, self.k_neuron, self.v_neuron))
 
     def _compact_products(self, execution) -> bool:
         """Whether training runs SFSA's products through `SpikingAttentionProducts` (see `uses_compact_products`)."""

@@ -51,6 +51,11 @@ class SpikeCoding:
         return self.mode == "binary"
 
     @property
+    def zero_one(self) -> bool:
+        """Whether the values are 0/1 spikes: binary, unit 1, no offset."""
+        return self.binary and self.counts and self.max == 1 and self.scale == 1 and not self.has_offset
+
+    @property
     def has_offset(self) -> bool:
         return torch.is_tensor(self.offset) or self.offset != 0
 

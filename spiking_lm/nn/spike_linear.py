@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from .dispatch import run_kernel
 from .event import event_linears, worth_gathering
 from .execution import execution_or_default
-from .kernels import as_uint8
+from .kernels import as_uint8, widened
 from .recompute import encode_counts
 from .recording import active_recorders
 from .spike_coding import binary_to_integer, coding_of
@@ -111,7 +111,10 @@ class SpikeLinearFunction(torch.autograd.Function):
         weight_grads = [None] * len(weights)
         if any(needs[4::2]):
             inputs = kept.reshape(-1, kept.shape[-1])
-            inputs = run_kernel(_widened, "auto", inputs, dtype) if inputs.dtype == torch.uint8 else inputs.to(dtype)
+            if inputs.dtype == torch.uint8:
+                (inputs,) = run_kernel(widened, "auto", inputs, dtype)
+            else:
+                inputs = inputs.to(dtype)
             weight_grads = (joined.T @ inputs).to(weights[0].dtype).split(widths)
         scale, offset = ctx.coding or (1.0, 0.0)
         for index, (grad, flat_grad) in enumerate(zip(weight_grads, flat_grads, strict=True)):
@@ -129,10 +132,6 @@ class SpikeLinearFunction(torch.autograd.Function):
             bias_grad = sums if wants_bias else None
             grad_parameters += [grad, bias_grad]
         return grad_input, None, None, None, *grad_parameters
-
-
-def _widened(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.to(dtype)
 
 
 def _folds_into_weights(coding) -> bool:

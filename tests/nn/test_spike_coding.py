@@ -129,3 +129,12 @@ def test_every_neuron_describes_its_output_with_one_coding(name):
         train = neuron(x)
         assert train.shape[0] == 2 * neuron.coding.max
         torch.testing.assert_close(neuron.coding.values(train), integer)
+
+
+def test_zero_one_names_exactly_the_neurons_that_emit_0_1_spikes():
+    """SFSA's compact products rely on it: 0/1 operands are exact in uint8 and their overlaps are counts."""
+    assert build_neuron("lif").coding.zero_one and build_neuron("psn", time_steps=4).coding.zero_one
+    assert not build_neuron("nilif").coding.zero_one  # counts / 4
+    assert not build_neuron("ilif").coding.zero_one  # counts up to 4
+    assert not build_neuron("asn").coding.zero_one  # an offset
+    assert not build_neuron("tlif").coding.zero_one  # ternary, learned scales
