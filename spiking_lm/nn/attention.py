@@ -19,6 +19,7 @@ This module imports only `torch` and same-folder modules so that it can travel w
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
@@ -146,21 +147,30 @@ def softmax_free_attention(
     output_scale: str = "sqrt_d",
     matmul_dtype: torch.dtype = torch.float32,
     zero_one: bool = False,
+    all_allowed: bool = False,
+    products=None,
 ):
     """SFSA: ``(O·c, A_s)`` with A_s = SN_attn(score_scale · (Q Kᵀ ⊙ mask)) and O = A_s V.
 
     Shapes: Q ``(T, B, H, Lq, d)``, K/V ``(T, B, H, Lk, d)``, ``allowed`` ``(B, 1, Lq, Lk)``. ``output_scale``
     picks c: ``"sqrt_d"`` → 1/√d, ``"causal_count"`` → 1/(number of allowed keys of each query).
     ``matmul_dtype``: see `spike_matmul`. ``zero_one``: the caller's promise that Q, K and V are 0/1 spikes
-    (training in bf16 then keeps them and the overlap counts as uint8, `uses_compact_products`).
+    (training in bf16 then keeps them and the overlap counts as uint8, `uses_compact_products`). ``all_allowed``:
+    the caller knows that ``allowed`` allows every pair (decoding without padding), so no mask is applied.
+    ``products``: ``(scores_of, context_of)`` computing Q Kᵀ from ``(query, key)`` and A V from ``(spikes, value)``
+    in place of the fp32 products (the native kernels on an int8 cache, `SpikingSelfAttention`).
     """
     if _trains_low(matmul_dtype, query, key, value) and hasattr(attn_neuron, "fire_masked"):
         return _low_precision_sfsa(
             query, key, value, allowed, attn_neuron, score_scale, output_scale, matmul_dtype, zero_one
         )
-    scores = spike_scores(query, key, matmul_dtype).masked_fill(~allowed, 0)  # (T, B, H, Lq, Lk) overlaps
+    scores_of, context_of = products or (partial(spike_scores, dtype=matmul_dtype),
+                                         partial(spike_matmul, dtype=matmul_dtype))  # fmt: skip
+    scores = scores_of(query, key)  # (T, B, H, Lq, Lk) overlaps
+    if not all_allowed:
+        scores = scores.masked_fill(~allowed, 0)
     attention_spikes = attn_neuron(scores * score_scale)  # binary; masked pairs get 0 input and never fire
-    output = spike_matmul(attention_spikes, value, matmul_dtype)
+    output = context_of(attention_spikes, value)
     if output_scale == "sqrt_d":
         output = output / math.sqrt(query.shape[-1])
     else:

@@ -42,6 +42,7 @@ class SpikeExecution:
         self._fingerprints = weakref.WeakKeyDictionary()  # first Linear of a group -> (pass checked, fingerprint)
         self._pass = 0
         self._allowed = (None, None, None)  # (arguments, the mask object, the result) of the last call
+        self._all_allowed = (None, None, False)  # (the allowed-keys tensor, its version, whether all are True)
 
     def new_sequence(self) -> None:
         """Called by a model at each forward pass that starts a sequence (no K/V cache yet): the event
@@ -136,6 +137,15 @@ class SpikeExecution:
         allowed = build(attention_mask, *arguments)
         self._allowed = (key, attention_mask, allowed)
         return allowed
+
+    def allows_all(self, allowed: torch.Tensor) -> bool:
+        """Whether the boolean ``allowed`` (from `allowed_keys`) is all True, worked out once per tensor: every
+        layer of a forward pass gets the same one, and decoding without padding may then skip its masking."""
+        if torch.compiler.is_compiling():  # traced: no branch on the data
+            return False
+        if self._all_allowed[0] is not allowed or self._all_allowed[1] != allowed._version:
+            self._all_allowed = (allowed, allowed._version, bool(allowed.all()))
+        return self._all_allowed[2]
 
     def __getstate__(self):  # caches are never copied or pickled with a model
         return {"inference_backend": self._inference_backend, "train_matmul_dtype": self._train_matmul_dtype}

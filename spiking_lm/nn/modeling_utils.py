@@ -65,6 +65,7 @@ REMOTE_CODE_MODULES = (
     "neurons",
     "bitpack",
     "cpu_linear",
+    "native",
     "event",
     "spike_linear",
     "norms",

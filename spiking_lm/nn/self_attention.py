@@ -30,6 +30,7 @@ from .attention import (
 from .bitpack import PACKED_MAX_QUERIES, pack_bits, packs_keys, unpack_bits
 from .event import integer_counts, worth_gathering
 from .execution import execution_or_default
+from .native import int8_attention_context, int8_attention_scores, native_library
 from .neurons import build_neuron, neuron_from_config
 from .norms import build_norm, normalize, normalize_and_fire
 from .recompute import recompute_region
@@ -38,6 +39,10 @@ from .spike_linear import exact_coding, exact_output_dtype, linear_on_spikes, li
 from .weight_quantization import Int8Linear
 
 __all__ = ["SpikingSelfAttention"]
+
+
+NATIVE_MAX_QUERIES = 4
+"""Up to this many query rows (decoding), SFSA reads an int8 K/V cache in place (`_sfsa_on_int8_cache`)."""
 
 
 def _cache_unit(neuron) -> float | None:
@@ -140,7 +145,7 @@ class SpikingSelfAttention(nn.Module):
             for membrane, norm, neuron in zip(membranes, norms, neurons, strict=True)
         ]
 
-    def _cached(self, key, value, cache, query_rows: int, execution):
+    def _cached(self, key, value, cache, query_rows: int, execution, raw: bool = False):
         """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, ·)``, and return all of them with
         their units: ``(keys, values, key_unit, value_unit)``, the spike values being unit × what is returned.
 
@@ -155,7 +160,9 @@ class SpikingSelfAttention(nn.Module):
           an offset) are stored as int8 counts, a quarter of fp32's bytes to keep and append, and come back as
           fp32 counts (one widening pass, no scaling: the attention applies the units to its small operands).
 
-        Without earlier tokens in the cache the fresh K/V are returned as they are (unit 1)."""
+        Without earlier tokens in the cache the fresh K/V are returned as they are (unit 1). The last item says
+        whether both came out of compact storage (bits or int8 counts), hence are finite. With ``raw``, K and V
+        stored as int8 counts come back as stored, ``(B, T·H, L, d)`` int8, for `_native_attention`."""
         steps, batch, _, length, _ = key.shape
         projections = self._projections()
         event = execution.uses_event_path(projections[0]) and worth_gathering(projections) and not observing_spikes()
@@ -178,8 +185,11 @@ class SpikingSelfAttention(nn.Module):
 
         keys, values = _append(cache, self.layer_idx, fold(key, units[0], packed), fold(value, units[1]))
         if keys.shape[-2] == length:  # nothing cached before: no need to read back what was just stored
-            return key, value, 1.0, 1.0
-        return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0
+            return key, value, 1.0, 1.0, False
+        compact = (units[0] is not None or packed) and units[1] is not None
+        if raw and not packed and None not in units:
+            return keys, values, units[0], units[1], True
+        return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0, compact
 
     def forward(self, spikes, source_neuron, attention_mask=None, cache=None, execution=None):
         execution = execution_or_default(execution)
@@ -241,15 +251,21 @@ class SpikingSelfAttention(nn.Module):
         Q/K/V spikes, attention, re-spiking."""
         query, key, value = self._project(membranes, execution)
         key_unit = value_unit = 1.0
+        finite = False  # K/V read back from int8 or bit storage are finite: no need to look for NaN/inf in them
         if cache is not None:
-            key, value, key_unit, value_unit = self._cached(key, value, cache, query.shape[-2], execution)
+            raw = self._native_attention(query, execution)
+            key, value, key_unit, value_unit, finite = self._cached(key, value, cache, query.shape[-2], execution, raw)
         steps, batch, _, query_length, _ = query.shape
         lengths = (query_length, key.shape[-2], self.causal, query.device, batch)
         allowed = execution.allowed_keys(allowed_keys, attention_mask, *lengths)
         # Q (u_k K)ᵀ = (u_k Q) Kᵀ and A (u_v V) = u_v (A V): the units scale the query and the context (Lq rows),
         # not the cache (Lk rows); with power-of-two units (binary, ilif, nilif with D = 2ⁿ) bit for bit the same.
-        query = query if key_unit == 1 else query * key_unit
-        context, weights = self._attend(query, key, value, allowed, execution.matmul_dtype)
+        every = self.kind == "sfsa" and execution.allows_all(allowed)
+        if key.dtype == torch.int8:  # the int8 cache as stored: SFSA's products in the native kernels
+            context, weights = self._sfsa_on_int8_cache(query, key, value, key_unit, allowed, every)
+        else:
+            query = query if key_unit == 1 else query * key_unit
+            context, weights = self._attend(query, key, value, allowed, execution.matmul_dtype, finite, every)
         if value_unit != 1:
             context = context * value_unit
         for recorder in active_recorders():
@@ -260,16 +276,60 @@ class SpikingSelfAttention(nn.Module):
             context = producer(context / self.v_neuron.coding.scale)
         return context, weights
 
-    def _attend(self, query, key, value, allowed, dtype):
+    def _native_attention(self, query, execution) -> bool:
+        """Whether decoding SFSA reads an int8 K/V cache in place (`_sfsa_on_int8_cache`): few query rows of fp32
+        spikes with a power-of-two unit and no offset, no gradient, nothing recorded, and the native library."""
+        coding = self.q_neuron.coding
+        unit = coding.unit
+        return (
+            self.kind == "sfsa"
+            and query.shape[-2] <= NATIVE_MAX_QUERIES
+            and query.dtype == torch.float32
+            and query.device.type == "cpu"
+            and not (torch.is_grad_enabled() and query.requires_grad)
+            and unit is not None
+            and not coding.has_offset
+            and math.frexp(unit)[0] == 0.5
+            and self.attn_neuron.coding.zero_one
+            and not active_recorders()
+            and not observing_spikes()
+            and native_library() is not None
+        )
+
+    def _sfsa_on_int8_cache(self, query, keys, values, key_unit, allowed, every):
+        """SFSA with its two products on the int8 K/V cache ``(B, T·H, L, d)`` as stored (`spiking_lm.nn.native`):
+        exact int32 sums, scaled once by power-of-two units, so the values of `_attend` on the widened cache, bit
+        for bit, without widening the whole cache at every step. The context is returned in V's counts."""
+        steps, batch, heads, rows, width = query.shape
+        unit = self.q_neuron.coding.unit
+        counts = query if unit == 1 else torch.round(query / unit)
+        counts = counts.transpose(0, 1).reshape(batch * steps * heads, rows, width).to(torch.int8)
+        keys, values = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
+
+        def scores_of(*_):
+            scores = int8_attention_scores(counts, keys, unit * key_unit)
+            return scores.view(batch, steps, heads, rows, -1).transpose(0, 1)
+
+        def context_of(spikes, *_):
+            grouped = spikes.transpose(0, 1).reshape(batch * steps * heads, rows, -1)
+            return int8_attention_context(grouped, values).view(batch, steps, heads, rows, width).transpose(0, 1)
+
+        config = self.config
+        scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0
+        products = (scores_of, context_of)
+        return softmax_free_attention(query, keys, values, allowed, self.attn_neuron, scale,
+                                      config.sfsa_output_scale, all_allowed=every, products=products)  # fmt: skip
+
+    def _attend(self, query, key, value, allowed, dtype, finite=False, every=False):
         """``(context (T, B, H, L, d), attention weights)``; training multiplies in ``dtype`` (`spike_matmul`).
 
         A key or value that is not finite (NaN/inf fed to an integer neuron) reaches only the queries allowed to
         see it: the products run on it zeroed (0·NaN would be NaN at every masked pair) and the queries that
         may see it get NaN, as an ANN's would."""
         # 0/1 spikes are always finite (a NaN input does not cross the threshold): only other codings are checked
-        may_be_nonfinite = not (self.k_neuron.coding.binary and self.v_neuron.coding.binary)
+        may_be_nonfinite = not (finite or (self.k_neuron.coding.binary and self.v_neuron.coding.binary))
         if not (may_be_nonfinite and key.is_floating_point()):
-            return self._attend_finite(query, key, value, allowed, dtype)
+            return self._attend_finite(query, key, value, allowed, dtype, every)
         # traced (torch.export / compile): no branch on the data, the masked path runs always
         if torch.compiler.is_compiling() or not math.isfinite((key.sum() + value.sum()).item()):
             bad = ~(torch.isfinite(key).all(-1) & torch.isfinite(value).all(-1))  # (T, B, H, Lk)
@@ -277,15 +337,16 @@ class SpikingSelfAttention(nn.Module):
             poisoned = (allowed & bad.any(0).unsqueeze(-2)).any(-1, keepdim=True)  # (B, H, Lq, 1)
             context, weights = self._attend_finite(query, key, value, allowed, dtype)
             return context.masked_fill(poisoned, float("nan")), weights
-        return self._attend_finite(query, key, value, allowed, dtype)
+        return self._attend_finite(query, key, value, allowed, dtype, every)
 
-    def _attend_finite(self, query, key, value, allowed, dtype):
+    def _attend_finite(self, query, key, value, allowed, dtype, every=False):
+        """The attention of finite K/V; ``every``: ``allowed`` allows every pair (SFSA then skips its mask)."""
         config = self.config
         if self.kind == "sfsa":
             scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0
             return softmax_free_attention(
                 query, key, value, allowed, self.attn_neuron, scale, config.sfsa_output_scale, dtype,
-                self._zero_one_operands(),
+                self._zero_one_operands(), every,
             )  # fmt: skip
         if self.kind == "ssa":
             return spikformer_attention(query, key, value, allowed, matmul_dtype=dtype)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .native import NATIVE_MAX_ROWS, int8_rows_product, native_library, spike_counts
 from .recording import OperationRecorder, active_recorders, recording
 from .spike_coding import binary_to_integer, coding_of
 
@@ -193,6 +194,9 @@ def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.T
     needed (the counts and the inputs they select found once for all the layers), else the real-valued
     `Int8Linear.forward` on the values."""
     coding = coding_of(neuron)
+    outputs = _native_products(layers, spikes, coding)
+    if outputs is not None:
+        return outputs
     counts = _integer_counts(spikes, coding, layers)
     if counts is None:
         values = coding.values(spikes)
@@ -212,6 +216,42 @@ def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.T
         if layer.bias is not None:
             output += layer.bias
         outputs.append(output.view(*counts.shape[:-1], layer.out_features))
+    return outputs
+
+
+def _native_products(layers, spikes: torch.Tensor, coding) -> list[torch.Tensor] | None:
+    """`int8_linears_on_spikes` through the native kernels (`spiking_lm.nn.native`) for at most `NATIVE_MAX_ROWS`
+    rows of fp32 counts on the CPU without autograd: the same fp32 results, bit for bit; `None` where they do not
+    apply (the torch path then runs, and takes the real-valued path for values that are not counts)."""
+    unit = coding.unit
+    trainable = [spikes] + [layer.bias for layer in layers if layer.bias is not None]
+    if unit is None or spikes.device.type != "cpu" or spikes.dtype != torch.float32:
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in trainable):  # a gradient must flow
+        return None
+    in_features = layers[0].in_features
+    rows = spikes.numel() // in_features // (coding.max if coding.in_binary_mode else 1)
+    if rows > NATIVE_MAX_ROWS or native_library() is None:
+        return None
+    if any(layer.weight_scale.dtype != torch.float32 or (layer.bias is not None and layer.bias.dtype != torch.float32)
+           for layer in layers):  # fmt: skip
+        return None
+    if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
+        values, offset, count_unit = binary_to_integer(spikes, coding.max), 0.0, 1.0
+    else:
+        values, offset, count_unit = spikes, float(coding.offset) if coding.has_offset else 0.0, unit
+    found = spike_counts(values.reshape(rows, in_features).contiguous(), offset, count_unit)
+    if found is None:  # not finite, or not int8 counts: the torch path decides
+        return None
+    counts, selected = found
+    outputs = []
+    for layer in layers:
+        for recorder in active_recorders():
+            recorder.weight_read("gathered", 1, selected.numel() * layer.out_features)
+        shift = layer.weight_scale * layer.row_sums().float() * coding.offset if coding.has_offset else None
+        scale = layer.count_scale(unit)
+        output = int8_rows_product(counts, selected, layer.quantized_t(), scale, shift, layer.bias)
+        outputs.append(output.view(*values.shape[:-1], layer.out_features))
     return outputs
 
 

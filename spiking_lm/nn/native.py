@@ -1,0 +1,298 @@
+"""Native CPU kernels for W8 decoding, built once per machine with the C compiler and called through `ctypes`.
+
+Decoding a spiking model multiplies a few rows of spike counts by int8 weights. Done with torch operations that is
+a search for the spiking inputs, a copy of their weight rows (`index_select`) and an int8 GEMM on the copy — three
+passes over the selected rows and ~15 small operations per Linear. `spike_counts` and `int8_rows_product` do it in
+two calls: the counts and the inputs that spiked in one pass, then every selected int8 row read once, its
+count × weight products added into int32 sums (exact), and the fp32 scale, offset constant and bias applied per
+output — the same fp32 operations in the same order as the torch path, so the outputs are bit for bit the same
+(the source is compiled with ``-ffp-contract=off``: no fused multiply-add).
+
+The shared library is compiled on first use with ``$CC`` (else ``cc``) and OpenMP into
+``$SPIKING_LM_CACHE/native`` (default ``~/.cache/spiking_lm/native``), named by a hash of the source, the flags and
+the CPU, and reused after. Where no compiler works, or ``SPIKING_LM_NATIVE=0``, `native_library` returns `None`
+(with one logged warning if the build failed) and the callers take their torch path: the same results, slower.
+
+Decoding SFSA also multiplies the event backend's int8 K/V cache in place (`int8_attention_scores`,
+`int8_attention_context`) instead of widening the whole cache to fp32 at every step.
+
+This module imports only `torch` so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+
+import torch
+
+__all__ = ["NATIVE_MAX_ROWS", "int8_attention_context", "int8_attention_scores", "int8_rows_product", "native_library",
+           "spike_counts"]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+NATIVE_MAX_ROWS = 4
+"""Up to this many rows of counts `int8_rows_product` is faster than copying the selected rows for an int8 GEMM
+(docs/w8.md); above it the GEMM's int8 dot-product instructions win."""
+
+SOURCE = r"""
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PREFETCH_AHEAD 2
+
+/* counts[r, i] = round((x[r, i] - offset) / unit) as int8 and the inputs i that some row selects (k != 0).
+   Returns how many were selected, or -1 if a value is not finite or its count is outside [-128, 127]. */
+int64_t spike_counts(const float *x, int64_t rows, int64_t in, float offset, float unit, int has_offset,
+                     int8_t *counts, int32_t *selected) {
+    int64_t n = 0;
+    memset(selected, 0, sizeof(int32_t) * in);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < in; i++) {
+            float v = x[r * in + i];
+            if (has_offset) v = v - offset;
+            if (unit != 1.0f) v = nearbyintf(v / unit);
+            if (!(v >= -128.0f && v <= 127.0f)) return -1;
+            counts[r * in + i] = (int8_t)v;
+            selected[i] |= (v != 0.0f);
+        }
+    }
+    for (int64_t i = 0; i < in; i++)
+        if (selected[i]) selected[n++] = (int32_t)i;
+    return n;
+}
+
+/* result[r, j] = ((float)sum_s counts[r, selected[s]] * q[selected[s], j]) * scale[j] (+ shift[j]) (+ bias[j]):
+   the integer sums are exact. The selected rows of q are shared among the threads, each read whole once for all
+   the rows of counts that select it (the next rows prefetched: they are scattered); products are added into int16
+   sums for as many rows as cannot overflow them (32 lanes an instruction), then into int32. The threads' partial
+   sums are added by columns. */
+void int8_rows_product(const int8_t *counts, int64_t rows, int64_t in, const int32_t *selected, int64_t n,
+                       const int8_t *q, int64_t out, const float *scale, const float *shift, const float *bias,
+                       float *result, int threads) {
+    int32_t largest = 1;
+    for (int64_t e = 0; e < rows * in; e++) {
+        int32_t k = counts[e] < 0 ? -counts[e] : counts[e];
+        if (k > largest) largest = k;
+    }
+    const int32_t burst = 32767 / (127 * largest);  /* int16 sums of this many products cannot overflow */
+    int32_t *partial = (int32_t *)malloc(sizeof(int32_t) * threads * rows * out);
+    int16_t *shorts = (int16_t *)malloc(sizeof(int16_t) * threads * rows * out);
+    int32_t *pending = (int32_t *)malloc(sizeof(int32_t) * threads * rows);
+    #pragma omp parallel num_threads(threads)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        int32_t *acc = partial + (int64_t)tid * rows * out;
+        int16_t *acc16 = shorts + (int64_t)tid * rows * out;
+        int32_t *added = pending + (int64_t)tid * rows;
+        memset(acc, 0, sizeof(int32_t) * rows * out);
+        memset(acc16, 0, sizeof(int16_t) * rows * out);
+        memset(added, 0, sizeof(int32_t) * rows);
+        int64_t first = n * tid / nt, last = n * (tid + 1) / nt;
+        for (int64_t s = first; s < last; s++) {
+            int64_t i = selected[s];
+            const int8_t *row = q + i * out;
+            if (s + PREFETCH_AHEAD < last) {  /* the rows are scattered: fetch ahead while this one is summed */
+                const int8_t *next = q + (int64_t)selected[s + PREFETCH_AHEAD] * out;
+                for (int64_t j = 0; j < out; j += 64) __builtin_prefetch(next + j, 0, 0);
+            }
+            for (int64_t r = 0; r < rows; r++) {
+                int16_t k = counts[r * in + i];
+                if (k == 0) continue;
+                int16_t *a = acc16 + r * out;
+                if (k == 1) {
+                    for (int64_t j = 0; j < out; j++) a[j] += row[j];
+                } else {
+                    for (int64_t j = 0; j < out; j++) a[j] += (int16_t)(k * row[j]);
+                }
+                if (++added[r] == burst) {
+                    int32_t *w = acc + r * out;
+                    for (int64_t j = 0; j < out; j++) { w[j] += a[j]; a[j] = 0; }
+                    added[r] = 0;
+                }
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            int32_t *w = acc + r * out;
+            int16_t *a = acc16 + r * out;
+            for (int64_t j = 0; j < out; j++) w[j] += a[j];
+        }
+        #pragma omp barrier
+        int64_t j0 = out * tid / nt, j1 = out * (tid + 1) / nt;
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t j = j0; j < j1; j++) {
+                int32_t sum = 0;
+                for (int t = 0; t < nt; t++) sum += partial[((int64_t)t * rows + r) * out + j];
+                float v = (float)sum * scale[j];
+                if (shift) v = v + shift[j];
+                if (bias) v = v + bias[j];
+                result[r * out + j] = v;
+            }
+        }
+    }
+    free(pending);
+    free(shorts);
+    free(partial);
+}
+
+/* scores[g, r, j] = (float)(sum_e q[g, r, e] * k[g, j, e]) * scale: overlap counts of int8 queries and an int8
+   key cache, exact in int32 before the one scaling. */
+void int8_attention_scores(const int8_t *q, const int8_t *k, int64_t groups, int64_t lq, int64_t lk, int64_t d,
+                           float scale, float *scores, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t g = 0; g < groups; g++) {
+        for (int64_t r = 0; r < lq; r++) {
+            const int8_t *query = q + (g * lq + r) * d;
+            float *out = scores + (g * lq + r) * lk;
+            for (int64_t j = 0; j < lk; j++) {
+                const int8_t *key = k + (g * lk + j) * d;
+                int32_t sum = 0;
+                for (int64_t e = 0; e < d; e++) sum += (int32_t)query[e] * key[e];
+                out[j] = (float)sum * scale;
+            }
+        }
+    }
+}
+
+/* context[g, r, e] = (float)sum_j a[g, r, j] * v[g, j, e] for 0/1 attention spikes a and an int8 value cache:
+   the rows of v the spikes select, added in int32. */
+void int8_attention_context(const float *a, const int8_t *v, int64_t groups, int64_t lq, int64_t lk, int64_t d,
+                            float *context, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t g = 0; g < groups; g++) {
+        int32_t sum[d];
+        for (int64_t r = 0; r < lq; r++) {
+            const float *spikes = a + (g * lq + r) * lk;
+            memset(sum, 0, sizeof(int32_t) * d);
+            for (int64_t j = 0; j < lk; j++) {
+                if (spikes[j] == 0.0f) continue;
+                const int8_t *value = v + (g * lk + j) * d;
+                for (int64_t e = 0; e < d; e++) sum[e] += value[e];
+            }
+            float *out = context + (g * lq + r) * d;
+            for (int64_t e = 0; e < d; e++) out[e] = (float)sum[e];
+        }
+    }
+}
+"""
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
+
+_state = {"library": None, "tried": False}
+
+
+def _cpu_identity() -> str:
+    """What ``-march=native`` compiles for: the machine and its CPU flags."""
+    identity = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            identity += next((line for line in handle if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        identity += platform.processor()
+    return identity
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC", "cc")
+    key = hashlib.sha256("\0".join((SOURCE, compiler, *FLAGS, _cpu_identity())).encode()).hexdigest()[:16]
+    cache = os.environ.get("SPIKING_LM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "spiking_lm"))
+    folder = os.path.join(cache, "native")
+    path = os.path.join(folder, f"spiking_lm_native_{key}.so")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            source = os.path.join(scratch, "kernels.c")
+            with open(source, "w", encoding="utf-8") as handle:
+                handle.write(SOURCE)
+            built = os.path.join(scratch, "kernels.so")
+            subprocess.run([compiler, *FLAGS, source, "-o", built], check=True, capture_output=True, text=True)
+            os.replace(built, path)  # atomic: a concurrent process finds the whole file or none
+    library = ctypes.CDLL(path)
+    int64, pointer = ctypes.c_int64, ctypes.c_void_p
+    library.spike_counts.restype = int64
+    library.spike_counts.argtypes = [pointer, int64, int64, ctypes.c_float, ctypes.c_float, ctypes.c_int, pointer,
+                                     pointer]  # fmt: skip
+    library.int8_rows_product.restype = None
+    library.int8_rows_product.argtypes = [pointer, int64, int64, pointer, int64, pointer, int64, pointer, pointer,
+                                          pointer, pointer, ctypes.c_int]  # fmt: skip
+    for name in ("int8_attention_scores", "int8_attention_context"):
+        getattr(library, name).restype = None
+    library.int8_attention_scores.argtypes = [pointer, pointer, int64, int64, int64, int64, ctypes.c_float, pointer,
+                                              ctypes.c_int]  # fmt: skip
+    library.int8_attention_context.argtypes = [pointer, pointer, int64, int64, int64, int64, pointer, ctypes.c_int]
+    return library
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The compiled kernels, or `None` where they cannot be built or ``SPIKING_LM_NATIVE=0`` (module docstring)."""
+    if not _state["tried"]:
+        _state["tried"] = True
+        if os.environ.get("SPIKING_LM_NATIVE", "1") != "0":
+            try:
+                _state["library"] = _build()
+            except (OSError, subprocess.CalledProcessError) as error:
+                detail = getattr(error, "stderr", "") or error
+                logger.warning("spiking_lm's native W8 kernels could not be built (%s); W8 decoding uses torch "
+                               "operations (the same results, slower)", str(detail).strip()[:300])  # fmt: skip
+    return _state["library"]
+
+
+def spike_counts(values: torch.Tensor, offset: float, unit: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(counts, selected)`` for fp32 spike values ``(R, in)`` (contiguous): int8 counts round((x − offset) / unit)
+    and the int32 indices of the inputs some row selects; `None` if a value is not finite or its count does not fit
+    an int8 (the caller's real-valued path then runs), or without the native library."""
+    native = native_library()
+    if native is None:
+        return None
+    rows, in_features = values.shape
+    counts = torch.empty(rows, in_features, dtype=torch.int8)
+    selected = torch.empty(in_features, dtype=torch.int32)
+    found = native.spike_counts(values.data_ptr(), rows, in_features, offset, unit, int(offset != 0),
+                                counts.data_ptr(), selected.data_ptr())  # fmt: skip
+    return None if found < 0 else (counts, selected[:found])
+
+
+def int8_rows_product(counts, selected, qweight, scale, shift=None, bias=None) -> torch.Tensor:
+    """``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)``, from int8 ``counts`` ``(R, in)``,
+    ``selected`` (`spike_counts`) and int8 ``qweight`` ``(in, out)``, reading only the selected rows of
+    ``qweight``; ``shift`` and ``bias`` may be `None`. Every tensor contiguous, on the CPU; the library built."""
+    rows = counts.shape[0]
+    out_features = qweight.shape[1]
+    result = torch.empty(rows, out_features)
+
+    def address(tensor):
+        return None if tensor is None else tensor.data_ptr()
+
+    native_library().int8_rows_product(counts.data_ptr(), rows, counts.shape[1], selected.data_ptr(), selected.numel(),
+                                qweight.data_ptr(), out_features, scale.data_ptr(), address(shift), address(bias),
+                                result.data_ptr(), torch.get_num_threads())  # fmt: skip
+    return result
+
+
+def int8_attention_scores(query_counts: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(query_counts @ keysᵀ) * scale`` in fp32 ``(G, Lq, Lk)`` from int8 ``query_counts`` ``(G, Lq, d)`` and an
+    int8 key cache ``(G, Lk, d)``, both contiguous: exact int32 overlap counts, scaled once."""
+    groups, lq, d = query_counts.shape
+    lk = keys.shape[1]
+    scores = torch.empty(groups, lq, lk)
+    native_library().int8_attention_scores(query_counts.data_ptr(), keys.data_ptr(), groups, lq, lk, d, scale,
+                                           scores.data_ptr(), torch.get_num_threads())  # fmt: skip
+    return scores
+
+
+def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``spikes @ values`` in fp32 ``(G, Lq, d)`` for 0/1 fp32 ``spikes`` ``(G, Lq, Lk)`` and an int8 value cache
+    ``(G, Lk, d)``, both contiguous: the selected rows added in int32 (exact)."""
+    groups, lq, lk = spikes.shape
+    d = values.shape[-1]
+    context = torch.empty(groups, lq, d)
+    native_library().int8_attention_context(spikes.data_ptr(), values.data_ptr(), groups, lq, lk, d,
+                                            context.data_ptr(), torch.get_num_threads())  # fmt: skip
+    return context

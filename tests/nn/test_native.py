@@ -1,0 +1,136 @@
+"""The native W8 decoding kernels (`spiking_lm.nn.native`): bit for bit the torch path, and a clear fallback."""
+
+import logging
+
+import pytest
+import torch
+
+import spiking_lm
+from spiking_lm.nn import event, native, self_attention
+from spiking_lm.nn.weight_quantization import Int8Linear, int8_linears_on_spikes
+
+from ..models.conftest import CAUSAL_LM_CLASSES, model_inputs, tiny_model
+
+
+@pytest.fixture
+def without_native(monkeypatch):
+    """Within the test, the library counts as unavailable (what a machine without a compiler gets)."""
+
+    def switch_off():
+        monkeypatch.setattr(native, "_state", {"library": None, "tried": True})
+
+    return switch_off
+
+
+class Counts:
+    """A stand-in neuron that only describes its values."""
+
+    def __init__(self, scale=1.0, offset=0.0, spike_max=4, mode="integer"):
+        self.coding = spiking_lm.nn.SpikeCoding(scale=scale, offset=offset, max=spike_max, binary=spike_max == 1,
+                                                mode=mode)  # fmt: skip
+
+
+def test_the_library_builds_here():
+    assert native.native_library() is not None  # CI has a C compiler: the fast path is what the tests check
+
+
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (0.25, 0.0), (0.25, torch.tensor(0.5)), (1 / 3, 0.0)])
+@pytest.mark.parametrize("rows,density", [(1, 0.05), (1, 0.5), (4, 0.3), (4, 1.0)])
+def test_native_products_are_the_torch_paths_bits(scale, offset, rows, density, without_native):
+    generator = torch.Generator().manual_seed(rows)
+    layers = [Int8Linear.from_linear(torch.nn.Linear(96, width)) for width in (40, 24)]
+    layers[1].bias = None
+    counts = torch.randint(1, 5, (rows, 96), generator=generator) * (torch.rand(rows, 96, generator=generator)
+                                                                     < density)  # fmt: skip
+    values = (counts * scale + offset).float()
+    fast = int8_linears_on_spikes(layers, values, Counts(scale, offset))
+    without_native()
+    slow = int8_linears_on_spikes(layers, values, Counts(scale, offset))
+    for a, b in zip(fast, slow, strict=True):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_native_counts_refuse_values_that_are_not_int8_counts():
+    values = torch.zeros(2, 8)
+    counts, selected = native.spike_counts(values, 0.0, 1.0)
+    assert counts.dtype == torch.int8 and selected.numel() == 0
+    values[1, 3] = float("nan")
+    assert native.spike_counts(values, 0.0, 1.0) is None
+    assert native.spike_counts(torch.full((1, 4), 200.0), 0.0, 1.0) is None  # a count over 127
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("neuron_type,time_steps", [("nilif", 1), ("lif", 4), ("asn", 1)])
+def test_w8_decoding_is_the_same_with_and_without_the_native_kernels(
+    model_class, neuron_type, time_steps, without_native
+):
+    model = tiny_model(model_class, neuron_type=neuron_type, time_steps=time_steps).quantize_weights()
+    model.set_inference_backend("event")
+    prompt = model_inputs(model_class, batch=1, length=5)["input_ids"]
+    options = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "output_scores": True,
+               "return_dict_in_generate": True}  # fmt: skip
+    with torch.no_grad():
+        fast = model.generate(prompt, **options)
+        without_native()
+        slow = model.generate(prompt, **options)
+    assert torch.equal(fast.sequences, slow.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(fast.scores, slow.scores, strict=True))
+
+
+def test_a_machine_without_a_compiler_gets_one_warning_and_the_torch_path(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("SPIKING_LM_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {"library": None, "tried": False})
+    with caplog.at_level(logging.WARNING, logger=native.__name__):
+        assert native.native_library() is None
+        assert native.native_library() is None
+    assert len(caplog.records) == 1 and "torch operations" in caplog.records[0].getMessage()
+    assert native.spike_counts(torch.ones(1, 4), 0.0, 1.0) is None
+    layer = Int8Linear.from_linear(torch.nn.Linear(8, 3))
+    values = torch.tensor([[1.0, 0, 0, 2, 0, 0, 0, 1]])
+    expected = (values @ layer.dequantized_weight().T.double().float()) + layer.bias
+    torch.testing.assert_close(int8_linears_on_spikes([layer], values, Counts())[0], expected)
+
+
+def test_native_kernels_can_be_switched_off(monkeypatch, caplog):
+    monkeypatch.setenv("SPIKING_LM_NATIVE", "0")
+    monkeypatch.setattr(native, "_state", {"library": None, "tried": False})
+    with caplog.at_level(logging.WARNING, logger=native.__name__):
+        assert native.native_library() is None
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("neuron_type,time_steps", [("nilif", 1), ("lif", 4), ("ilif", 2)])
+@pytest.mark.parametrize("w8", [False, True])
+def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type, time_steps, w8, monkeypatch,
+                                                                    without_native):  # fmt: skip
+    """The event backend keeps K/V as int8 counts; decoding SFSA multiplies them in place instead of widening the
+    whole cache at every step: the same scores and tokens, bit for bit."""
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)  # the tiny model's caches take the int8 format
+    calls = []
+    original = self_attention.int8_attention_scores
+    monkeypatch.setattr(self_attention, "int8_attention_scores", lambda *a: calls.append(1) or original(*a))
+    model = tiny_model(spiking_lm.BiSpikCLMForCausalLM, neuron_type=neuron_type, time_steps=time_steps)
+    if w8:
+        model.quantize_weights()
+    model.set_inference_backend("event")
+    prompt = model_inputs(spiking_lm.BiSpikCLMForCausalLM, batch=2, length=5)["input_ids"]
+    options = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "output_scores": True,
+               "return_dict_in_generate": True}  # fmt: skip
+    with torch.no_grad():
+        fast = model.generate(prompt, **options)
+        assert calls  # the native products ran
+        without_native()
+        slow = model.generate(prompt, **options)
+    assert torch.equal(fast.sequences, slow.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(fast.scores, slow.scores, strict=True))
+
+
+def test_native_attention_products_are_the_exact_sums():
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randint(0, 5, (6, 2, 16), dtype=torch.int8, generator=generator)
+    cache = torch.randint(-127, 128, (6, 33, 16), dtype=torch.int8, generator=generator)
+    expected = queries.double() @ cache.double().transpose(1, 2) * 0.125
+    assert torch.equal(native.int8_attention_scores(queries, cache, 0.125).double(), expected)
+    spikes = (torch.rand(6, 2, 33, generator=generator) < 0.4).float()
+    assert torch.equal(native.int8_attention_context(spikes, cache).double(), spikes.double() @ cache.double())
