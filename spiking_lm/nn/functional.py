@@ -12,6 +12,7 @@ import torch
 
 from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend
 from .kernels import MultiStepIntegerLIF, MultiStepLIF, MultiStepTernaryLIF, ParallelFire
+from .native import lif_steps
 from .surrogate import SurrogateFunction, build_surrogate
 
 __all__ = [
@@ -61,7 +62,9 @@ def lif(
         if x.shape[0] == 1:  # inference at T = 1: the membrane starts at 0, nothing to carry
             return (x >= v_threshold).to(dtype or x.dtype)
         if backend == "torch" or torch.compiler.is_compiling() or x.numel() < AUTO_COMPILE_MIN_NUMEL:
-            spikes = _lif_inference(x, float(beta), float(v_threshold), v_reset)
+            spikes = _native_lif(x, float(beta), float(v_threshold), v_reset)
+            if spikes is None:
+                spikes = _lif_inference(x, float(beta), float(v_threshold), v_reset)
             return spikes if dtype is None else spikes.to(dtype)
     return MultiStepLIF.apply(
         x,
@@ -74,6 +77,17 @@ def lif(
         backend,
         None if dtype == x.dtype else dtype,
     )
+
+
+def _native_lif(x: torch.Tensor, beta: float, v_threshold: float, v_reset: float | None) -> torch.Tensor | None:
+    """`_lif_inference` in one native call (`spiking_lm.nn.native.lif_steps`, the same fp32 operations) for small
+    fp32 CPU inputs with a soft reset, where the torch recurrence's four operations per step cost more than the
+    arithmetic (decoding); `None` where it does not apply."""
+    if v_reset is not None or torch.compiler.is_compiling() or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    if x.numel() >= AUTO_COMPILE_MIN_NUMEL:
+        return None
+    return lif_steps(x, beta, v_threshold)
 
 
 def _lif_inference(x: torch.Tensor, beta: float, v_threshold: float, v_reset: float | None) -> torch.Tensor:

@@ -31,8 +31,8 @@ import tempfile
 
 import torch
 
-__all__ = ["NATIVE_MAX_ROWS", "int8_attention_context", "int8_attention_scores", "int8_rows_product", "native_library",
-           "spike_counts"]  # fmt: skip
+__all__ = ["NATIVE_MAX_ROWS", "int8_attention_context", "int8_attention_scores", "int8_rows_product", "lif_steps",
+           "native_library", "spike_counts"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,21 @@ void int8_attention_context(const float *a, const int8_t *v, int64_t groups, int
         }
     }
 }
+
+/* The LIF recurrence without autograd (soft reset): U = H + X[t]; S = U >= threshold; H = (U - threshold * S) * beta,
+   the fp32 operations of the torch recurrence in its order (`spiking_lm.nn.functional._lif_inference`). */
+void lif_steps(const float *x, int64_t steps, int64_t n, float beta, float threshold, float *spikes, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (n >= 65536)
+    for (int64_t i = 0; i < n; i++) {
+        float membrane = 0.0f;
+        for (int64_t t = 0; t < steps; t++) {
+            float potential = t == 0 ? x[i] : membrane + x[t * n + i];
+            float spike = potential >= threshold ? 1.0f : 0.0f;
+            spikes[t * n + i] = spike;
+            membrane = (potential - threshold * spike) * beta;
+        }
+    }
+}
 """
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 
@@ -222,7 +237,8 @@ def _build() -> ctypes.CDLL:
     library.int8_rows_product.restype = None
     library.int8_rows_product.argtypes = [pointer, int64, int64, pointer, int64, pointer, int64, pointer, pointer,
                                           pointer, pointer, ctypes.c_int]  # fmt: skip
-    for name in ("int8_attention_scores", "int8_attention_context"):
+    library.lif_steps.argtypes = [pointer, int64, int64, ctypes.c_float, ctypes.c_float, pointer, ctypes.c_int]
+    for name in ("int8_attention_scores", "int8_attention_context", "lif_steps"):
         getattr(library, name).restype = None
     library.int8_attention_scores.argtypes = [pointer, pointer, int64, int64, int64, int64, ctypes.c_float, pointer,
                                               ctypes.c_int]  # fmt: skip
@@ -296,3 +312,16 @@ def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.
     native_library().int8_attention_context(spikes.data_ptr(), values.data_ptr(), groups, lq, lk, d,
                                             context.data_ptr(), torch.get_num_threads())  # fmt: skip
     return context
+
+
+def lif_steps(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor | None:
+    """The soft-reset LIF recurrence over the first dim of fp32 ``x`` ``(T, ...)``, without autograd: 0/1 spikes,
+    contiguous, bit for bit those of the torch recurrence; `None` without the library."""
+    native = native_library()
+    if native is None:
+        return None
+    x = x.contiguous()
+    spikes = torch.empty_like(x)
+    native.lif_steps(x.data_ptr(), x.shape[0], x[0].numel(), beta, threshold, spikes.data_ptr(),
+                     torch.get_num_threads())  # fmt: skip
+    return spikes

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import spiking_lm
-from spiking_lm.nn import event, native, self_attention
+from spiking_lm.nn import event, functional, native, self_attention
 from spiking_lm.nn.weight_quantization import Int8Linear, int8_linears_on_spikes
 
 from ..models.conftest import CAUSAL_LM_CLASSES, model_inputs, tiny_model
@@ -134,3 +134,18 @@ def test_native_attention_products_are_the_exact_sums():
     assert torch.equal(native.int8_attention_scores(queries, cache, 0.125).double(), expected)
     spikes = (torch.rand(6, 2, 33, generator=generator) < 0.4).float()
     assert torch.equal(native.int8_attention_context(spikes, cache).double(), spikes.double() @ cache.double())
+
+
+@pytest.mark.parametrize("steps", [2, 4, 8])
+def test_native_lif_is_the_torch_recurrences_bits(steps):
+    generator = torch.Generator().manual_seed(steps)
+    x = torch.randn(steps, 2, 6, 3, 8, generator=generator) * 1.5
+    x[1, 0, 0, 0, :3] = float("nan")
+    heads = x.transpose(2, 3)  # a heads view, as the attention's norm → neuron hands it over
+    for beta, threshold in [(0.5, 1.0), (0.9, 0.3), (1.0, 0.75)]:
+        got = functional._native_lif(heads, beta, threshold, None)
+        assert got is not None and got.is_contiguous()
+        assert torch.equal(got, functional._lif_inference(heads, beta, threshold, None))
+    assert functional._native_lif(x, 0.5, 1.0, 0.0) is None  # a hard reset stays with torch
+    many = torch.randn(steps, 400_000, generator=generator)  # enough elements for any rounding difference to flip some
+    assert torch.equal(native.lif_steps(many, 0.9, 0.3), functional._lif_inference(many, 0.9, 0.3, None))
