@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .dispatch import run_differentiable
+from .dispatch import AUTO_COMPILE_MIN_NUMEL, run_differentiable
 from .functional import integer_lif, lif
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron
 from .recompute import recompute_region
@@ -52,12 +52,15 @@ class RMSNorm(nn.RMSNorm):
 FUSED_NORM_MAX_WIDTH = 1024
 
 
-def _static_time_and_width(x: torch.Tensor) -> torch.Tensor:
+def _static_time_and_width(x: torch.Tensor, backend: str) -> torch.Tensor:
     """``x`` with its time and feature dims marked static for `torch.compile`: a compiled norm kernel then
     specializes on T and the width (a few values per model) while batch and length may still turn dynamic.
     Without it, the second width one kernel meets (256 and 1024 in one model) made every later variant dynamic
-    in the width, which is slower."""
-    if not torch.compiler.is_compiling():  # inside a compiled model the whole graph's shapes rule
+    in the width, which is slower. Inputs the ``"auto"`` backend runs eagerly (decoding) are left unmarked: the
+    marking cost more than the norm."""
+    if torch.compiler.is_compiling() or backend == "torch":  # inside a compiled model the whole graph's shapes rule
+        return x
+    if backend != "auto" or x.numel() >= AUTO_COMPILE_MIN_NUMEL:
         torch._dynamo.mark_static(x, [0, x.dim() - 1])
     return x
 
@@ -148,7 +151,7 @@ def normalize(norm: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype | Non
     if not (is_rms or isinstance(norm, nn.LayerNorm)):
         return norm(x.to(compute_dtype))
     bias = None if is_rms else norm.bias
-    arguments = (_static_time_and_width(x), norm.weight, bias, norm.eps, is_rms, compute_dtype)
+    arguments = (_static_time_and_width(x, backend), norm.weight, bias, norm.eps, is_rms, compute_dtype)
     return run_differentiable(_normalize, backend, *arguments)
 
 
@@ -195,7 +198,8 @@ def normalize_and_fire(
         return split(recompute_region(run, (x,), (exact_dtype,), parameters))
     if form is None:  # T = 1: the neuron keeps a 1-byte mask at most, recomputing would only cost time
         return split(neuron(normalized(x), spike_dtype))
-    fused = (_static_time_and_width(x), norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype, heads)
+    static = _static_time_and_width(x, neuron.backend)
+    fused = (static, norm.weight, bias, norm.eps, is_rms, *form, spike_dtype, compute_dtype, heads)
     return run_differentiable(_normalize_and_fire, neuron.backend, *fused)
 
 
