@@ -145,16 +145,16 @@ void int8_rows_product(const int8_t *counts, int64_t rows, int64_t in, const int
 }
 
 /* scores[g, r, j] = (float)(sum_e q[g, r, e] * k[g, j, e]) * scale: overlap counts of int8 queries and an int8
-   key cache, exact in int32 before the one scaling. */
+   key cache (group g at k + g * stride, its rows of d contiguous), exact in int32 before the one scaling. */
 void int8_attention_scores(const int8_t *q, const int8_t *k, int64_t groups, int64_t lq, int64_t lk, int64_t d,
-                           float scale, float *scores, int threads) {
+                           int64_t stride, float scale, float *scores, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t g = 0; g < groups; g++) {
         for (int64_t r = 0; r < lq; r++) {
             const int8_t *query = q + (g * lq + r) * d;
             float *out = scores + (g * lq + r) * lk;
             for (int64_t j = 0; j < lk; j++) {
-                const int8_t *key = k + (g * lk + j) * d;
+                const int8_t *key = k + g * stride + j * d;
                 int32_t sum = 0;
                 for (int64_t e = 0; e < d; e++) sum += (int32_t)query[e] * key[e];
                 out[j] = (float)sum * scale;
@@ -163,10 +163,10 @@ void int8_attention_scores(const int8_t *q, const int8_t *k, int64_t groups, int
     }
 }
 
-/* context[g, r, e] = (float)sum_j a[g, r, j] * v[g, j, e] for 0/1 attention spikes a and an int8 value cache:
-   the rows of v the spikes select, added in int32. */
+/* context[g, r, e] = (float)sum_j a[g, r, j] * v[g, j, e] for 0/1 attention spikes a and an int8 value cache
+   (laid out as the keys above): the rows of v the spikes select, added in int32. */
 void int8_attention_context(const float *a, const int8_t *v, int64_t groups, int64_t lq, int64_t lk, int64_t d,
-                            float *context, int threads) {
+                            int64_t stride, float *context, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t g = 0; g < groups; g++) {
         int32_t sum[d];
@@ -175,7 +175,7 @@ void int8_attention_context(const float *a, const int8_t *v, int64_t groups, int
             memset(sum, 0, sizeof(int32_t) * d);
             for (int64_t j = 0; j < lk; j++) {
                 if (spikes[j] == 0.0f) continue;
-                const int8_t *value = v + (g * lk + j) * d;
+                const int8_t *value = v + g * stride + j * d;
                 for (int64_t e = 0; e < d; e++) sum[e] += value[e];
             }
             float *out = context + (g * lq + r) * d;
@@ -241,9 +241,10 @@ def _build() -> ctypes.CDLL:
     library.lif_steps.argtypes = [pointer, int64, int64, ctypes.c_float, ctypes.c_float, pointer, ctypes.c_int]
     for name in ("int8_attention_scores", "int8_attention_context", "lif_steps"):
         getattr(library, name).restype = None
-    library.int8_attention_scores.argtypes = [pointer, pointer, int64, int64, int64, int64, ctypes.c_float, pointer,
-                                              ctypes.c_int]  # fmt: skip
-    library.int8_attention_context.argtypes = [pointer, pointer, int64, int64, int64, int64, pointer, ctypes.c_int]
+    library.int8_attention_scores.argtypes = [pointer, pointer, int64, int64, int64, int64, int64, ctypes.c_float,
+                                              pointer, ctypes.c_int]  # fmt: skip
+    library.int8_attention_context.argtypes = [pointer, pointer, int64, int64, int64, int64, int64, pointer,
+                                               ctypes.c_int]  # fmt: skip
     return library
 
 
@@ -294,23 +295,27 @@ def int8_rows_product(counts, selected, qweight, scale, shift=None, bias=None) -
 
 
 def int8_attention_scores(query_counts: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """``(query_counts @ keysᵀ) * scale`` in fp32 ``(G, Lq, Lk)`` from int8 ``query_counts`` ``(G, Lq, d)`` and an
-    int8 key cache ``(G, Lk, d)``, both contiguous: exact int32 overlap counts, scaled once."""
+    """``(query_counts @ keysᵀ) * scale`` in fp32 ``(G, Lq, Lk)`` from contiguous int8 ``query_counts``
+    ``(G, Lq, d)`` and an int8 key cache ``(G, Lk, d)`` whose rows are contiguous (the groups may be further apart:
+    a growing cache's view): exact int32 overlap counts, scaled once."""
     groups, lq, d = query_counts.shape
     lk = keys.shape[1]
+    stride = _group_stride(keys)
     scores = torch.empty(groups, lq, lk)
-    native_library().int8_attention_scores(query_counts.data_ptr(), keys.data_ptr(), groups, lq, lk, d, scale,
-                                           scores.data_ptr(), torch.get_num_threads())  # fmt: skip
+    native_library().int8_attention_scores(query_counts.data_ptr(), keys.data_ptr(), groups, lq, lk, d, stride,
+                                           scale, scores.data_ptr(), torch.get_num_threads())  # fmt: skip
     return scores
 
 
 def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``spikes @ values`` in fp32 ``(G, Lq, d)`` for 0/1 fp32 ``spikes`` ``(G, Lq, Lk)`` and an int8 value cache
-    ``(G, Lk, d)``, both contiguous: the selected rows added in int32 (exact)."""
+    """``spikes @ values`` in fp32 ``(G, Lq, d)`` for contiguous 0/1 fp32 ``spikes`` ``(G, Lq, Lk)`` and an int8
+    value cache ``(G, Lk, d)`` laid out as `int8_attention_scores`'s keys: the selected rows added in int32
+    (exact)."""
     groups, lq, lk = spikes.shape
     d = values.shape[-1]
+    stride = _group_stride(values)
     context = torch.empty(groups, lq, d)
-    native_library().int8_attention_context(spikes.data_ptr(), values.data_ptr(), groups, lq, lk, d,
+    native_library().int8_attention_context(spikes.data_ptr(), values.data_ptr(), groups, lq, lk, d, stride,
                                             context.data_ptr(), torch.get_num_threads())  # fmt: skip
     return context
 
@@ -326,3 +331,11 @@ def lif_steps(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor | 
     native.lif_steps(x.data_ptr(), x.shape[0], x[0].numel(), beta, threshold, spikes.data_ptr(),
                      torch.get_num_threads())  # fmt: skip
     return spikes
+
+
+def _group_stride(cache: torch.Tensor) -> int:
+    """The distance between groups of a cache ``(G, L, d)`` whose rows are contiguous."""
+    if cache.dtype != torch.int8 or cache.shape[1] > 1 and cache.stride(1) != cache.shape[2] or cache.stride(2) != 1:
+        raise ValueError(f"expected an int8 cache (G, L, d) with contiguous rows, got {cache.dtype} "
+                         f"strides {cache.stride()}")  # fmt: skip
+    return cache.stride(0)

@@ -62,7 +62,39 @@ def _append(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
             f"stores {kinds}) and cannot be continued on this one; start generation again after "
             "set_inference_backend()"
         )
+    if stored is not None and type(cache.layers[layer_idx]).__name__ == "DynamicLayer" and not cache.offloading:
+        return _append_in_place(cache.layers[layer_idx], keys, values)
     return cache.update(keys, values, layer_idx)
+
+
+CACHE_SPARE_FRACTION = 0.5
+"""A growing K/V cache layer reserves this share of its length (at least `CACHE_SPARE_MIN` positions) past its
+end, so that appending a decoded token writes into place instead of copying the whole cache (`torch.cat`)."""
+CACHE_SPARE_MIN = 64
+
+
+def _append_in_place(layer, keys: torch.Tensor, values: torch.Tensor):
+    """What `DynamicLayer.update` returns (the layer's K/V with ``keys``/``values`` appended along the length) with
+    amortized copies: the layer's tensors are views of longer buffers, written at their end. Tensors that are not
+    such views (after the first append, a reordered beam, a cropped or deep-copied cache) move into new buffers."""
+    length, extra = layer.keys.shape[-2], keys.shape[-2]
+    stored = (layer.keys, layer.values)
+    buffers = getattr(layer, "_spiking_lm_buffers", None)
+    if not (buffers and all(map(_views_into, stored, buffers)) and buffers[0].shape[-2] >= length + extra):
+        capacity = length + extra + max(CACHE_SPARE_MIN, int(CACHE_SPARE_FRACTION * (length + extra)))
+        buffers = tuple(x.new_empty(*x.shape[:-2], capacity, x.shape[-1]) for x in stored)
+        for buffer, x in zip(buffers, stored, strict=True):
+            buffer[..., :length, :].copy_(x)
+        layer._spiking_lm_buffers = buffers
+    for buffer, x in zip(buffers, (keys, values), strict=True):
+        buffer[..., length : length + extra, :].copy_(x)
+    layer.keys, layer.values = (buffer[..., : length + extra, :] for buffer in buffers)
+    return layer.keys, layer.values
+
+
+def _views_into(x: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Whether ``x`` is ``buffer[..., :n, :]`` for some n."""
+    return x.data_ptr() == buffer.data_ptr() and x.shape[:-2] == buffer.shape[:-2] and x.stride() == buffer.stride()
 
 
 def _stored_kinds(cache, layer_idx: int):

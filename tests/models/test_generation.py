@@ -2,8 +2,12 @@
 
 import pytest
 import torch
+from transformers import DynamicCache
 
-from .conftest import CAUSAL_LM_CLASSES, INTEGER_NEURONS, tiny_model
+from spiking_lm.nn import event
+from spiking_lm.nn.self_attention import _append
+
+from .conftest import CAUSAL_LM_CLASSES, INTEGER_NEURONS, model_inputs, tiny_model
 
 IDS = [cls.__name__ for cls in CAUSAL_LM_CLASSES]
 ATTENTION_TYPES = ["cwssa", "sfsa", "ssa"]
@@ -90,3 +94,40 @@ def test_binary_spike_mode_generates_the_same_text(model_class, neuron_type):
     options = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
     integer = model.generate(prompt, **options)
     assert torch.equal(model.set_spike_mode("binary").generate(prompt, **options), integer)
+
+
+def test_the_cache_grows_in_place_and_stays_what_concatenation_makes():
+    """Appending a decoded token writes into spare room at the end of each layer's K/V (one copy of the cache per
+    growth, not per token); beams reordered or a cropped cache continue correctly."""
+    cache, reference = DynamicCache(), []
+    generator = torch.Generator().manual_seed(0)
+    pointers = set()
+    for step in range(40):
+        keys, values = (torch.randint(-9, 9, (3, 2, 1 if step else 5, 4), dtype=torch.int8, generator=generator)
+                        for _ in range(2))  # fmt: skip
+        reference.append((keys, values))
+        stored_keys, stored_values = _append(cache, 0, keys, values)
+        pointers.add(stored_keys.data_ptr())
+        assert torch.equal(stored_keys, torch.cat([k for k, _ in reference], dim=-2))
+        assert torch.equal(stored_values, torch.cat([v for _, v in reference], dim=-2))
+        assert cache.get_seq_length(0) == stored_keys.shape[-2]
+        if step == 20:  # beam search reorders the batch: new tensors, new buffers
+            order = torch.tensor([2, 0, 1])
+            cache.reorder_cache(order)
+            reference = [(k[order], v[order]) for k, v in reference]
+        if step == 30:  # assisted decoding crops: the next token overwrites what was cut
+            cache.crop(-3)
+            reference = reference[:-3]
+    assert len(pointers) <= 4  # grown a few times (44 positions in all), not at every token
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=IDS)
+def test_beam_search_with_the_event_cache_equals_the_dense_one(model_class, monkeypatch):
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)  # the tiny model's K/V take the event backend's int8 format
+    model = tiny_model(model_class, neuron_type="nilif")
+    prompt = model_inputs(model_class, batch=2, length=5)["input_ids"]
+    options = {"max_new_tokens": 6, "num_beams": 3, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        dense = model.generate(prompt, **options)
+        fast = model.set_inference_backend("event").generate(prompt, **options)
+    assert torch.equal(dense, fast)
