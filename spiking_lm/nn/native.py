@@ -8,13 +8,14 @@ count × weight products added into int32 sums (exact), and the fp32 scale, offs
 output — the same fp32 operations in the same order as the torch path, so the outputs are bit for bit the same
 (the source is compiled with ``-ffp-contract=off``: no fused multiply-add).
 
-The shared library is compiled on first use with ``$CC`` (else ``cc``) and OpenMP into
+The shared library is compiled on first use with ``$CC`` (else the first of `COMPILERS` found) and OpenMP into
 ``$SPIKING_LM_CACHE/native`` (default ``~/.cache/spiking_lm/native``), named by a hash of the source, the flags and
 the CPU, and reused after. Where no compiler works, or ``SPIKING_LM_NATIVE=0``, `native_library` returns `None`
 (with one logged warning if the build failed) and the callers take their torch path: the same results, slower.
 
 Decoding SFSA also multiplies the event backend's int8 K/V cache in place (`int8_attention_scores`,
-`int8_attention_context`) instead of widening the whole cache to fp32 at every step.
+`int8_attention_context`) instead of widening the whole cache to fp32 at every step, and decoding-size LIF
+recurrences run in one call (`lif_steps`) instead of four torch operations per time step.
 
 This module imports only `torch` so that it can travel with a saved model's code.
 """
@@ -26,6 +27,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 
@@ -49,6 +51,10 @@ SOURCE = r"""
 #include <string.h>
 
 #define PREFETCH_AHEAD 2
+
+#ifdef __cplusplus
+extern "C" {  /* compiled as C++ (g++), the functions keep their C names for ctypes */
+#endif
 
 /* counts[r, i] = round((x[r, i] - offset) / unit) as int8 and the inputs i that some row selects (k != 0).
    Returns how many were selected, or -1 if a value is not finite or its count is outside [-128, 127]. */
@@ -198,6 +204,10 @@ void lif_steps(const float *x, int64_t steps, int64_t n, float beta, float thres
         }
     }
 }
+
+#ifdef __cplusplus
+}
+#endif
 """
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 
@@ -215,8 +225,21 @@ def _cpu_identity() -> str:
     return identity
 
 
+COMPILERS = ("cc", "gcc", "clang", "c++", "g++")
+"""Tried in this order where ``$CC`` is not set (the source is also valid GNU C++)."""
+
+
+def _compiler() -> str:
+    if os.environ.get("CC"):
+        return os.environ["CC"]
+    found = next((name for name in COMPILERS if shutil.which(name)), None)
+    if found is None:
+        raise OSError(f"no C compiler found (tried {', '.join(COMPILERS)}; set CC)")
+    return found
+
+
 def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC", "cc")
+    compiler = _compiler()
     key = hashlib.sha256("\0".join((SOURCE, compiler, *FLAGS, _cpu_identity())).encode()).hexdigest()[:16]
     cache = os.environ.get("SPIKING_LM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "spiking_lm"))
     folder = os.path.join(cache, "native")
