@@ -292,6 +292,7 @@ def spike_counts(values: torch.Tensor, offset: float, unit: float) -> tuple[torc
     native = native_library()
     if native is None:
         return None
+    _check(values, torch.float32, 2)
     rows, in_features = values.shape
     counts = torch.empty(rows, in_features, dtype=torch.int8)
     selected = torch.empty(in_features, dtype=torch.int32)
@@ -303,17 +304,28 @@ def spike_counts(values: torch.Tensor, offset: float, unit: float) -> tuple[torc
 def int8_rows_product(counts, selected, qweight, scale, shift=None, bias=None) -> torch.Tensor:
     """``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)``, from int8 ``counts`` ``(R, in)``,
     ``selected`` (`spike_counts`) and int8 ``qweight`` ``(in, out)``, reading only the selected rows of
-    ``qweight``; ``shift`` and ``bias`` may be `None`. Every tensor contiguous, on the CPU; the library built."""
+    ``qweight``; ``shift`` and ``bias`` may be `None`. On the CPU, the library built."""
+    _check(counts, torch.int8, 2)
+    _check(qweight, torch.int8, 2)
+    _check(selected, torch.int32, 1)
     rows = counts.shape[0]
     out_features = qweight.shape[1]
+    if qweight.shape[0] != counts.shape[1]:
+        raise ValueError(f"counts {tuple(counts.shape)} do not match a weight of {tuple(qweight.shape)} (in, out)")
     result = torch.empty(rows, out_features)
 
-    def address(tensor):
-        return None if tensor is None else tensor.data_ptr()
+    def address(vector):  # a per-output fp32 vector, or NULL
+        if vector is None:
+            return None
+        if vector.dtype != torch.float32 or vector.shape != (out_features,):
+            raise ValueError(f"expected an fp32 vector of {out_features}, got {vector.dtype} {tuple(vector.shape)}")
+        return vector.data_ptr()
 
+    # contiguous copies, if any, are held here until the call returns
+    scale, shift, bias = (vector if vector is None else vector.contiguous() for vector in (scale, shift, bias))
     native_library().int8_rows_product(counts.data_ptr(), rows, counts.shape[1], selected.data_ptr(), selected.numel(),
-                                qweight.data_ptr(), out_features, scale.data_ptr(), address(shift), address(bias),
-                                result.data_ptr(), torch.get_num_threads())  # fmt: skip
+                                       qweight.data_ptr(), out_features, address(scale), address(shift),
+                                       address(bias), result.data_ptr(), torch.get_num_threads())  # fmt: skip
     return result
 
 
@@ -321,6 +333,7 @@ def int8_attention_scores(query_counts: torch.Tensor, keys: torch.Tensor, scale:
     """``(query_counts @ keysᵀ) * scale`` in fp32 ``(G, Lq, Lk)`` from contiguous int8 ``query_counts``
     ``(G, Lq, d)`` and an int8 key cache ``(G, Lk, d)`` whose rows are contiguous (the groups may be further apart:
     a growing cache's view): exact int32 overlap counts, scaled once."""
+    _check(query_counts, torch.int8, 3)
     groups, lq, d = query_counts.shape
     lk = keys.shape[1]
     stride = _group_stride(keys)
@@ -334,6 +347,7 @@ def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.
     """``spikes @ values`` in fp32 ``(G, Lq, d)`` for contiguous 0/1 fp32 ``spikes`` ``(G, Lq, Lk)`` and an int8
     value cache ``(G, Lk, d)`` laid out as `int8_attention_scores`'s keys: the selected rows added in int32
     (exact)."""
+    _check(spikes, torch.float32, 3)
     groups, lq, lk = spikes.shape
     d = values.shape[-1]
     stride = _group_stride(values)
@@ -350,6 +364,7 @@ def lif_steps(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor | 
     if native is None:
         return None
     x = x.contiguous()
+    _check(x, torch.float32, x.dim())
     spikes = torch.empty_like(x)
     native.lif_steps(x.data_ptr(), x.shape[0], x[0].numel(), beta, threshold, spikes.data_ptr(),
                      torch.get_num_threads())  # fmt: skip
@@ -362,3 +377,11 @@ def _group_stride(cache: torch.Tensor) -> int:
         raise ValueError(f"expected an int8 cache (G, L, d) with contiguous rows, got {cache.dtype} "
                          f"strides {cache.stride()}")  # fmt: skip
     return cache.stride(0)
+
+
+def _check(tensor: torch.Tensor, dtype: torch.dtype, dims: int) -> None:
+    """The kernels read raw memory: a tensor of another dtype, layout or device is refused with a clear error."""
+    if tensor.dtype != dtype or tensor.dim() != dims or not tensor.is_contiguous() or tensor.device.type != "cpu":
+        raise ValueError(f"the native kernels expect a contiguous {dims}-d CPU {dtype} tensor, got a "
+                         f"{tensor.dim()}-d {tensor.device.type} {tensor.dtype} one (contiguous: "
+                         f"{tensor.is_contiguous()})")  # fmt: skip

@@ -179,7 +179,8 @@ class SpikingSelfAttention(nn.Module):
 
     def _cached(self, key, value, cache, query_rows: int, execution, raw: bool = False):
         """Append this step's spike K/V to the cache, stored as ``(B, T·H, L, ·)``, and return all of them with
-        their units: ``(keys, values, key_unit, value_unit)``, the spike values being unit × what is returned.
+        their units and whether they are known finite: ``(keys, values, key_unit, value_unit, finite)``, the spike
+        values being unit × what is returned.
 
         On the event backend, for projections large enough to take it (`worth_gathering`; below, the event
         backend runs the dense code), exact in every case (docs/event-backend.md gives the measurements):
@@ -193,7 +194,7 @@ class SpikingSelfAttention(nn.Module):
           fp32 counts (one widening pass, no scaling: the attention applies the units to its small operands).
 
         Without earlier tokens in the cache the fresh K/V are returned as they are (unit 1). The last item says
-        whether both came out of compact storage (bits or int8 counts), hence are finite. With ``raw``, K and V
+        whether both came out of compact storage (bits or int8 counts), hence finite. With ``raw``, K and V
         stored as int8 counts come back as stored, ``(B, T·H, L, d)`` int8, for `_native_attention`."""
         steps, batch, _, length, _ = key.shape
         projections = self._projections()
@@ -346,11 +347,13 @@ class SpikingSelfAttention(nn.Module):
             grouped = spikes.transpose(0, 1).reshape(batch * steps * heads, rows, -1)
             return int8_attention_context(grouped, values).view(batch, steps, heads, rows, width).transpose(0, 1)
 
-        config = self.config
-        scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0
         products = (scores_of, context_of)
-        return softmax_free_attention(query, keys, values, allowed, self.attn_neuron, scale,
-                                      config.sfsa_output_scale, all_allowed=every, products=products)  # fmt: skip
+        return softmax_free_attention(query, keys, values, allowed, self.attn_neuron, self._score_scale(),
+                                      self.config.sfsa_output_scale, all_allowed=every, products=products)  # fmt: skip
+
+    def _score_scale(self) -> float:
+        """SFSA's scale of the overlap counts before the attention neuron (``attn_score_scale``)."""
+        return 1 / math.sqrt(self.head_dim) if self.config.attn_score_scale == "sqrt_d" else 1.0
 
     def _attend(self, query, key, value, allowed, dtype, finite=False, every=False):
         """``(context (T, B, H, L, d), attention weights)``; training multiplies in ``dtype`` (`spike_matmul`).
@@ -375,9 +378,8 @@ class SpikingSelfAttention(nn.Module):
         """The attention of finite K/V; ``every``: ``allowed`` allows every pair (SFSA then skips its mask)."""
         config = self.config
         if self.kind == "sfsa":
-            scale = 1 / math.sqrt(self.head_dim) if config.attn_score_scale == "sqrt_d" else 1.0
             return softmax_free_attention(
-                query, key, value, allowed, self.attn_neuron, scale, config.sfsa_output_scale, dtype,
+                query, key, value, allowed, self.attn_neuron, self._score_scale(), config.sfsa_output_scale, dtype,
                 self._zero_one_operands(), every,
             )  # fmt: skip
         if self.kind == "ssa":

@@ -234,7 +234,7 @@ def _native_products(layers, spikes: torch.Tensor, coding) -> list[torch.Tensor]
     if rows > NATIVE_MAX_ROWS or native_library() is None:
         return None
     if any(layer.weight_scale.dtype != torch.float32 or (layer.bias is not None and layer.bias.dtype != torch.float32)
-           for layer in layers):  # fmt: skip
+           or not layer.quantized_t().is_contiguous() for layer in layers):  # fmt: skip
         return None
     if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
         values, offset, count_unit = binary_to_integer(spikes, coding.max), 0.0, 1.0

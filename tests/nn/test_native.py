@@ -149,3 +149,18 @@ def test_native_lif_is_the_torch_recurrences_bits(steps):
     assert functional._native_lif(x, 0.5, 1.0, 0.0) is None  # a hard reset stays with torch
     many = torch.randn(steps, 400_000, generator=generator)  # enough elements for any rounding difference to flip some
     assert torch.equal(native.lif_steps(many, 0.9, 0.3), functional._lif_inference(many, 0.9, 0.3, None))
+
+
+def test_the_kernels_refuse_tensors_they_cannot_read():
+    counts, selected = native.spike_counts(torch.ones(1, 8), 0.0, 1.0)
+    weight = torch.ones(8, 3, dtype=torch.int8)
+    with pytest.raises(ValueError, match="contiguous 2-d CPU torch.int8"):
+        native.int8_rows_product(counts, selected, weight.t().contiguous().t(), torch.ones(3))
+    with pytest.raises(ValueError, match="do not match"):
+        native.int8_rows_product(counts, selected, torch.ones(7, 3, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(ValueError, match="fp32 vector of 3"):
+        native.int8_rows_product(counts, selected, weight, torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="torch.float32"):
+        native.spike_counts(torch.ones(1, 8, dtype=torch.float64), 0.0, 1.0)
+    expected = torch.full((1, 3), 8.0)
+    assert torch.equal(native.int8_rows_product(counts, selected, weight, torch.ones(6)[::2]), expected)
