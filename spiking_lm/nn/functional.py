@@ -12,7 +12,7 @@ import torch
 
 from .dispatch import AUTO_COMPILE_MIN_NUMEL, check_backend
 from .kernels import MultiStepIntegerLIF, MultiStepLIF, MultiStepTernaryLIF, ParallelFire
-from .native import lif_steps
+from .native import integer_fire, lif_steps
 from .surrogate import SurrogateFunction, build_surrogate
 
 __all__ = [
@@ -124,8 +124,23 @@ def integer_lif(
     check_backend(backend)
     if x.shape[0] == 1 and not (torch.is_grad_enabled() and (x.requires_grad or torch.is_tensor(lower))):
         # Inference at T = 1 has no membrane to carry: two elementwise ops, no autograd or kernel dispatch.
+        spikes = _native_integer_fire(x, lower, spike_max, scale)
+        if spikes is not None:
+            return spikes
         return torch.clamp(torch.round(x), lower, lower + int(spike_max)) * float(scale)
     return MultiStepIntegerLIF.apply(x, lower, int(spike_max), float(scale), float(beta), bool(detach_reset), backend)
+
+
+def _native_integer_fire(x: torch.Tensor, lower, spike_max: int, scale: float) -> torch.Tensor | None:
+    """The T = 1 inference of `integer_lif` in one native call (`spiking_lm.nn.native.integer_fire`, the same fp32
+    operations) for small fp32 CPU inputs (decoding: three torch operations cost more than the arithmetic); `None`
+    where it does not apply."""
+    if torch.compiler.is_compiling() or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    if x.numel() >= AUTO_COMPILE_MIN_NUMEL:
+        return None
+    lower = float(lower)  # a detached 0-d tensor for the adaptive-shift neurons: an integer, exact in fp32
+    return integer_fire(x, lower, lower + int(spike_max), float(scale))
 
 
 def ilif(x: torch.Tensor, spike_max: int = 4, beta: float = 0.5, detach_reset: bool = False, backend: str = "auto"):

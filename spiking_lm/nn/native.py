@@ -14,8 +14,9 @@ the CPU, and reused after. Where no compiler works, or ``SPIKING_LM_NATIVE=0``, 
 (with one logged warning if the build failed) and the callers take their torch path: the same results, slower.
 
 Decoding SFSA also multiplies the event backend's int8 K/V cache in place (`int8_attention_scores`,
-`int8_attention_context`) instead of widening the whole cache to fp32 at every step, and decoding-size LIF
-recurrences run in one call (`lif_steps`) instead of four torch operations per time step.
+`int8_attention_context`) instead of widening the whole cache to fp32 at every step, and decoding-size neurons fire
+in one call each: LIF recurrences (`lif_steps`) instead of four torch operations per time step, the integer
+neurons at T = 1 (`integer_fire`) instead of three.
 
 This module imports only `torch` so that it can travel with a saved model's code.
 """
@@ -33,8 +34,8 @@ import tempfile
 
 import torch
 
-__all__ = ["NATIVE_MAX_ROWS", "int8_attention_context", "int8_attention_scores", "int8_rows_product", "lif_steps",
-           "native_library", "spike_counts"]  # fmt: skip
+__all__ = ["NATIVE_MAX_ROWS", "int8_attention_context", "int8_attention_scores", "int8_rows_product", "integer_fire",
+           "lif_steps", "native_library", "spike_counts"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,17 @@ void lif_steps(const float *x, int64_t steps, int64_t n, float beta, float thres
     }
 }
 
+/* The integer neurons at one time step: clamp(round(x), lower, upper) * scale (round half to even, NaN kept), the
+   fp32 operations of `spiking_lm.nn.functional.integer_lif` at T = 1. */
+void integer_fire(const float *x, int64_t n, float lower, float upper, float scale, float *spikes) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = nearbyintf(x[i]);
+        v = v < lower ? lower : v;
+        v = v > upper ? upper : v;
+        spikes[i] = v * scale;
+    }
+}
+
 #ifdef __cplusplus
 }
 #endif
@@ -262,7 +274,8 @@ def _build() -> ctypes.CDLL:
     library.int8_rows_product.argtypes = [pointer, int64, int64, pointer, int64, pointer, int64, pointer, pointer,
                                           pointer, pointer, ctypes.c_int]  # fmt: skip
     library.lif_steps.argtypes = [pointer, int64, int64, ctypes.c_float, ctypes.c_float, pointer, ctypes.c_int]
-    for name in ("int8_attention_scores", "int8_attention_context", "lif_steps"):
+    library.integer_fire.argtypes = [pointer, int64, ctypes.c_float, ctypes.c_float, ctypes.c_float, pointer]
+    for name in ("int8_attention_scores", "int8_attention_context", "lif_steps", "integer_fire"):
         getattr(library, name).restype = None
     library.int8_attention_scores.argtypes = [pointer, pointer, int64, int64, int64, int64, int64, ctypes.c_float,
                                               pointer, ctypes.c_int]  # fmt: skip
@@ -368,6 +381,19 @@ def lif_steps(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor | 
     spikes = torch.empty_like(x)
     native.lif_steps(x.data_ptr(), x.shape[0], x[0].numel(), beta, threshold, spikes.data_ptr(),
                      torch.get_num_threads())  # fmt: skip
+    return spikes
+
+
+def integer_fire(x: torch.Tensor, lower: float, upper: float, scale: float) -> torch.Tensor | None:
+    """``clamp(round(x), lower, upper) * scale`` for fp32 ``x``, contiguous, bit for bit the torch operations;
+    `None` without the library."""
+    native = native_library()
+    if native is None:
+        return None
+    x = x.contiguous()
+    _check(x, torch.float32, x.dim())
+    spikes = torch.empty_like(x)
+    native.integer_fire(x.data_ptr(), x.numel(), lower, upper, scale, spikes.data_ptr())
     return spikes
 
 

@@ -164,3 +164,18 @@ def test_the_kernels_refuse_tensors_they_cannot_read():
         native.spike_counts(torch.ones(1, 8, dtype=torch.float64), 0.0, 1.0)
     expected = torch.full((1, 3), 8.0)
     assert torch.equal(native.int8_rows_product(counts, selected, weight, torch.ones(6)[::2]), expected)
+
+
+@pytest.mark.parametrize("lower,spike_max,scale", [(0.0, 4, 0.25), (0.0, 4, 1.0), (-2.0, 3, 1 / 3), (1.0, 8, 0.125)])
+def test_native_integer_firing_is_the_torch_operations_bits(lower, spike_max, scale):
+    generator = torch.Generator().manual_seed(spike_max)
+    x = torch.randn(1, 3, 5, 64, generator=generator) * 4
+    x[0, 0, 0, :8] = torch.tensor([0.5, 1.5, 2.5, -0.5, float("nan"), float("inf"), -float("inf"), 3.4999998])
+    heads = x.transpose(1, 2)  # a heads view
+    expected = torch.clamp(torch.round(heads), lower, lower + spike_max) * scale
+    got = functional._native_integer_fire(heads, torch.tensor(lower), spike_max, scale)
+    assert got is not None and torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+    many = torch.randn(1, 100_000, generator=generator) * 3 + 0.5
+    expected = torch.clamp(torch.round(many), lower, lower + spike_max) * scale
+    assert torch.equal(functional._native_integer_fire(many, lower, spike_max, scale), expected)
