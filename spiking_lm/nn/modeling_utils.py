@@ -65,6 +65,7 @@ REMOTE_CODE_MODULES = (
     "neurons",
     "bitpack",
     "cpu_linear",
+    "native_source",
     "native",
     "event",
     "spike_linear",
