@@ -198,27 +198,26 @@ def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.
 def lif_steps(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor | None:
     """The soft-reset LIF recurrence over the first dim of fp32 ``x`` ``(T, ...)``, without autograd: 0/1 spikes,
     contiguous, bit for bit those of the torch recurrence; `None` without the library."""
-    native = native_library()
-    if native is None:
-        return None
-    x = x.contiguous()
-    _check(x, torch.float32, x.dim())
-    spikes = torch.empty_like(x)
-    native.lif_steps(x.data_ptr(), x.shape[0], x[0].numel(), beta, threshold, spikes.data_ptr(),
-                     torch.get_num_threads())  # fmt: skip
-    return spikes
+    steps = x.shape[0]
+    return _fire("lif_steps", x, (steps, x.numel() // max(steps, 1), beta, threshold), (torch.get_num_threads(),))
 
 
 def integer_fire(x: torch.Tensor, lower: float, upper: float, scale: float) -> torch.Tensor | None:
     """``clamp(round(x), lower, upper) * scale`` for fp32 ``x``, contiguous, bit for bit the torch operations;
     `None` without the library."""
+    return _fire("integer_fire", x, (x.numel(), lower, upper, scale))
+
+
+def _fire(kernel: str, x: torch.Tensor, arguments: tuple, trailing: tuple = ()) -> torch.Tensor | None:
+    """``kernel(x, *arguments, spikes, *trailing)`` of an elementwise neuron kernel, its spikes contiguous in x's
+    shape; `None` without the library."""
     native = native_library()
     if native is None:
         return None
     x = x.contiguous()
     _check(x, torch.float32, x.dim())
     spikes = torch.empty_like(x)
-    native.integer_fire(x.data_ptr(), x.numel(), lower, upper, scale, spikes.data_ptr())
+    getattr(native, kernel)(x.data_ptr(), *arguments, spikes.data_ptr(), *trailing)
     return spikes
 
 
