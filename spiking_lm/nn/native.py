@@ -91,22 +91,23 @@ def _build() -> ctypes.CDLL:
             subprocess.run([compiler, *FLAGS, source, "-o", built], check=True, capture_output=True, text=True)
             os.replace(built, path)  # atomic: a concurrent process finds the whole file or none
     library = ctypes.CDLL(path)
-    int64, pointer = ctypes.c_int64, ctypes.c_void_p
-    library.spike_counts.restype = int64
-    library.spike_counts.argtypes = [pointer, int64, int64, ctypes.c_float, ctypes.c_float, ctypes.c_int, pointer,
-                                     pointer]  # fmt: skip
-    library.int8_rows_product.restype = None
-    library.int8_rows_product.argtypes = [pointer, int64, int64, pointer, int64, pointer, int64, pointer, pointer,
-                                          pointer, pointer, ctypes.c_int]  # fmt: skip
-    library.lif_steps.argtypes = [pointer, int64, int64, ctypes.c_float, ctypes.c_float, pointer, ctypes.c_int]
-    library.integer_fire.argtypes = [pointer, int64, ctypes.c_float, ctypes.c_float, ctypes.c_float, pointer]
-    for name in ("int8_attention_scores", "int8_attention_context", "lif_steps", "integer_fire"):
-        getattr(library, name).restype = None
-    library.int8_attention_scores.argtypes = [pointer, pointer, int64, int64, int64, int64, int64, ctypes.c_float,
-                                              pointer, ctypes.c_int]  # fmt: skip
-    library.int8_attention_context.argtypes = [pointer, pointer, int64, int64, int64, int64, int64, pointer,
-                                               ctypes.c_int]  # fmt: skip
+    for name, (result, arguments) in _signatures().items():
+        function = getattr(library, name)
+        function.restype, function.argtypes = result, arguments
     return library
+
+
+def _signatures() -> dict:
+    """``{function: (result type, argument types)}`` of the C source, for `ctypes`."""
+    i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    return {
+        "spike_counts": (i64, [ptr, i64, i64, f32, f32, i32, ptr, ptr]),
+        "int8_rows_product": (None, [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, i32]),
+        "int8_attention_scores": (None, [ptr, ptr, i64, i64, i64, i64, i64, f32, ptr, i32]),
+        "int8_attention_context": (None, [ptr, ptr, i64, i64, i64, i64, i64, ptr, i32]),
+        "lif_steps": (None, [ptr, i64, i64, f32, f32, ptr, i32]),
+        "integer_fire": (None, [ptr, i64, f32, f32, f32, ptr]),
+    }
 
 
 def native_library() -> ctypes.CDLL | None:
@@ -118,7 +119,7 @@ def native_library() -> ctypes.CDLL | None:
                 _state["library"] = _build()
             except (OSError, subprocess.CalledProcessError) as error:
                 detail = getattr(error, "stderr", "") or error
-                logger.warning("spiking_lm's native W8 kernels could not be built (%s); W8 decoding uses torch "
+                logger.warning("spiking_lm's native decoding kernels could not be built (%s); decoding uses torch "
                                "operations (the same results, slower)", str(detail).strip()[:300])  # fmt: skip
     return _state["library"]
 

@@ -110,6 +110,10 @@ class Int8Linear(nn.Module):
         """Σ_in Q as int32 ``(out,)`` (exact), kept until ``qweight`` changes (in place or replaced)."""
         return self._kept("row_sums", self.qweight, None, lambda: self.quantized_t().sum(0, dtype=torch.int32))
 
+    def offset_shift(self, offset) -> torch.Tensor:
+        """offset · (s ⊙ Q·1) ``(out,)``: what inputs sitting at a neuron's offset add to every output."""
+        return self.weight_scale * self.row_sums().float() * offset
+
     def count_scale(self, unit: float) -> torch.Tensor:
         """s · u ``(out,)``: what one count of ``unit`` adds per int8 step, kept until ``weight_scale`` or the unit
         changes (decoding asks for it once per layer and token)."""
@@ -177,8 +181,7 @@ def _integer_counts(spikes: torch.Tensor, coding, layers) -> torch.Tensor | None
     or a bias), or where an integer neuron fed NaN/inf emitted non-finite values (no int8 count holds them; the
     real-valued product makes exactly those rows non-finite, as the fp32 model does)."""
     unit = coding.unit
-    trainable = [spikes] + [layer.bias for layer in layers if layer.bias is not None]
-    if unit is None or (torch.is_grad_enabled() and any(t.requires_grad for t in trainable)):
+    if unit is None or _gradient_flows(spikes, layers):
         return None
     if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
         return binary_to_integer(spikes, coding.max)
@@ -186,6 +189,12 @@ def _integer_counts(spikes: torch.Tensor, coding, layers) -> torch.Tensor | None
     if not coding.binary and not math.isfinite(above.sum().item()):  # 0/1 spikes are always finite
         return None
     return above if unit == 1 else torch.round(above / unit)
+
+
+def _gradient_flows(spikes: torch.Tensor, layers) -> bool:
+    """Whether autograd must reach the spikes or a bias (the integer paths compute without gradients)."""
+    trainable = [spikes] + [layer.bias for layer in layers if layer.bias is not None]
+    return torch.is_grad_enabled() and any(t.requires_grad for t in trainable)
 
 
 def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.Tensor]:
@@ -212,7 +221,7 @@ def int8_linears_on_spikes(layers, spikes: torch.Tensor, neuron) -> list[torch.T
             recorder.weight_read("int8" if columns is None else "gathered", 1, rows_read * layer.out_features)
         output = torch.mul(sums, layer.count_scale(coding.unit))  # int32 · fp32 → fp32 in one pass
         if coding.has_offset:  # the silent inputs' constant: offset · (s ⊙ Q·1)
-            output += layer.weight_scale * layer.row_sums().float() * coding.offset
+            output += layer.offset_shift(coding.offset)
         if layer.bias is not None:
             output += layer.bias
         outputs.append(output.view(*counts.shape[:-1], layer.out_features))
@@ -224,10 +233,7 @@ def _native_products(layers, spikes: torch.Tensor, coding) -> list[torch.Tensor]
     rows of fp32 counts on the CPU without autograd: the same fp32 results, bit for bit; `None` where they do not
     apply (the torch path then runs, and takes the real-valued path for values that are not counts)."""
     unit = coding.unit
-    trainable = [spikes] + [layer.bias for layer in layers if layer.bias is not None]
-    if unit is None or spikes.device.type != "cpu" or spikes.dtype != torch.float32:
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in trainable):  # a gradient must flow
+    if unit is None or spikes.device.type != "cpu" or spikes.dtype != torch.float32 or _gradient_flows(spikes, layers):
         return None
     in_features = layers[0].in_features
     rows = spikes.numel() // in_features // (coding.max if coding.in_binary_mode else 1)
@@ -248,7 +254,7 @@ def _native_products(layers, spikes: torch.Tensor, coding) -> list[torch.Tensor]
     for layer in layers:
         for recorder in active_recorders():
             recorder.weight_read("gathered", 1, selected.numel() * layer.out_features)
-        shift = layer.weight_scale * layer.row_sums().float() * coding.offset if coding.has_offset else None
+        shift = layer.offset_shift(coding.offset) if coding.has_offset else None
         scale = layer.count_scale(unit)
         output = int8_rows_product(counts, selected, layer.quantized_t(), scale, shift, layer.bias)
         outputs.append(output.view(*values.shape[:-1], layer.out_features))
