@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 
 from .attention import row_normalized
+from .decoding import decode_block
+from .execution import execution_or_default
 from .norms import normalize, normalize_and_fire
 from .spike_linear import exact_output_dtype, linear_on_spikes, low_spike_dtype
 
@@ -101,6 +103,7 @@ def membrane_shortcut_layer(
     mlp_linears=(),
     execution=None,
     output_firing_rate: bool = False,
+    mlp_modules=None,
 ) -> BlockOutput:
     """One block: x = x + Attn(SN(Norm(x))); x = x + MLP(SN(Norm(x))).
 
@@ -108,7 +111,14 @@ def membrane_shortcut_layer(
     ``mlp(spikes, neuron, execution)`` returns a membrane. ``attention_linears`` and ``mlp_linears`` are the
     Linears their input spikes feed: training in bf16, the neurons emit bf16 spikes for them (`low_spike_dtype`).
     ``output_firing_rate`` also returns the block input neuron's `firing_rate` (what SpAD's RateMSE compares).
+    ``mlp_modules``: the MLP's ``(fc1, norm1, neuron, fc2, norm2)``, with which a decoding step may run through
+    `spiking_lm.nn.decoding.decode_block` (the same values in fewer calls).
     """
+    if mlp_modules is not None and cache is not None and hidden.shape[2] == 1 and not output_firing_rate:
+        modules = (attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp_modules)
+        decoded = decode_block(hidden, attention_mask, cache, *modules, execution_or_default(execution))
+        if decoded is not None:
+            return BlockOutput(*decoded)
     spike_dtype = low_spike_dtype(attention_linears, attn_neuron, execution)
     spikes = normalize_and_fire(attn_norm, attn_neuron, hidden, spike_dtype=spike_dtype)
     input_rate = firing_rate(spikes, attn_neuron) if output_firing_rate else None

@@ -71,6 +71,7 @@ REMOTE_CODE_MODULES = (
     "spike_linear",
     "norms",
     "attention",
+    "decoding",
     "self_attention",
     "blocks",
     "configuration_utils",

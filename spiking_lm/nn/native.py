@@ -36,8 +36,9 @@ import torch
 
 from .native_source import SOURCE
 
-__all__ = ["NATIVE_MAX_ROWS", "int8_attention_context", "int8_attention_scores", "int8_rows_product", "integer_fire",
-           "lif_steps", "native_library", "spike_counts"]  # fmt: skip
+__all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "int8_attention_context", "int8_attention_scores",
+           "int8_rows_product", "int8_rows_products", "integer_fire", "lif_steps", "native_library", "sfsa_decode",
+           "spike_counts", "spike_products"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +103,11 @@ def _signatures() -> dict:
     i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
     return {
         "spike_counts": (i64, [ptr, i64, i64, f32, f32, i32, ptr, ptr]),
-        "int8_rows_product": (None, [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, i32]),
+        "int8_rows_products": (None, [ptr, i64, i64, ptr, i64, ptr, i64, ptr, i32]),
+        "spike_products": (i64, [ptr, i64, i64, i32, f32, f32, f32, i64, f32, f32, i32, ptr, i64, ptr, i32]),
         "int8_attention_scores": (None, [ptr, ptr, i64, i64, i64, i64, i64, f32, ptr, i32]),
         "int8_attention_context": (None, [ptr, ptr, i64, i64, i64, i64, i64, ptr, i32]),
+        "sfsa_decode": (i64, [ptr, f32, ptr, ptr, *[i64] * 8, *[f32] * 6, ptr, ptr, f32, f32, ptr, ptr, i32]),
         "lif_steps": (None, [ptr, i64, i64, f32, f32, ptr, i32]),
         "integer_fire": (None, [ptr, i64, f32, f32, f32, ptr]),
     }
@@ -140,32 +143,86 @@ def spike_counts(values: torch.Tensor, offset: float, unit: float) -> tuple[torc
     return None if found < 0 else (counts, selected[:found])
 
 
-def int8_rows_product(counts, selected, qweight, scale, shift=None, bias=None) -> torch.Tensor:
-    """``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)``, from int8 ``counts`` ``(R, in)``,
-    ``selected`` (`spike_counts`) and int8 ``qweight`` ``(in, out)``, reading only the selected rows of
-    ``qweight``; ``shift`` and ``bias`` may be `None`. On the CPU, the library built."""
+class ProductPlan:
+    """What `int8_rows_products` needs of int8 matrices fed the same counts, checked and laid out once: their
+    ``qweights`` ``(in, out_m)`` and per-output fp32 ``scales``, ``shifts`` and ``biases`` (`None` for none), the
+    addresses in one int64 table for the C function; the tensors are held while the plan lives."""
+
+    def __init__(self, qweights, scales, shifts, biases):
+        in_features = qweights[0].shape[0] if qweights[0].dim() == 2 else -1
+        entries, self._held = [], []
+        for qweight, *vectors in zip(qweights, scales, shifts, biases, strict=True):
+            _check(qweight, torch.int8, 2)
+            if qweight.shape[0] != in_features:
+                raise ValueError(f"int8 weights of {tuple(qweight.shape)} (in, out) do not share {in_features} inputs")
+            out_features = qweight.shape[1]
+            addresses = []
+            for vector in vectors:  # a per-output fp32 vector, or NULL
+                if vector is not None and (vector.dtype != torch.float32 or vector.shape != (out_features,)):
+                    raise ValueError(f"expected an fp32 vector of {out_features}, got {vector.dtype} "
+                                     f"{tuple(vector.shape)}")  # fmt: skip
+                vector = None if vector is None else vector.contiguous()
+                self._held.append(vector)
+                addresses.append(0 if vector is None else vector.data_ptr())
+            self._held.append(qweight)
+            entries += [qweight.data_ptr(), out_features, *addresses]
+        self.in_features = in_features
+        self.outs = [qweight.shape[1] for qweight in qweights]
+        self.total = sum(self.outs)
+        self.table = torch.tensor(entries, dtype=torch.int64)
+
+
+def int8_rows_products(counts: torch.Tensor, selected: torch.Tensor, plan: ProductPlan) -> list[torch.Tensor]:
+    """``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)`` for every matrix of ``plan``, from int8
+    ``counts`` ``(R, in)`` and ``selected`` (`spike_counts`), reading only the selected rows of each matrix, each
+    of them once; the outputs are contiguous pieces of one buffer. On the CPU, the library built."""
     _check(counts, torch.int8, 2)
-    _check(qweight, torch.int8, 2)
     _check(selected, torch.int32, 1)
     rows = counts.shape[0]
-    out_features = qweight.shape[1]
-    if qweight.shape[0] != counts.shape[1]:
-        raise ValueError(f"counts {tuple(counts.shape)} do not match a weight of {tuple(qweight.shape)} (in, out)")
-    result = torch.empty(rows, out_features)
+    if counts.shape[1] != plan.in_features:
+        raise ValueError(f"counts {tuple(counts.shape)} do not match weights of {plan.in_features} inputs")
+    result = torch.empty(rows * plan.total)
+    native_library().int8_rows_products(counts.data_ptr(), rows, plan.in_features, selected.data_ptr(),
+                                        selected.numel(), plan.table.data_ptr(), len(plan.outs), result.data_ptr(),
+                                        torch.get_num_threads())  # fmt: skip
+    return _pieces(result, rows, plan)
 
-    def address(vector):  # a per-output fp32 vector, or NULL
-        if vector is None:
-            return None
-        if vector.dtype != torch.float32 or vector.shape != (out_features,):
-            raise ValueError(f"expected an fp32 vector of {out_features}, got {vector.dtype} {tuple(vector.shape)}")
-        return vector.data_ptr()
 
-    # contiguous copies, if any, are held here until the call returns
-    scale, shift, bias = (vector if vector is None else vector.contiguous() for vector in (scale, shift, bias))
-    native_library().int8_rows_product(counts.data_ptr(), rows, counts.shape[1], selected.data_ptr(), selected.numel(),
-                                       qweight.data_ptr(), out_features, address(scale), address(shift),
-                                       address(bias), result.data_ptr(), torch.get_num_threads())  # fmt: skip
-    return result
+FIRES = {None: 0, "integer": 1, "lif": 2}
+"""How `spike_products` makes spikes of its input: none (they are spike values), `integer_fire`, `lif_steps`."""
+
+
+def spike_products(x: torch.Tensor, plan: ProductPlan, offset: float, unit: float, fire=None, parameters=(0, 0, 0),
+                   steps: int = 1) -> tuple[list[torch.Tensor], int] | None:  # fmt: skip
+    """`int8_rows_products` of the spike counts of fp32 ``x`` ``(R, in)`` (contiguous) above ``offset`` in ``unit``
+    (`spike_counts`) in one call, and how many inputs they selected: ``x`` holds spike values, or with ``fire``
+    (`FIRES`) the membrane a neuron fires on first (``parameters``: lower, upper, scale of `integer_fire`, or beta,
+    threshold of `lif_steps` over ``steps`` blocks of rows). `None` where a count is not an int8."""
+    _check(x, torch.float32, 2)
+    rows = x.shape[0]
+    if x.shape[1] != plan.in_features:
+        raise ValueError(f"inputs {tuple(x.shape)} do not match weights of {plan.in_features} inputs")
+    result = torch.empty(rows * plan.total)
+    found = native_library().spike_products(x.data_ptr(), rows, plan.in_features, FIRES[fire], *parameters, steps,
+                                            offset, unit, int(offset != 0), plan.table.data_ptr(), len(plan.outs),
+                                            result.data_ptr(), torch.get_num_threads())  # fmt: skip
+    if found < 0:
+        return None
+    return _pieces(result, rows, plan), found
+
+
+def _pieces(result: torch.Tensor, rows: int, plan: ProductPlan) -> list[torch.Tensor]:
+    """The matrices' outputs ``(rows, out_m)``, side by side in ``result``."""
+    if len(plan.outs) == 1:
+        return [result.view(rows, plan.total)]
+    pieces = result.split([rows * out for out in plan.outs])
+    return [piece.view(rows, out) for piece, out in zip(pieces, plan.outs, strict=True)]
+
+
+def int8_rows_product(counts, selected, qweight, scale, shift=None, bias=None) -> torch.Tensor:
+    """`int8_rows_products` for one matrix: ``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)``
+    (``shift`` and ``bias`` may be `None`)."""
+    return int8_rows_products(counts, selected, ProductPlan([qweight], [scale], [shift], [bias]))[0]
 
 
 def int8_attention_scores(query_counts: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
@@ -194,6 +251,40 @@ def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.
     native_library().int8_attention_context(spikes.data_ptr(), values.data_ptr(), groups, lq, lk, d, stride,
                                             context.data_ptr(), torch.get_num_threads())  # fmt: skip
     return context
+
+
+def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold, root, value_unit, appended=None):
+    """Decoding SFSA in one call (the C source says how): fp32 query spikes ``(T, B, H, Lq, d)`` of ``unit``
+    (contiguous), an int8 K/V cache ``(B·T·H, Lk, d)`` laid out as `int8_attention_scores`'s keys, the attention
+    LIF's ``beta`` and ``threshold`` (soft reset). Returns ``(attention spikes (T, B, H, Lq, Lk), context
+    (T, B, Lq, H·d))`` — the fp32 operations of the composition, in its order — or `None` where a value is not an
+    int8 count (the caller's composition then runs; nothing was written). ``appended``: ``(K, V, K unit, V unit)``,
+    one new position's fp32 spike values ``(T, B, H, 1, d)`` (contiguous), whose counts are first written into the
+    cache's last row (the caller's buffers: ``keys`` and ``values`` include it)."""
+    _check(query, torch.float32, 5)
+    steps, batch, heads, lq, d = query.shape
+    lk = keys.shape[1]
+    if keys.shape != values.shape or keys.shape[0] != steps * batch * heads or keys.shape[2] != d:
+        raise ValueError(f"a K/V cache of {tuple(keys.shape)} and {tuple(values.shape)} does not match queries "
+                         f"of {tuple(query.shape)} (T, B, H, Lq, d)")  # fmt: skip
+    new_key = new_value = None
+    key_unit = value_unit_new = 1.0
+    if appended is not None:
+        new_key, new_value, key_unit, value_unit_new = appended
+        for new in (new_key, new_value):
+            _check(new, torch.float32, 5)
+            if new.shape != (steps, batch, heads, 1, d) or lq != 1:
+                raise ValueError(f"an appended position of {tuple(new.shape)} does not match queries of "
+                                 f"{tuple(query.shape)}")  # fmt: skip
+    weights = torch.empty(steps, batch, heads, lq, lk)
+    context = torch.empty(steps, batch, lq, heads * d)
+    status = native_library().sfsa_decode(
+        query.data_ptr(), unit, keys.data_ptr(), values.data_ptr(), steps, batch, heads, lq, lk, d,
+        _group_stride(keys), _group_stride(values), qk_scale, score_scale, beta, threshold, root, value_unit,
+        None if new_key is None else new_key.data_ptr(), None if new_value is None else new_value.data_ptr(),
+        key_unit, value_unit_new, weights.data_ptr(), context.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return None if status < 0 else (weights, context)
 
 
 def lif_steps(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor | None:

@@ -42,20 +42,23 @@ int64_t spike_counts(const float *x, int64_t rows, int64_t in, float offset, flo
     return n;
 }
 
-/* result[r, j] = ((float)sum_s counts[r, selected[s]] * q[selected[s], j]) * scale[j] (+ shift[j]) (+ bias[j]):
-   the integer sums are exact. The selected rows of q are shared among the threads, each read whole once for all
-   the rows of counts that select it (the next rows prefetched: they are scattered); products are added into int16
-   sums for as many rows as cannot overflow them (32 lanes an instruction), then into int32. The threads' partial
-   sums are added by columns. */
-void int8_rows_product(const int8_t *counts, int64_t rows, int64_t in, const int32_t *selected, int64_t n,
-                       const int8_t *q, int64_t out, const float *scale, const float *shift, const float *bias,
-                       float *result, int threads) {
+/* For each matrix m of a plan (5 int64 per matrix: the address of q_m (in, out_m) int8, out_m, and the addresses of
+   its fp32 scale, shift and bias, 0 for none), result_m[r, j] = ((float)sum_s counts[r, selected[s]] *
+   q_m[selected[s], j]) * scale[j] (+ shift[j]) (+ bias[j]), result_m (rows, out_m) at result + rows * (out_0 + ...
+   + out_{m-1}): the integer sums are exact. The selected rows are shared among the threads; each reads the row of
+   every matrix once for all the rows of counts that select it (the next rows prefetched: they are scattered);
+   products are added into int16 sums for as many rows as cannot overflow them (32 lanes an instruction), then
+   into int32. The threads' partial sums are added by columns. */
+void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const int32_t *selected, int64_t n,
+                        const int64_t *plan, int64_t matrices, float *result, int threads) {
     int32_t largest = 1;
     for (int64_t e = 0; e < rows * in; e++) {
         int32_t k = counts[e] < 0 ? -counts[e] : counts[e];
         if (k > largest) largest = k;
     }
     const int32_t burst = 32767 / (127 * largest);  /* int16 sums of this many products cannot overflow */
+    int64_t out = 0;  /* the matrices' outputs side by side: column c of matrix m is out_0 + ... + out_{m-1} + c */
+    for (int64_t m = 0; m < matrices; m++) out += plan[5 * m + 1];
     int32_t *partial = (int32_t *)malloc(sizeof(int32_t) * threads * rows * out);
     int16_t *shorts = (int16_t *)malloc(sizeof(int16_t) * threads * rows * out);
     int32_t *pending = (int32_t *)malloc(sizeof(int32_t) * threads * rows);
@@ -71,23 +74,31 @@ void int8_rows_product(const int8_t *counts, int64_t rows, int64_t in, const int
         int64_t first = n * tid / nt, last = n * (tid + 1) / nt;
         for (int64_t s = first; s < last; s++) {
             int64_t i = selected[s];
-            const int8_t *row = q + i * out;
             if (s + PREFETCH_AHEAD < last) {  /* the rows are scattered: fetch ahead while this one is summed */
-                const int8_t *next = q + (int64_t)selected[s + PREFETCH_AHEAD] * out;
-                for (int64_t j = 0; j < out; j += 64) __builtin_prefetch(next + j, 0, 0);
+                int64_t ahead = selected[s + PREFETCH_AHEAD];
+                for (int64_t m = 0; m < matrices; m++) {
+                    const int8_t *next = (const int8_t *)plan[5 * m] + ahead * plan[5 * m + 1];
+                    for (int64_t j = 0; j < plan[5 * m + 1]; j += 64) __builtin_prefetch(next + j, 0, 0);
+                }
             }
             for (int64_t r = 0; r < rows; r++) {
                 int16_t k = counts[r * in + i];
                 if (k == 0) continue;
                 int16_t *a = acc16 + r * out;
-                if (k == 1) {
-                    for (int64_t j = 0; j < out; j++) a[j] += row[j];
-                } else {
-                    for (int64_t j = 0; j < out; j++) a[j] += (int16_t)(k * row[j]);
+                for (int64_t m = 0; m < matrices; m++) {
+                    int64_t width = plan[5 * m + 1];
+                    const int8_t *row = (const int8_t *)plan[5 * m] + i * width;
+                    if (k == 1) {
+                        for (int64_t j = 0; j < width; j++) a[j] += row[j];
+                    } else {
+                        for (int64_t j = 0; j < width; j++) a[j] += (int16_t)(k * row[j]);
+                    }
+                    a += width;
                 }
                 if (++added[r] == burst) {
                     int32_t *w = acc + r * out;
-                    for (int64_t j = 0; j < out; j++) { w[j] += a[j]; a[j] = 0; }
+                    int16_t *b = acc16 + r * out;
+                    for (int64_t j = 0; j < out; j++) { w[j] += b[j]; b[j] = 0; }
                     added[r] = 0;
                 }
             }
@@ -98,16 +109,25 @@ void int8_rows_product(const int8_t *counts, int64_t rows, int64_t in, const int
             for (int64_t j = 0; j < out; j++) w[j] += a[j];
         }
         #pragma omp barrier
-        int64_t j0 = out * tid / nt, j1 = out * (tid + 1) / nt;
-        for (int64_t r = 0; r < rows; r++) {
-            for (int64_t j = j0; j < j1; j++) {
-                int32_t sum = 0;
-                for (int t = 0; t < nt; t++) sum += partial[((int64_t)t * rows + r) * out + j];
-                float v = (float)sum * scale[j];
-                if (shift) v = v + shift[j];
-                if (bias) v = v + bias[j];
-                result[r * out + j] = v;
+        int64_t column = 0;
+        for (int64_t m = 0; m < matrices; m++) {
+            int64_t width = plan[5 * m + 1];
+            const float *scale = (const float *)plan[5 * m + 2];
+            const float *shift = (const float *)plan[5 * m + 3];
+            const float *bias = (const float *)plan[5 * m + 4];
+            float *target = result + rows * column;
+            int64_t j0 = width * tid / nt, j1 = width * (tid + 1) / nt;
+            for (int64_t r = 0; r < rows; r++) {
+                for (int64_t j = j0; j < j1; j++) {
+                    int32_t sum = 0;
+                    for (int t = 0; t < nt; t++) sum += partial[((int64_t)t * rows + r) * out + column + j];
+                    float v = (float)sum * scale[j];
+                    if (shift) v = v + shift[j];
+                    if (bias) v = v + bias[j];
+                    target[r * width + j] = v;
+                }
             }
+            column += width;
         }
     }
     free(pending);
@@ -155,6 +175,87 @@ void int8_attention_context(const float *a, const int8_t *v, int64_t groups, int
     }
 }
 
+/* Decoding SFSA in one pass over an int8 K/V cache: for each batch b, head h and query row r, over the steps t,
+   the overlap counts of the query counts round(q / unit) with the keys (exact int32), scaled twice
+   (scores = sum * qk_scale, then * score_scale: SFSA's two fp32 multiplications), through the attention LIF
+   (`lif_steps`' operations: soft reset, the membrane per key carried over t), and the int32 sum of the value rows
+   it selects, divided by `root` and multiplied by `value_unit` (if not 1). Query (T, B, H, Lq, d) fp32 contiguous;
+   cache group g = (b * T + t) * H + h at k + g * k_stride (its rows of d contiguous), likewise v. With new_k and
+   new_v (one position's spike values of units k_unit, v_unit), their counts are first written into the last row
+   (lk - 1) of each group: the append and the attention in one call. Writes the attention spikes (T, B, H, Lq, Lk)
+   and the context (T, B, Lq, H * d). Returns -1, writing nothing, if a query (or new K/V) value is not finite or
+   its count is outside [-128, 127]. */
+static int int8_counts_fit(const float *x, int64_t n, float unit) {
+    for (int64_t e = 0; e < n; e++) {
+        float c = unit == 1.0f ? x[e] : nearbyintf(x[e] / unit);
+        if (!(c >= -128.0f && c <= 127.0f)) return 0;
+    }
+    return 1;
+}
+
+int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_t steps, int64_t batch,
+                    int64_t heads, int64_t lq, int64_t lk, int64_t d, int64_t k_stride, int64_t v_stride,
+                    float qk_scale, float score_scale, float beta, float threshold, float root, float value_unit,
+                    const float *new_k, const float *new_v, float k_unit, float v_unit,
+                    float *weights, float *context, int threads) {
+    int64_t total = steps * batch * heads * lq * d;
+    if (!int8_counts_fit(query, total, unit)) return -1;
+    if (new_k) {  /* one new position (lq = 1), (T, B, H, d), written as counts at row lk - 1 of each group */
+        if (!int8_counts_fit(new_k, total, k_unit) || !int8_counts_fit(new_v, total, v_unit)) return -1;
+        for (int64_t t = 0; t < steps; t++)
+            for (int64_t b = 0; b < batch; b++)
+                for (int64_t h = 0; h < heads; h++) {
+                    int64_t g = (b * steps + t) * heads + h, source = ((t * batch + b) * heads + h) * d;
+                    int8_t *key = k + g * k_stride + (lk - 1) * d, *value = v + g * v_stride + (lk - 1) * d;
+                    for (int64_t e = 0; e < d; e++) {
+                        float x = new_k[source + e], y = new_v[source + e];
+                        key[e] = (int8_t)(k_unit == 1.0f ? x : nearbyintf(x / k_unit));
+                        value[e] = (int8_t)(v_unit == 1.0f ? y : nearbyintf(y / v_unit));
+                    }
+                }
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        float *membrane = (float *)malloc(sizeof(float) * (lk > 0 ? lk : 1));
+        int32_t *sum = (int32_t *)malloc(sizeof(int32_t) * d);
+        int8_t *counts = (int8_t *)malloc(d);
+        #pragma omp for schedule(static)
+        for (int64_t task = 0; task < batch * heads * lq; task++) {
+            int64_t b = task / (heads * lq), h = task / lq % heads, r = task % lq;
+            for (int64_t t = 0; t < steps; t++) {
+                int64_t g = (b * steps + t) * heads + h;
+                const float *q = query + (((t * batch + b) * heads + h) * lq + r) * d;
+                for (int64_t e = 0; e < d; e++) counts[e] = (int8_t)(unit == 1.0f ? q[e] : nearbyintf(q[e] / unit));
+                float *spikes = weights + (((t * batch + b) * heads + h) * lq + r) * lk;
+                memset(sum, 0, sizeof(int32_t) * d);
+                for (int64_t j = 0; j < lk; j++) {
+                    const int8_t *key = k + g * k_stride + j * d;
+                    int32_t overlap = 0;
+                    for (int64_t e = 0; e < d; e++) overlap += (int32_t)counts[e] * key[e];
+                    float x = ((float)overlap * qk_scale) * score_scale;
+                    float potential = t == 0 ? x : membrane[j] + x;
+                    float spike = potential >= threshold ? 1.0f : 0.0f;
+                    spikes[j] = spike;
+                    membrane[j] = (potential - threshold * spike) * beta;
+                    if (spike != 0.0f) {
+                        const int8_t *value = v + g * v_stride + j * d;
+                        for (int64_t e = 0; e < d; e++) sum[e] += value[e];
+                    }
+                }
+                float *out = context + ((t * batch + b) * lq + r) * heads * d + h * d;
+                for (int64_t e = 0; e < d; e++) {
+                    float c = (float)sum[e] / root;
+                    out[e] = value_unit == 1.0f ? c : c * value_unit;
+                }
+            }
+        }
+        free(counts);
+        free(sum);
+        free(membrane);
+    }
+    return 0;
+}
+
 /* The LIF recurrence without autograd (soft reset): U = H + X[t]; S = U >= threshold; H = (U - threshold * S) * beta,
    the fp32 operations of the torch recurrence in its order (`spiking_lm.nn.functional._lif_inference`). */
 void lif_steps(const float *x, int64_t steps, int64_t n, float beta, float threshold, float *spikes, int threads) {
@@ -179,6 +280,30 @@ void integer_fire(const float *x, int64_t n, float lower, float upper, float sca
         v = v > upper ? upper : v;
         spikes[i] = v * scale;
     }
+}
+
+/* The spike-fed products of one input in one call: a neuron fires on the membrane x (rows, in) if asked (fire 1:
+   `integer_fire` with p0, p1, p2 = lower, upper, scale; fire 2: `lif_steps` over `steps` blocks of rows with
+   p0, p1 = beta, threshold; fire 0: x holds the spike values), the counts and the inputs they select are found
+   (`spike_counts`) and `int8_rows_products` runs on them. Returns how many inputs were selected, or -1, writing
+   nothing, where `spike_counts` refuses a value. */
+int64_t spike_products(const float *x, int64_t rows, int64_t in, int fire, float p0, float p1, float p2,
+                       int64_t steps, float offset, float unit, int has_offset, const int64_t *plan,
+                       int64_t matrices, float *result, int threads) {
+    float *fired = NULL;
+    if (fire != 0) {
+        fired = (float *)malloc(sizeof(float) * rows * in);
+        if (fire == 1) integer_fire(x, rows * in, p0, p1, p2, fired);
+        else lif_steps(x, steps, rows * in / steps, p0, p1, fired, 1);
+    }
+    int8_t *counts = (int8_t *)malloc(rows * in);
+    int32_t *selected = (int32_t *)malloc(sizeof(int32_t) * in);
+    int64_t n = spike_counts(fired ? fired : x, rows, in, offset, unit, has_offset, counts, selected);
+    if (n >= 0) int8_rows_products(counts, rows, in, selected, n, plan, matrices, result, threads);
+    free(selected);
+    free(counts);
+    free(fired);
+    return n;
 }
 
 #ifdef __cplusplus

@@ -28,9 +28,9 @@ from .attention import (
     winner_take_all,
 )
 from .bitpack import PACKED_MAX_QUERIES, pack_bits, packs_keys, unpack_bits
+from .decoding import append_in_place, cache_unit, fused_sfsa, native_attention, sfsa_on_int8_cache
 from .event import integer_counts, worth_gathering
 from .execution import execution_or_default
-from .native import int8_attention_context, int8_attention_scores, native_library
 from .neurons import build_neuron, neuron_from_config
 from .norms import build_norm, normalize, normalize_and_fire
 from .recompute import recompute_region
@@ -39,16 +39,6 @@ from .spike_linear import exact_coding, exact_output_dtype, linear_on_spikes, li
 from .weight_quantization import Int8Linear
 
 __all__ = ["SpikingSelfAttention"]
-
-
-NATIVE_MAX_QUERIES = 4
-"""Up to this many query rows (decoding), SFSA reads an int8 K/V cache in place (`_sfsa_on_int8_cache`)."""
-
-
-def _cache_unit(neuron) -> float | None:
-    """u such that the neuron's spike values are u·k with integer |k| ≤ 127 and no offset (cacheable as int8)."""
-    coding = neuron.coding
-    return None if coding.has_offset else coding.unit
 
 
 def _append(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
@@ -63,38 +53,8 @@ def _append(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
             "set_inference_backend()"
         )
     if stored is not None and type(cache.layers[layer_idx]).__name__ == "DynamicLayer" and not cache.offloading:
-        return _append_in_place(cache.layers[layer_idx], keys, values)
+        return append_in_place(cache.layers[layer_idx], keys, values)
     return cache.update(keys, values, layer_idx)
-
-
-CACHE_SPARE_FRACTION = 0.5
-"""A growing K/V cache layer reserves this share of its length (at least `CACHE_SPARE_MIN` positions) past its
-end, so that appending a decoded token writes into place instead of copying the whole cache (`torch.cat`)."""
-CACHE_SPARE_MIN = 64
-
-
-def _append_in_place(layer, keys: torch.Tensor, values: torch.Tensor):
-    """What `DynamicLayer.update` returns (the layer's K/V with ``keys``/``values`` appended along the length) with
-    amortized copies: the layer's tensors are views of longer buffers, written at their end. Tensors that are not
-    such views (after the first append, a reordered beam, a cropped or deep-copied cache) move into new buffers."""
-    length, extra = layer.keys.shape[-2], keys.shape[-2]
-    stored = (layer.keys, layer.values)
-    buffers = getattr(layer, "_spiking_lm_buffers", None)
-    if not (buffers and all(map(_views_into, stored, buffers)) and buffers[0].shape[-2] >= length + extra):
-        capacity = length + extra + max(CACHE_SPARE_MIN, int(CACHE_SPARE_FRACTION * (length + extra)))
-        buffers = tuple(x.new_empty(*x.shape[:-2], capacity, x.shape[-1]) for x in stored)
-        for buffer, x in zip(buffers, stored, strict=True):
-            buffer[..., :length, :].copy_(x)
-        layer._spiking_lm_buffers = buffers
-    for buffer, x in zip(buffers, (keys, values), strict=True):
-        buffer[..., length : length + extra, :].copy_(x)
-    layer.keys, layer.values = (buffer[..., : length + extra, :] for buffer in buffers)
-    return layer.keys, layer.values
-
-
-def _views_into(x: torch.Tensor, buffer: torch.Tensor) -> bool:
-    """Whether ``x`` is ``buffer[..., :n, :]`` for some n."""
-    return x.data_ptr() == buffer.data_ptr() and x.shape[:-2] == buffer.shape[:-2] and x.stride() == buffer.stride()
 
 
 def _stored_kinds(cache, layer_idx: int):
@@ -154,8 +114,17 @@ class SpikingSelfAttention(nn.Module):
             self.output_norm_name = output_norm_name
             self.add_module(output_norm_name, build_norm(config))
 
-    def _projections(self) -> list[nn.Linear]:
+    def projections(self) -> list[nn.Linear]:
+        """The q, k and v Linears."""
         return [getattr(self, name) for name in self.names[:3]]
+
+    def output_projection(self):
+        """The output Linear (`None` where the caller owns it)."""
+        return None if self.names[3] is None else getattr(self, self.names[3])
+
+    def output_norm(self):
+        """The norm after the output projection (`None` without one)."""
+        return None if self.output_norm_name is None else getattr(self, self.output_norm_name)
 
     def _project(self, membranes, execution) -> list[torch.Tensor]:
         """Q, K and V spike values ``(T, B, H, L, d)`` from the outputs of their Linears: norm → neuron. While
@@ -168,7 +137,7 @@ class SpikingSelfAttention(nn.Module):
         low = dtype != torch.float32 and torch.is_grad_enabled() and grads
         spike_dtype = dtype if low and not observing_spikes() else None
         # bf16 Linear outputs (`exact_outputs`) widen in the norm, to the dtype of the weights (W8: of the scales)
-        first = self._projections()[0]
+        first = self.projections()[0]
         width = first.weight_scale.dtype if isinstance(first, Int8Linear) else first.weight.dtype
         compute_dtype = width if membranes[0].dtype != width else None
         options = (None, spike_dtype, compute_dtype, self.num_heads)
@@ -195,12 +164,12 @@ class SpikingSelfAttention(nn.Module):
 
         Without earlier tokens in the cache the fresh K/V are returned as they are (unit 1). The last item says
         whether both came out of compact storage (bits or int8 counts), hence finite. With ``raw``, K and V
-        stored as int8 counts come back as stored, ``(B, T·H, L, d)`` int8, for `_native_attention`."""
+        stored as int8 counts come back as stored, ``(B, T·H, L, d)`` int8, for `native_attention`."""
         steps, batch, _, length, _ = key.shape
-        projections = self._projections()
+        projections = self.projections()
         event = execution.uses_event_path(projections[0]) and worth_gathering(projections) and not observing_spikes()
-        units = [_cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
-        binary = (n.coding.binary and _cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
+        units = [cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
+        binary = (n.coding.binary and cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
         packed = event and all(binary) and packs_keys(steps * batch * self.num_heads)
 
         def fold(x, unit, pack=False):
@@ -232,19 +201,19 @@ class SpikingSelfAttention(nn.Module):
             return self._context(membranes, producer, attention_mask, cache, execution)
 
         def attend_spikes(spikes):
-            return attend(*linears_on_spikes(self._projections(), spikes, source_neuron, execution))
+            return attend(*linears_on_spikes(self.projections(), spikes, source_neuron, execution))
 
         training = cache is None and spikes.shape[0] > 1
-        exact = exact_output_dtype(self._projections(), source_neuron, execution) if training else None
+        exact = exact_output_dtype(self.projections(), source_neuron, execution) if training else None
         if exact is not None and self._compact_products(execution):
             # SFSA's products keep their 0/1 operands and overlap counts as uint8 and the norm → neuron functions
             # keep the bf16 Linear outputs: a quarter of the plain graph's attention memory, nothing recomputed.
-            membranes = linears_on_spikes(self._projections(), spikes, source_neuron, execution, exact_outputs=True)
+            membranes = linears_on_spikes(self.projections(), spikes, source_neuron, execution, exact_outputs=True)
             context, weights = attend(*membranes)
         elif exact is not None:  # training keeps the Q/K/V Linear
             # outputs in the dtype of their GEMM (bf16: 2 bytes per value, lossless), so that the norms, neurons
             # and the attention recompute in backward without the three GEMMs.
-            membranes = linears_on_spikes(self._projections(), spikes, source_neuron, execution, exact_outputs=True)
+            membranes = linears_on_spikes(self.projections(), spikes, source_neuron, execution, exact_outputs=True)
             parameters = partial(self._attention_parameters, self.names[:3])
             context, weights = recompute_region(attend, tuple(membranes), (exact,) * 3, parameters)
         elif training:  # training keeps only the input spikes (uint8): Q, K, V
@@ -255,7 +224,7 @@ class SpikingSelfAttention(nn.Module):
             context, weights = attend_spikes(spikes)
         if self.output_norm_name is None:
             return context, producer, weights
-        projection = getattr(self, self.names[3])
+        projection = self.output_projection()
         # Training in bf16, the projection's exact bf16 output is widened inside the compiled output norm.
         low = exact_output_dtype([projection], producer, execution) is not None
         output = linear_on_spikes(projection, context, producer, execution, exact_outputs=low)
@@ -282,11 +251,15 @@ class SpikingSelfAttention(nn.Module):
     def _context(self, membranes, producer, attention_mask, cache, execution):
         """``(context (T, B, L, D), attention weights (T, B, H, Lq, Lk))`` from the Q/K/V Linear outputs:
         Q/K/V spikes, attention, re-spiking."""
-        query, key, value = self._project(membranes, execution)
+        return self.attend(*self._project(membranes, execution), producer, attention_mask, cache, execution)
+
+    def attend(self, query, key, value, producer, attention_mask, cache, execution):
+        """``(context (T, B, L, D), attention weights (T, B, H, Lq, Lk))`` from Q/K/V spike values
+        ``(T, B, H, L, d)``: the cache, the attention, re-spiking by ``producer`` (`None` for SFSA)."""
         key_unit = value_unit = 1.0
         finite = False  # K/V read back from int8 or bit storage are finite: no need to look for NaN/inf in them
         if cache is not None:
-            raw = self._native_attention(query, execution)
+            raw = native_attention(self, query)
             key, value, key_unit, value_unit, finite = self._cached(key, value, cache, query.shape[-2], execution, raw)
         steps, batch, _, query_length, _ = query.shape
         lengths = (query_length, key.shape[-2], self.causal, query.device, batch)
@@ -295,7 +268,10 @@ class SpikingSelfAttention(nn.Module):
         # not the cache (Lk rows); with power-of-two units (binary, ilif, nilif with D = 2ⁿ) bit for bit the same.
         every = self.kind == "sfsa" and execution.allows_all(allowed)
         if key.dtype == torch.int8:  # the int8 cache as stored: SFSA's products in the native kernels
-            context, weights = self._sfsa_on_int8_cache(query, key, value, key_unit, allowed, every)
+            fused = fused_sfsa(self, query, key, value, key_unit, value_unit) if every else None
+            if fused is not None:  # nothing records on this path (`native_attention`), SFSA re-spikes nothing
+                return fused
+            context, weights = sfsa_on_int8_cache(self, query, key, value, key_unit, allowed, every)
         else:
             query = query if key_unit == 1 else query * key_unit
             context, weights = self._attend(query, key, value, allowed, execution.matmul_dtype, finite, every)
@@ -309,49 +285,7 @@ class SpikingSelfAttention(nn.Module):
             context = producer(context / self.v_neuron.coding.scale)
         return context, weights
 
-    def _native_attention(self, query, execution) -> bool:
-        """Whether decoding SFSA reads an int8 K/V cache in place (`_sfsa_on_int8_cache`): few query rows of fp32
-        spikes with a power-of-two unit and no offset, no gradient, nothing recorded, and the native library."""
-        coding = self.q_neuron.coding
-        unit = coding.unit
-        return (
-            self.kind == "sfsa"
-            and query.shape[-2] <= NATIVE_MAX_QUERIES
-            and query.dtype == torch.float32
-            and query.device.type == "cpu"
-            and not (torch.is_grad_enabled() and query.requires_grad)
-            and unit is not None
-            and not coding.has_offset
-            and math.frexp(unit)[0] == 0.5
-            and self.attn_neuron.coding.zero_one
-            and not active_recorders()
-            and not observing_spikes()
-            and native_library() is not None
-        )
-
-    def _sfsa_on_int8_cache(self, query, keys, values, key_unit, allowed, every):
-        """SFSA with its two products on the int8 K/V cache ``(B, T·H, L, d)`` as stored (`spiking_lm.nn.native`):
-        exact int32 sums, scaled once by power-of-two units, so the values of `_attend` on the widened cache, bit
-        for bit, without widening the whole cache at every step. The context is returned in V's counts."""
-        steps, batch, heads, rows, width = query.shape
-        unit = self.q_neuron.coding.unit
-        counts = query if unit == 1 else torch.round(query / unit)
-        counts = counts.transpose(0, 1).reshape(batch * steps * heads, rows, width).to(torch.int8)
-        keys, values = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
-
-        def scores_of(*_):
-            scores = int8_attention_scores(counts, keys, unit * key_unit)
-            return scores.view(batch, steps, heads, rows, -1).transpose(0, 1)
-
-        def context_of(spikes, *_):
-            grouped = spikes.transpose(0, 1).reshape(batch * steps * heads, rows, -1)
-            return int8_attention_context(grouped, values).view(batch, steps, heads, rows, width).transpose(0, 1)
-
-        products = (scores_of, context_of)
-        return softmax_free_attention(query, keys, values, allowed, self.attn_neuron, self._score_scale(),
-                                      self.config.sfsa_output_scale, all_allowed=every, products=products)  # fmt: skip
-
-    def _score_scale(self) -> float:
+    def score_scale(self) -> float:
         """SFSA's scale of the overlap counts before the attention neuron (``attn_score_scale``)."""
         return 1 / math.sqrt(self.head_dim) if self.config.attn_score_scale == "sqrt_d" else 1.0
 
@@ -379,7 +313,7 @@ class SpikingSelfAttention(nn.Module):
         config = self.config
         if self.kind == "sfsa":
             return softmax_free_attention(
-                query, key, value, allowed, self.attn_neuron, self._score_scale(), config.sfsa_output_scale, dtype,
+                query, key, value, allowed, self.attn_neuron, self.score_scale(), config.sfsa_output_scale, dtype,
                 self._zero_one_operands(), every,
             )  # fmt: skip
         if self.kind == "ssa":

@@ -26,12 +26,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .native import NATIVE_MAX_ROWS, int8_rows_product, native_library, spike_counts
+from .native import NATIVE_MAX_ROWS, ProductPlan, native_library, spike_products
 from .recording import OperationRecorder, active_recorders, recording
 from .spike_coding import binary_to_integer, coding_of
 
 __all__ = ["WEIGHT_QUANTIZATIONS", "Int8Linear", "Int8TiedEmbedding", "apply_weight_quantization", "int8_on_spikes",
-           "int8_linears_on_spikes", "int8_product", "quantize_weights", "selected_inputs"]  # fmt: skip
+           "int8_linears_on_spikes", "int8_product", "product_plan", "quantize_weights",
+           "selected_inputs"]  # fmt: skip
 
 WEIGHT_QUANTIZATIONS = ("int8",)
 GATHER_MAX_ROWS = 32
@@ -239,26 +240,42 @@ def _native_products(layers, spikes: torch.Tensor, coding) -> list[torch.Tensor]
     rows = spikes.numel() // in_features // (coding.max if coding.in_binary_mode else 1)
     if rows > NATIVE_MAX_ROWS or native_library() is None:
         return None
-    if any(layer.weight_scale.dtype != torch.float32 or (layer.bias is not None and layer.bias.dtype != torch.float32)
-           or not layer.quantized_t().is_contiguous() for layer in layers):  # fmt: skip
+    offset = float(coding.offset) if coding.has_offset else None
+    plan = product_plan(layers, unit, offset)
+    if plan is None:
         return None
     if coding.in_binary_mode:  # the virtual steps summed: the same counts as integer mode
         values, offset, count_unit = binary_to_integer(spikes, coding.max), 0.0, 1.0
     else:
-        values, offset, count_unit = spikes, float(coding.offset) if coding.has_offset else 0.0, unit
-    found = spike_counts(values.reshape(rows, in_features).contiguous(), offset, count_unit)
+        values, offset, count_unit = spikes, offset or 0.0, unit
+    found = spike_products(values.reshape(rows, in_features).contiguous(), plan, offset, count_unit)
     if found is None:  # not finite, or not int8 counts: the torch path decides
         return None
-    counts, selected = found
-    outputs = []
-    for layer in layers:
-        for recorder in active_recorders():
-            recorder.weight_read("gathered", 1, selected.numel() * layer.out_features)
-        shift = layer.offset_shift(coding.offset) if coding.has_offset else None
-        scale = layer.count_scale(unit)
-        output = int8_rows_product(counts, selected, layer.quantized_t(), scale, shift, layer.bias)
-        outputs.append(output.view(*values.shape[:-1], layer.out_features))
-    return outputs
+    outputs, selected = found
+    for recorder in active_recorders():
+        for layer in layers:
+            recorder.weight_read("gathered", 1, selected * layer.out_features)
+    return [output.view(*values.shape[:-1], output.shape[-1]) for output in outputs]
+
+
+def product_plan(layers, unit: float, offset: float | None) -> ProductPlan | None:
+    """The `ProductPlan` of ``layers`` for spike counts of ``unit`` above ``offset`` (scales s·u, shifts
+    offset · (s ⊙ Q·1) unless ``offset`` is `None`, biases), kept on the first layer until one of their tensors
+    is replaced or changed in place; `None` where the kernel cannot read them (fp32 scales and biases, contiguous
+    weights)."""
+    tensors = [t for layer in layers for t in (layer.qweight, layer.weight_scale, layer.bias) if t is not None]
+    key = (tuple(map(id, layers)), unit, offset, tuple((id(t), t._version) for t in tensors))
+    kept = layers[0]._derived.get("plan")
+    if kept is not None and kept[0] == key:
+        return kept[2]
+    plan = None
+    if all(layer.weight_scale.dtype == torch.float32 and (layer.bias is None or layer.bias.dtype == torch.float32)
+           and layer.quantized_t().is_contiguous() for layer in layers):  # fmt: skip
+        shifts = [None if offset is None else layer.offset_shift(offset) for layer in layers]
+        scales = [layer.count_scale(unit) for layer in layers]
+        plan = ProductPlan([layer.quantized_t() for layer in layers], scales, shifts, [layer.bias for layer in layers])
+    layers[0]._derived["plan"] = (key, tensors, plan)  # the tensors held: their ids stay theirs
+    return plan
 
 
 def int8_on_spikes(layer: Int8Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import spiking_lm
-from spiking_lm.nn import event, functional, native, self_attention
+from spiking_lm.nn import decoding, event, functional, native
 from spiking_lm.nn.weight_quantization import Int8Linear, int8_linears_on_spikes
 
 from ..models.conftest import CAUSAL_LM_CLASSES, model_inputs, tiny_model
@@ -108,8 +108,8 @@ def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type,
     whole cache at every step: the same scores and tokens, bit for bit."""
     monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)  # the tiny model's caches take the int8 format
     calls = []
-    original = self_attention.int8_attention_scores
-    monkeypatch.setattr(self_attention, "int8_attention_scores", lambda *a: calls.append(1) or original(*a))
+    original = decoding.sfsa_decode
+    monkeypatch.setattr(decoding, "sfsa_decode", lambda *a: calls.append(1) or original(*a))
     model = tiny_model(spiking_lm.BiSpikCLMForCausalLM, neuron_type=neuron_type, time_steps=time_steps)
     if w8:
         model.quantize_weights()
@@ -119,11 +119,46 @@ def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type,
                "return_dict_in_generate": True}  # fmt: skip
     with torch.no_grad():
         fast = model.generate(prompt, **options)
-        assert calls  # the native products ran
+        assert calls  # the fused native attention ran
         without_native()
         slow = model.generate(prompt, **options)
     assert torch.equal(fast.sequences, slow.sequences)
     assert all(torch.equal(a, b) for a, b in zip(fast.scores, slow.scores, strict=True))
+
+
+@pytest.mark.parametrize("steps,width,unit,value_unit", [(1, 64, 1.0, 1.0), (4, 16, 0.25, 0.5), (2, 8, 1.0, 0.25)])
+@pytest.mark.parametrize("query_rows", [1, 3])
+def test_fused_sfsa_decoding_is_the_compositions_bits(steps, width, unit, value_unit, query_rows):
+    """`sfsa_decode` against the composition it replaces (the two product kernels and torch's scaling, attention
+    LIF and division), on a growing cache's strided view, with enough keys for any rounding difference to show."""
+    generator = torch.Generator().manual_seed(steps * width)
+    batch, heads, length = 2, 3, 300
+    query = torch.randint(0, 5, (steps, batch, heads, query_rows, width), generator=generator).float() * unit
+    buffers = torch.randint(-127, 128, (2, batch * steps * heads, length + 40, width), dtype=torch.int8,
+                            generator=generator)  # fmt: skip
+    keys, values = buffers[0, :, :length], buffers[1, :, :length]  # views into longer buffers, as decoding has
+    qk_scale, score_scale, beta = unit * 0.7, 0.3, 0.75
+    counts = torch.round(query / unit).transpose(0, 1).reshape(batch * steps * heads, query_rows, width)
+    overlaps = (counts.double() @ keys.double().transpose(1, 2)).flatten().unique()
+    # the threshold sits on an input that the fp32 operations reach only in their order: a reordering flips spikes
+    exact = (overlaps.float() * qk_scale) * score_scale
+    reordered = overlaps.float() * (torch.tensor(qk_scale) * torch.tensor(score_scale))  # fp32 throughout
+    threshold = exact[(exact > reordered) & (exact > 0)][0].item()
+    weights, context = native.sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold,
+                                          width**0.5, value_unit)  # fmt: skip
+    scores = native.int8_attention_scores(counts.to(torch.int8).contiguous(), keys, qk_scale)
+    scores = scores.view(batch, steps, heads, query_rows, length).transpose(0, 1)
+    expected_weights = functional.lif(scores * score_scale, beta, threshold, backend="torch")
+    grouped = expected_weights.transpose(0, 1).reshape(batch * steps * heads, query_rows, length).contiguous()
+    expected = native.int8_attention_context(grouped, values) / width**0.5 * value_unit
+    expected = expected.view(batch, steps, heads, query_rows, width).permute(1, 0, 3, 2, 4)
+    assert 0 < expected_weights.mean() < 1  # some keys fire, not all
+    assert torch.equal(weights, expected_weights)
+    assert torch.equal(context, expected.reshape(steps, batch, query_rows, heads * width))
+    query[0, 0, 0, 0, 0] = float("nan")
+    assert native.sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold, 8.0, 1.0) is None
+    with pytest.raises(ValueError, match="does not match"):
+        native.sfsa_decode(query, unit, keys[:, :, :-1], values, qk_scale, score_scale, beta, threshold, 8.0, 1.0)
 
 
 def test_native_attention_products_are_the_exact_sums():

@@ -74,6 +74,7 @@ class BiSpikCLMDecoderLayer(GradientCheckpointingLayer):
             mlp_linears=(self.fc1,),
             execution=execution,
             output_firing_rate=output_firing_rate,
+            mlp_modules=(self.fc1, self.fc1_norm, self.fc_neuron, self.fc2, self.fc2_norm),
         )
 
 

@@ -1,0 +1,297 @@
+"""One decoding step of a block in few calls: W8 Linears and SFSA on the event backend's int8 K/V cache.
+
+Generating one token, a block of the generic code (`spiking_lm.nn.blocks.membrane_shortcut_layer`) runs ~40 small
+operations, each through module calls, the norm → neuron dispatch and the checks every product and attention call
+makes again; on a CPU those cost more than the arithmetic. `decode_block` runs the same step with the same
+operations in the same order — each norm in torch, each spike-fed product with its neuron, counts and int8 sums
+in one native call (`spiking_lm.nn.native.spike_products`), the attention through the module's own cache and
+attention code (`SpikingSelfAttention.attend`) — so that its outputs are bit for bit those of the generic block
+(tested). Where the block or the call is anything else than what it supports (`_supported`), it returns `None`
+and the generic block runs.
+
+The native SFSA of decoding (`sfsa_on_int8_cache`, `fused_sfsa`) lives here too: the attention module calls it
+for few query rows on an int8 cache, whether the step came through `decode_block` or not.
+
+This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .attention import allowed_keys, softmax_free_attention
+from .bitpack import packs_keys
+from .dispatch import AUTO_COMPILE_MIN_NUMEL
+from .event import worth_gathering
+from .native import (
+    NATIVE_MAX_ROWS,
+    int8_attention_context,
+    int8_attention_scores,
+    native_library,
+    sfsa_decode,
+    spike_products,
+)
+from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron
+from .recording import active_recorders, observing_spikes
+from .spike_linear import linear_on_spikes
+from .weight_quantization import Int8Linear, int8_linears_on_spikes, product_plan
+
+__all__ = ["CACHE_SPARE_FRACTION", "CACHE_SPARE_MIN", "NATIVE_MAX_QUERIES", "append_in_place", "cache_unit",
+           "decode_block", "fused_sfsa", "native_attention", "reserve", "sfsa_on_int8_cache"]
+
+NATIVE_MAX_QUERIES = 4
+"""Up to this many query rows (decoding), SFSA reads an int8 K/V cache in place (`sfsa_on_int8_cache`)."""
+
+
+def decode_block(hidden, attention_mask, cache, attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron,
+                 mlp_modules, execution):  # fmt: skip
+    """``(membrane, attention weights)`` of `membrane_shortcut_layer` for one decoded position ``(T, B, 1, D)``,
+    bit for bit, or `None` where the block or the call is not one `_supported` covers (nothing is changed then)."""
+    fc1, fc1_norm, fc_neuron, fc2, fc2_norm = mlp_modules
+    norms = (attn_norm, attention.q_norm, attention.k_norm, attention.v_norm, attention.output_norm(), mlp_norm,
+             fc1_norm, fc2_norm)  # fmt: skip
+    neurons = (attn_neuron, attention.q_neuron, attention.k_neuron, attention.v_neuron, mlp_neuron, fc_neuron)
+    projections = attention.projections()
+    if not _supported(hidden, cache, attention, norms, neurons, (*projections, fc1, fc2)):
+        return None
+    steps, batch, _, width = hidden.shape
+    heads = attention.num_heads
+    outputs = _spike_fed(projections, _normalized(attn_norm, hidden), attn_neuron, steps)
+    if outputs is None:  # not int8 counts (a non-finite membrane): the generic block decides
+        return None
+    query, key, value = (
+        _fire(neuron, _normalized(norm, output.view(steps, batch, 1, width))).view(steps, batch, heads, 1, -1)
+        for output, norm, neuron in zip(outputs, norms[1:4], neurons[1:4], strict=True)
+    )  # the heads' layout (T, B, H, 1, d) is the same memory as (T, B, 1, D) for one position
+    attended = _attend_in_place(attention, query, key, value, attention_mask, cache, execution)
+    if attended is None:  # the module's own cache and attention code (nothing was written)
+        attended = attention.attend(query, key, value, None, attention_mask, cache, execution)
+    context, weights = attended
+    output = linear_on_spikes(attention.output_projection(), context, None, execution)
+    hidden = hidden + _normalized(norms[4], output)
+    outputs = _spike_fed([fc1], _normalized(mlp_norm, hidden), mlp_neuron, steps)
+    if outputs is None:  # the cache holds this position now: the generic MLP finishes the block
+        outputs = int8_linears_on_spikes([fc1], _fire(mlp_neuron, _normalized(mlp_norm, hidden)), mlp_neuron)
+    membrane = _normalized(fc1_norm, outputs[0].view(steps, batch, 1, -1))
+    outputs = _spike_fed([fc2], membrane, fc_neuron, steps)
+    if outputs is None:
+        outputs = int8_linears_on_spikes([fc2], _fire(fc_neuron, membrane), fc_neuron)
+    return hidden + _normalized(fc2_norm, outputs[0].view(steps, batch, 1, width)), weights
+
+
+def _attend_in_place(attention, query, key, value, attention_mask, cache, execution):
+    """`SpikingSelfAttention.attend` for one position whose cache layer keeps K and V as int8 counts, with every
+    key allowed and SFSA that `fused_sfsa` computes: the new K/V written as counts into the layer's buffers and
+    the attention in one native call (`spiking_lm.nn.native.sfsa_decode`), the same values; `None` (nothing
+    written) elsewhere."""
+    if not _int8_cache_grows(attention, cache, execution, query):
+        return None
+    layer = cache.layers[attention.layer_idx]
+    steps, batch, heads, _, width = query.shape
+    lengths = (1, layer.keys.shape[-2] + 1, attention.causal, query.device, batch)
+    if not execution.allows_all(execution.allowed_keys(allowed_keys, attention_mask, *lengths)):
+        return None
+    buffers, length = reserve(layer, 1)
+    keys, values = (buffer[..., : length + 1, :] for buffer in buffers)
+    key_unit, value_unit = cache_unit(attention.k_neuron), cache_unit(attention.v_neuron)
+    unit, neuron = attention.q_neuron.coding.unit, attention.attn_neuron
+    arguments = (unit * key_unit, attention.score_scale(), neuron.beta, neuron.v_threshold, math.sqrt(width))
+    groups = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
+    fused = sfsa_decode(query, unit, *groups, *arguments, value_unit, (key, value, key_unit, value_unit))
+    if fused is None:
+        return None
+    layer.keys, layer.values = keys, values
+    return fused[1], fused[0]
+
+
+def _int8_cache_grows(attention, cache, execution, query) -> bool:
+    """Whether `SpikingSelfAttention.attend` would append int8 K/V counts in place to a `DynamicLayer` and run
+    `fused_sfsa` on it (its `_cached` format rules, `native_attention`, `fused_sfsa_applies`)."""
+    index = attention.layer_idx
+    if len(cache.layers) <= index or type(cache.layers[index]).__name__ != "DynamicLayer" or cache.offloading:
+        return False
+    layer = cache.layers[index]
+    if layer.get_seq_length() == 0 or not layer.keys.dtype == layer.values.dtype == torch.int8:
+        return False
+    projections = attention.projections()
+    if not (execution.uses_event_path(projections[0]) and worth_gathering(projections)):
+        return False
+    if cache_unit(attention.k_neuron) is None or cache_unit(attention.v_neuron) is None:
+        return False
+    binary = all(n.coding.binary and cache_unit(n) == 1 for n in (attention.q_neuron, attention.k_neuron))
+    if binary and packs_keys(query.shape[0] * query.shape[1] * attention.num_heads):  # K kept as bits
+        return False
+    return native_attention(attention, query) and fused_sfsa_applies(attention)
+
+
+def _normalized(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _fire(neuron, membrane: torch.Tensor) -> torch.Tensor:
+    """The neuron's spikes, as its generic forward computes them at decoding sizes (the same native kernels)."""
+    return neuron.fire(membrane)
+
+
+def _firing(neuron, steps: int):
+    """``(fire, parameters)`` of `spike_products` for the neurons `decode_block` supports, else `None`: the LIF
+    (soft reset) and, at one time step, the integer LIF and its normalized form, in integer mode."""
+    if neuron.record_firing_rate or neuron.backend == "inductor":
+        return None
+    if type(neuron) is LIFNeuron and neuron.v_reset is None:
+        return "lif", (float(neuron.beta), float(neuron.v_threshold), 0.0)
+    integer = type(neuron) in (IntegerLIFNeuron, NormalizedIntegerLIFNeuron)
+    if integer and steps == 1 and neuron.spike_mode == "integer":
+        return "integer", (0.0, float(neuron.spike_max), float(neuron.spike_scale))
+    return None
+
+
+def _spike_fed(layers, membrane: torch.Tensor, neuron, steps: int) -> list[torch.Tensor] | None:
+    """The int8 ``layers`` applied to the spikes ``neuron`` fires on ``membrane`` ``(T, B, 1, in)``, each
+    ``(T·B, out)``, in one native call; `None` where a count is not an int8."""
+    coding = neuron.coding
+    plan = product_plan(layers, coding.unit, None)
+    if plan is None:
+        return None
+    fire, parameters = _firing(neuron, steps)
+    found = spike_products(membrane.reshape(-1, membrane.shape[-1]), plan, 0.0, coding.unit, fire, parameters, steps)
+    return None if found is None else found[0]
+
+
+def _supported(hidden, cache, attention, norms, neurons, linears) -> bool:
+    """Whether `decode_block` covers this call: one position of at most `NATIVE_MAX_ROWS` fp32 CPU rows with a
+    cache, no gradient and nothing recorded; LayerNorms; the neurons of `_firing` without offsets, at sizes their
+    generic forward runs eagerly; W8 Linears; SFSA; the native library. (The attention itself runs the module's
+    own code, `SpikingSelfAttention.attend`, whatever its cache holds.)"""
+    steps, batch, length, _ = hidden.shape
+    rows = steps * batch
+    if cache is None or length != 1 or rows > NATIVE_MAX_ROWS or torch.is_grad_enabled():
+        return False
+    if hidden.dtype != torch.float32 or hidden.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if active_recorders() or attention.kind != "sfsa" or native_library() is None:
+        return False
+    if not all(type(norm) is nn.LayerNorm for norm in norms):
+        return False
+    if not all(type(linear) is Int8Linear and not linear.training for linear in linears):
+        return False
+    if rows * max(linear.out_features for linear in linears) >= AUTO_COMPILE_MIN_NUMEL:  # neurons fire eagerly
+        return False
+    return all(_firing(neuron, steps) is not None and not neuron.coding.has_offset for neuron in neurons)
+
+
+def cache_unit(neuron) -> float | None:
+    """u such that the neuron's spike values are u·k with integer |k| ≤ 127 and no offset (cacheable as int8)."""
+    coding = neuron.coding
+    return None if coding.has_offset else coding.unit
+
+
+CACHE_SPARE_FRACTION = 0.5
+"""A growing K/V cache layer reserves this share of its length (at least `CACHE_SPARE_MIN` positions) past its
+end, so that appending a decoded token writes into place instead of copying the whole cache (`torch.cat`)."""
+CACHE_SPARE_MIN = 64
+
+
+def append_in_place(layer, keys: torch.Tensor, values: torch.Tensor):
+    """What `DynamicLayer.update` returns (the layer's K/V with ``keys``/``values`` appended along the length) with
+    amortized copies: the layer's tensors are views of longer buffers (`reserve`), written at their end."""
+    buffers, length = reserve(layer, keys.shape[-2])
+    for buffer, x in zip(buffers, (keys, values), strict=True):
+        buffer[..., length : length + x.shape[-2], :].copy_(x)
+    layer.keys, layer.values = (buffer[..., : length + keys.shape[-2], :] for buffer in buffers)
+    return layer.keys, layer.values
+
+
+def reserve(layer, extra: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+    """``((K buffer, V buffer), length)``: buffers whose first ``length`` positions are the layer's K/V (which stay
+    views of them) with room for ``extra`` more. Tensors that are not such views (after the first append, a
+    reordered beam, a cropped or deep-copied cache) move into new buffers with `CACHE_SPARE_FRACTION` to spare."""
+    length = layer.keys.shape[-2]
+    stored = (layer.keys, layer.values)
+    buffers = getattr(layer, "_spiking_lm_buffers", None)
+    if not (buffers and all(map(_views_into, stored, buffers)) and buffers[0].shape[-2] >= length + extra):
+        capacity = length + extra + max(CACHE_SPARE_MIN, int(CACHE_SPARE_FRACTION * (length + extra)))
+        buffers = tuple(x.new_empty(*x.shape[:-2], capacity, x.shape[-1]) for x in stored)
+        for buffer, x in zip(buffers, stored, strict=True):
+            buffer[..., :length, :].copy_(x)
+        layer._spiking_lm_buffers = buffers
+        layer.keys, layer.values = (buffer[..., :length, :] for buffer in buffers)
+    return buffers, length
+
+
+def _views_into(x: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Whether ``x`` is ``buffer[..., :n, :]`` for some n."""
+    return x.data_ptr() == buffer.data_ptr() and x.shape[:-2] == buffer.shape[:-2] and x.stride() == buffer.stride()
+
+
+def native_attention(attention, query) -> bool:
+    """Whether decoding SFSA reads an int8 K/V cache in place (`sfsa_on_int8_cache`): few query rows of fp32
+    spikes with a power-of-two unit and no offset, no gradient, nothing recorded, and the native library."""
+    coding = attention.q_neuron.coding
+    unit = coding.unit
+    return (
+        attention.kind == "sfsa"
+        and query.shape[-2] <= NATIVE_MAX_QUERIES
+        and query.dtype == torch.float32
+        and query.device.type == "cpu"
+        and not (torch.is_grad_enabled() and query.requires_grad)
+        and unit is not None
+        and not coding.has_offset
+        and math.frexp(unit)[0] == 0.5
+        and attention.attn_neuron.coding.zero_one
+        and not active_recorders()
+        and not observing_spikes()
+        and native_library() is not None
+    )
+
+
+def fused_sfsa_applies(attention) -> bool:
+    """Whether `fused_sfsa` computes this attention's SFSA: 1/√d output scale, a plain soft-reset LIF attention
+    neuron that records nothing."""
+    neuron = attention.attn_neuron
+    if attention.config.sfsa_output_scale != "sqrt_d" or type(neuron) is not LIFNeuron:
+        return False
+    return neuron.v_reset is None and not neuron.record_firing_rate
+
+
+def fused_sfsa(attention, query, keys, values, key_unit, value_unit):
+    """``(context (T, B, L, D), attention spikes)`` of `sfsa_on_int8_cache` with the value unit applied, in one
+    native call (`spiking_lm.nn.native.sfsa_decode`), bit for bit, where `fused_sfsa_applies` (the caller checks
+    that every key is allowed); `None` elsewhere."""
+    if not fused_sfsa_applies(attention):
+        return None
+    neuron = attention.attn_neuron
+    steps, batch, heads, _, width = query.shape
+    unit = attention.q_neuron.coding.unit
+    keys, values = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
+    arguments = (unit * key_unit, attention.score_scale(), neuron.beta, neuron.v_threshold, math.sqrt(width))
+    fused = sfsa_decode(query.contiguous(), unit, keys, values, *arguments, value_unit)
+    return None if fused is None else (fused[1], fused[0])
+
+
+def sfsa_on_int8_cache(attention, query, keys, values, key_unit, allowed, every):
+    """SFSA with its two products on the int8 K/V cache ``(B, T·H, L, d)`` as stored (`spiking_lm.nn.native`):
+    exact int32 sums, scaled once by power-of-two units, so the values of the attention on the widened cache, bit
+    for bit, without widening the whole cache at every step. The context is returned in V's counts."""
+    steps, batch, heads, rows, width = query.shape
+    unit = attention.q_neuron.coding.unit
+    counts = query if unit == 1 else torch.round(query / unit)
+    counts = counts.transpose(0, 1).reshape(batch * steps * heads, rows, width).to(torch.int8)
+    keys, values = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
+
+    def scores_of(*_):
+        scores = int8_attention_scores(counts, keys, unit * key_unit)
+        return scores.view(batch, steps, heads, rows, -1).transpose(0, 1)
+
+    def context_of(spikes, *_):
+        grouped = spikes.transpose(0, 1).reshape(batch * steps * heads, rows, -1)
+        return int8_attention_context(grouped, values).view(batch, steps, heads, rows, width).transpose(0, 1)
+
+    options = {"all_allowed": every, "products": (scores_of, context_of)}
+    neuron, scale = attention.attn_neuron, attention.score_scale()
+    return softmax_free_attention(query, keys, values, allowed, neuron, scale, attention.config.sfsa_output_scale,
+                                  **options)  # fmt: skip

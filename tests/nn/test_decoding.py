@@ -1,0 +1,112 @@
+"""`spiking_lm.nn.decoding.decode_block`: a decoding step in few calls, bit for bit the generic block."""
+
+import pytest
+import torch
+
+import spiking_lm
+from spiking_lm.nn import blocks, decoding, event, functional, native
+from spiking_lm.nn.recording import OperationRecorder, recording
+
+from ..models.conftest import model_inputs, tiny_model
+
+OPTIONS = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0, "output_scores": True,
+           "return_dict_in_generate": True}  # fmt: skip
+
+
+def w8_model(neuron_type, time_steps, **overrides):
+    model = tiny_model(spiking_lm.BiSpikCLMForCausalLM, neuron_type=neuron_type, time_steps=time_steps, **overrides)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # norms that spread the membranes over every count a neuron can emit
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.LayerNorm):
+                norm.weight.uniform_(0.5, 4.0, generator=generator)
+    model.quantize_weights()
+    model.set_inference_backend("event")
+    return model
+
+
+def generate_both_ways(model, monkeypatch, **inputs):
+    """``(through decode_block, generic, how many blocks decode_block ran, how many attended in place)``."""
+    ran, in_place = [], []
+    block, attend = decoding.decode_block, decoding._attend_in_place
+    monkeypatch.setattr(blocks, "decode_block", lambda *a: (lambda r: ran.append(r is not None) or r)(block(*a)))
+    monkeypatch.setattr(decoding, "_attend_in_place", lambda *a: (lambda r: in_place.append(r is not None) or r)(
+        attend(*a)))  # fmt: skip
+    with torch.no_grad():
+        fast = model.generate(**inputs, **OPTIONS)
+        monkeypatch.setattr(blocks, "decode_block", lambda *a: None)
+        generic = model.generate(**inputs, **OPTIONS)
+    return fast, generic, sum(ran), sum(in_place)
+
+
+def assert_same(fast, generic):
+    assert torch.equal(fast.sequences, generic.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(fast.scores, generic.scores, strict=True))
+
+
+@pytest.mark.parametrize("neuron_type,time_steps", [("nilif", 1), ("ilif", 1), ("lif", 4), ("lif", 1)])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("int8_cache", [True, False])
+def test_decode_block_is_the_generic_blocks_bits(neuron_type, time_steps, batch, int8_cache, monkeypatch):
+    if int8_cache:  # the tiny model's K/V take the event backend's int8 format, attended in place
+        monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)
+    model = w8_model(neuron_type, time_steps)
+    prompt = model_inputs(spiking_lm.BiSpikCLMForCausalLM, batch=batch, length=5)
+    fast, generic, ran, in_place = generate_both_ways(model, monkeypatch, **prompt)
+    assert ran == model.config.num_hidden_layers * (OPTIONS["max_new_tokens"] - 1)  # every decoding step
+    assert in_place == (ran if int8_cache else 0)
+    assert_same(fast, generic)
+
+
+def test_padding_and_recording_take_the_generic_code(monkeypatch):
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)
+    model = w8_model("nilif", 1)
+    prompt = model_inputs(spiking_lm.BiSpikCLMForCausalLM, batch=2, length=5)
+    prompt["attention_mask"][0, :2] = 0  # left padding: not every key is allowed, the module's attention runs
+    fast, generic, ran, in_place = generate_both_ways(model, monkeypatch, **prompt)
+    assert ran > 0 and in_place == 0
+    assert_same(fast, generic)
+
+    class Reads(OperationRecorder):
+        observes_spikes = False
+
+    with recording(Reads()):  # recorders see every operation: the generic code runs
+        _, _, ran, _ = generate_both_ways(model, monkeypatch, **prompt)
+    assert ran == 0
+
+
+@pytest.mark.parametrize("neuron_type", ["asn", "psn"])
+def test_unsupported_neurons_take_the_generic_code(neuron_type, monkeypatch):
+    model = w8_model(neuron_type, 1 if neuron_type == "asn" else 2)
+    prompt = model_inputs(spiking_lm.BiSpikCLMForCausalLM, batch=1, length=5)
+    fast, generic, ran, _ = generate_both_ways(model, monkeypatch, **prompt)
+    assert ran == 0
+    assert_same(fast, generic)
+
+
+@pytest.mark.parametrize("fire,steps", [("integer", 1), ("lif", 4), (None, 1)])
+def test_spike_products_are_the_compositions_bits(fire, steps):
+    """One native call (fire → counts → int8 products) against the kernels it chains."""
+    generator = torch.Generator().manual_seed(steps)
+    layers = [spiking_lm.nn.weight_quantization.Int8Linear.from_linear(torch.nn.Linear(200, width))
+              for width in (48, 31)]  # fmt: skip
+    membrane = torch.randn(steps * 2, 200, generator=generator) * 2
+    choices = {"integer": (0.25, (0.0, 4.0, 0.25)), "lif": (1.0, (0.5, 0.75, 0.0)), None: (1.0, (0.0,) * 3)}
+    unit, parameters = choices[fire]
+    if fire is None:
+        membrane = (membrane > 1).float()
+    plan = native.ProductPlan([layer.quantized_t() for layer in layers], [layer.count_scale(unit) for layer in layers],
+                              [None, layers[1].offset_shift(0.5)], [layer.bias for layer in layers])  # fmt: skip
+    outputs, selected = native.spike_products(membrane, plan, 0.0, unit, fire, parameters, steps)
+    if fire == "integer":
+        spikes = functional._native_integer_fire(membrane.unsqueeze(0), *parameters[:1], 4, parameters[2])[0]
+    elif fire == "lif":
+        spikes = native.lif_steps(membrane.view(steps, 2, 200), *parameters[:2]).view(-1, 200)
+    else:
+        spikes = membrane
+    counts, chosen = native.spike_counts(spikes, 0.0, unit)
+    assert selected == chosen.numel() > 0
+    for output, expected in zip(outputs, native.int8_rows_products(counts, chosen, plan), strict=True):
+        assert torch.equal(output, expected)
+    membrane[1, 3] = float("nan")  # a LIF does not fire on NaN; the other spike values are refused
+    assert (native.spike_products(membrane, plan, 0.0, unit, fire, parameters, steps) is None) == (fire != "lif")
