@@ -18,6 +18,8 @@ This module imports only `torch` and same-folder modules so that it can travel w
 from __future__ import annotations
 
 import math
+import operator
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,75 +42,125 @@ from .recording import active_recorders, observing_spikes
 from .spike_linear import linear_on_spikes
 from .weight_quantization import Int8Linear, int8_linears_on_spikes, product_plan
 
-__all__ = ["CACHE_SPARE_FRACTION", "CACHE_SPARE_MIN", "NATIVE_MAX_QUERIES", "append_in_place", "cache_unit",
-           "decode_block", "fused_sfsa", "native_attention", "reserve", "sfsa_on_int8_cache"]
+__all__ = [
+    "CACHE_SPARE_FRACTION",
+    "CACHE_SPARE_MIN",
+    "NATIVE_MAX_QUERIES",
+    "append_in_place",
+    "cache_unit",
+    "decode_block",
+    "fused_sfsa",
+    "native_attention",
+    "reserve",
+    "sfsa_on_int8_cache",
+]
 
 NATIVE_MAX_QUERIES = 4
 """Up to this many query rows (decoding), SFSA reads an int8 K/V cache in place (`sfsa_on_int8_cache`)."""
+
+
+class _Block(NamedTuple):
+    """The modules of one block that `decode_block` reads, looked up once, and what about them stays the same
+    while they are the same objects: their types and sizes."""
+
+    modules: tuple  # what the block was built from (the cache key: the same objects, compared by identity)
+    norms: tuple  # block input, q, k, v, attention output, MLP input, fc1, fc2
+    neurons: tuple  # block input, q, k, v, MLP input, fc1
+    projections: tuple  # q, k, v
+    linears: tuple  # q, k, v, fc1, fc2
+    output: nn.Module  # the attention's output projection
+    widest: int  # the widest Linear output: the neurons' largest input per row
+    supported: bool  # LayerNorms, W8 Linears, SFSA with an output projection
+
+
+def _block(attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp_modules) -> _Block:
+    """The `_Block` of these modules, kept on the attention module until one of them is replaced."""
+    modules = (attn_norm, attn_neuron, mlp_norm, mlp_neuron, *mlp_modules, *attention._modules.values())
+    kept = attention.__dict__.get("_decoding_block")
+    if kept is not None and len(kept.modules) == len(modules) and all(map(operator.is_, kept.modules, modules)):
+        return kept
+    fc1, fc1_norm, fc_neuron, fc2, fc2_norm = mlp_modules
+    norms = (attn_norm, attention.q_norm, attention.k_norm, attention.v_norm, attention.output_norm(), mlp_norm,
+             fc1_norm, fc2_norm)  # fmt: skip
+    neurons = (attn_neuron, attention.q_neuron, attention.k_neuron, attention.v_neuron, mlp_neuron, fc_neuron)
+    projections = tuple(attention.projections())
+    linears = (*projections, fc1, fc2)
+    supported = (
+        attention.kind == "sfsa"
+        and attention.output_projection() is not None
+        and all(type(norm) is nn.LayerNorm for norm in norms)
+        and all(type(linear) is Int8Linear for linear in linears)
+    )
+    widest = max(linear.out_features for linear in linears) if supported else 0
+    block = _Block(modules, norms, neurons, projections, linears, attention.output_projection(), widest, supported)
+    attention.__dict__["_decoding_block"] = block  # a plain attribute: not a submodule, not saved
+    return block
 
 
 def decode_block(hidden, attention_mask, cache, attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron,
                  mlp_modules, execution):  # fmt: skip
     """``(membrane, attention weights)`` of `membrane_shortcut_layer` for one decoded position ``(T, B, 1, D)``,
     bit for bit, or `None` where the block or the call is not one `_supported` covers (nothing is changed then)."""
-    fc1, fc1_norm, fc_neuron, fc2, fc2_norm = mlp_modules
-    norms = (attn_norm, attention.q_norm, attention.k_norm, attention.v_norm, attention.output_norm(), mlp_norm,
-             fc1_norm, fc2_norm)  # fmt: skip
-    neurons = (attn_neuron, attention.q_neuron, attention.k_neuron, attention.v_neuron, mlp_neuron, fc_neuron)
-    projections = attention.projections()
-    if not _supported(hidden, cache, attention, norms, neurons, (*projections, fc1, fc2)):
+    block = _block(attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp_modules)
+    if not _supported(hidden, cache, block):
         return None
+    norms, neurons = block.norms, block.neurons
     steps, batch, _, width = hidden.shape
     heads = attention.num_heads
-    outputs = _spike_fed(projections, _normalized(attn_norm, hidden), attn_neuron, steps)
+    outputs = _spike_fed(block.projections, _normalized(attn_norm, hidden), attn_neuron, steps)
     if outputs is None:  # not int8 counts (a non-finite membrane): the generic block decides
         return None
-    query, key, value = (
-        _fire(neuron, _normalized(norm, output.view(steps, batch, 1, width))).view(steps, batch, heads, 1, -1)
-        for output, norm, neuron in zip(outputs, norms[1:4], neurons[1:4], strict=True)
-    )  # the heads' layout (T, B, H, 1, d) is the same memory as (T, B, 1, D) for one position
-    attended = _attend_in_place(attention, query, key, value, attention_mask, cache, execution)
+    # Q, K, V membranes in the heads' layout (T, B, H, 1, d): for one position the memory of (T, B, 1, D)
+    membranes = [_normalized(norm, output.view(steps, batch, 1, width)).view(steps, batch, heads, 1, -1)
+                 for output, norm in zip(outputs, norms[1:4], strict=True)]  # fmt: skip
+    attended = _attend_in_place(attention, block, membranes, attention_mask, cache, execution)
     if attended is None:  # the module's own cache and attention code (nothing was written)
+        query, key, value = (_fire(n, m) for n, m in zip(neurons[1:4], membranes, strict=True))
         attended = attention.attend(query, key, value, None, attention_mask, cache, execution)
     context, weights = attended
-    output = linear_on_spikes(attention.output_projection(), context, None, execution)
-    hidden = hidden + _normalized(norms[4], output)
+    hidden = hidden + _normalized(norms[4], linear_on_spikes(block.output, context, None, execution))
+    fc1, fc2 = block.linears[3:]
     outputs = _spike_fed([fc1], _normalized(mlp_norm, hidden), mlp_neuron, steps)
     if outputs is None:  # the cache holds this position now: the generic MLP finishes the block
         outputs = int8_linears_on_spikes([fc1], _fire(mlp_neuron, _normalized(mlp_norm, hidden)), mlp_neuron)
-    membrane = _normalized(fc1_norm, outputs[0].view(steps, batch, 1, -1))
-    outputs = _spike_fed([fc2], membrane, fc_neuron, steps)
+    membrane = _normalized(norms[6], outputs[0].view(steps, batch, 1, -1))
+    outputs = _spike_fed([fc2], membrane, neurons[5], steps)
     if outputs is None:
-        outputs = int8_linears_on_spikes([fc2], _fire(fc_neuron, membrane), fc_neuron)
-    return hidden + _normalized(fc2_norm, outputs[0].view(steps, batch, 1, width)), weights
+        outputs = int8_linears_on_spikes([fc2], _fire(neurons[5], membrane), neurons[5])
+    return hidden + _normalized(norms[7], outputs[0].view(steps, batch, 1, width)), weights
 
 
-def _attend_in_place(attention, query, key, value, attention_mask, cache, execution):
-    """`SpikingSelfAttention.attend` for one position whose cache layer keeps K and V as int8 counts, with every
-    key allowed and SFSA that `fused_sfsa` computes: the new K/V written as counts into the layer's buffers and
-    the attention in one native call (`spiking_lm.nn.native.sfsa_decode`), the same values; `None` (nothing
-    written) elsewhere."""
-    if not _int8_cache_grows(attention, cache, execution, query):
+def _attend_in_place(attention, block, membranes, attention_mask, cache, execution):
+    """`SpikingSelfAttention.attend` of the spikes the Q, K, V neurons fire on their ``membranes`` ``(T, B, H, 1, d)``
+    for one position whose cache layer keeps K and V as int8 counts, with every key allowed and SFSA that
+    `fused_sfsa` computes: the neurons' firing, the new K/V written as counts into the layer's buffers and the
+    attention in one native call (`spiking_lm.nn.native.sfsa_decode`), the same values; `None` (nothing written)
+    elsewhere."""
+    query = membranes[0]
+    steps, batch, heads, _, width = query.shape
+    if not _int8_cache_grows(attention, block, cache, execution, query):
         return None
     layer = cache.layers[attention.layer_idx]
-    steps, batch, heads, _, width = query.shape
     lengths = (1, layer.keys.shape[-2] + 1, attention.causal, query.device, batch)
     if not execution.allows_all(execution.allowed_keys(allowed_keys, attention_mask, *lengths)):
         return None
     buffers, length = reserve(layer, 1)
     keys, values = (buffer[..., : length + 1, :] for buffer in buffers)
-    key_unit, value_unit = cache_unit(attention.k_neuron), cache_unit(attention.v_neuron)
-    unit, neuron = attention.q_neuron.coding.unit, attention.attn_neuron
+    _, query_neuron, key_neuron, value_neuron = block.neurons[:4]
+    key_unit, value_unit = cache_unit(key_neuron), cache_unit(value_neuron)
+    unit, neuron = query_neuron.coding.unit, attention.attn_neuron
     arguments = (unit * key_unit, attention.score_scale(), neuron.beta, neuron.v_threshold, math.sqrt(width))
     groups = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
-    fused = sfsa_decode(query, unit, *groups, *arguments, value_unit, (key, value, key_unit, value_unit))
+    appended = (membranes[1], membranes[2], key_unit, value_unit)
+    fire = [_firing(n, steps) for n in block.neurons[1:4]]
+    fused = sfsa_decode(query, unit, *groups, *arguments, value_unit, appended, fire)
     if fused is None:
         return None
     layer.keys, layer.values = keys, values
     return fused[1], fused[0]
 
 
-def _int8_cache_grows(attention, cache, execution, query) -> bool:
+def _int8_cache_grows(attention, block, cache, execution, query) -> bool:
     """Whether `SpikingSelfAttention.attend` would append int8 K/V counts in place to a `DynamicLayer` and run
     `fused_sfsa` on it (its `_cached` format rules, `native_attention`, `fused_sfsa_applies`)."""
     index = attention.layer_idx
@@ -117,12 +169,12 @@ def _int8_cache_grows(attention, cache, execution, query) -> bool:
     layer = cache.layers[index]
     if layer.get_seq_length() == 0 or not layer.keys.dtype == layer.values.dtype == torch.int8:
         return False
-    projections = attention.projections()
-    if not (execution.uses_event_path(projections[0]) and worth_gathering(projections)):
+    if not (execution.uses_event_path(block.projections[0]) and worth_gathering(block.projections)):
         return False
-    if cache_unit(attention.k_neuron) is None or cache_unit(attention.v_neuron) is None:
+    _, query_neuron, key_neuron, value_neuron = block.neurons[:4]
+    if cache_unit(key_neuron) is None or cache_unit(value_neuron) is None:
         return False
-    binary = all(n.coding.binary and cache_unit(n) == 1 for n in (attention.q_neuron, attention.k_neuron))
+    binary = all(n.coding.binary and cache_unit(n) == 1 for n in (query_neuron, key_neuron))
     if binary and packs_keys(query.shape[0] * query.shape[1] * attention.num_heads):  # K kept as bits
         return False
     return native_attention(attention, query) and fused_sfsa_applies(attention)
@@ -162,26 +214,22 @@ def _spike_fed(layers, membrane: torch.Tensor, neuron, steps: int) -> list[torch
     return None if found is None else found[0]
 
 
-def _supported(hidden, cache, attention, norms, neurons, linears) -> bool:
+def _supported(hidden, cache, block: _Block) -> bool:
     """Whether `decode_block` covers this call: one position of at most `NATIVE_MAX_ROWS` fp32 CPU rows with a
-    cache, no gradient and nothing recorded; LayerNorms; the neurons of `_firing` without offsets, at sizes their
-    generic forward runs eagerly; W8 Linears; SFSA; the native library. (The attention itself runs the module's
-    own code, `SpikingSelfAttention.attend`, whatever its cache holds.)"""
+    cache, no gradient and nothing recorded; a `_Block.supported` block in eval mode whose neurons `_firing` covers
+    without offsets, at sizes their generic forward runs eagerly; the native library. (The attention itself runs
+    the module's own code, `SpikingSelfAttention.attend`, whatever its cache holds.)"""
     steps, batch, length, _ = hidden.shape
     rows = steps * batch
-    if cache is None or length != 1 or rows > NATIVE_MAX_ROWS or torch.is_grad_enabled():
+    if not block.supported or cache is None or length != 1 or rows > NATIVE_MAX_ROWS or torch.is_grad_enabled():
         return False
     if hidden.dtype != torch.float32 or hidden.device.type != "cpu" or torch.compiler.is_compiling():
         return False
-    if active_recorders() or attention.kind != "sfsa" or native_library() is None:
+    if active_recorders() or native_library() is None or rows * block.widest >= AUTO_COMPILE_MIN_NUMEL:
         return False
-    if not all(type(norm) is nn.LayerNorm for norm in norms):
+    if any(linear.training for linear in block.linears):
         return False
-    if not all(type(linear) is Int8Linear and not linear.training for linear in linears):
-        return False
-    if rows * max(linear.out_features for linear in linears) >= AUTO_COMPILE_MIN_NUMEL:  # neurons fire eagerly
-        return False
-    return all(_firing(neuron, steps) is not None and not neuron.coding.has_offset for neuron in neurons)
+    return all(_firing(neuron, steps) is not None and not neuron.coding.has_offset for neuron in block.neurons)
 
 
 def cache_unit(neuron) -> float | None:

@@ -107,7 +107,7 @@ def _signatures() -> dict:
         "spike_products": (i64, [ptr, i64, i64, i32, f32, f32, f32, i64, f32, f32, i32, ptr, i64, ptr, i32]),
         "int8_attention_scores": (None, [ptr, ptr, i64, i64, i64, i64, i64, f32, ptr, i32]),
         "int8_attention_context": (None, [ptr, ptr, i64, i64, i64, i64, i64, ptr, i32]),
-        "sfsa_decode": (i64, [ptr, f32, ptr, ptr, *[i64] * 8, *[f32] * 6, ptr, ptr, f32, f32, ptr, ptr, i32]),
+        "sfsa_decode": (i64, [ptr, f32, ptr, ptr, *[i64] * 8, *[f32] * 6, ptr, ptr, f32, f32, ptr, ptr, ptr, i32]),
         "lif_steps": (None, [ptr, i64, i64, f32, f32, ptr, i32]),
         "integer_fire": (None, [ptr, i64, f32, f32, f32, ptr]),
     }
@@ -215,6 +215,8 @@ def _pieces(result: torch.Tensor, rows: int, plan: ProductPlan) -> list[torch.Te
     """The matrices' outputs ``(rows, out_m)``, side by side in ``result``."""
     if len(plan.outs) == 1:
         return [result.view(rows, plan.total)]
+    if len(set(plan.outs)) == 1:  # Q, K, V: one view
+        return list(result.view(len(plan.outs), rows, plan.outs[0]).unbind(0))
     pieces = result.split([rows * out for out in plan.outs])
     return [piece.view(rows, out) for piece, out in zip(pieces, plan.outs, strict=True)]
 
@@ -253,14 +255,17 @@ def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.
     return context
 
 
-def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold, root, value_unit, appended=None):
+def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold, root, value_unit, appended=None,
+                fire=None):  # fmt: skip
     """Decoding SFSA in one call (the C source says how): fp32 query spikes ``(T, B, H, Lq, d)`` of ``unit``
     (contiguous), an int8 K/V cache ``(B·T·H, Lk, d)`` laid out as `int8_attention_scores`'s keys, the attention
     LIF's ``beta`` and ``threshold`` (soft reset). Returns ``(attention spikes (T, B, H, Lq, Lk), context
     (T, B, Lq, H·d))`` — the fp32 operations of the composition, in its order — or `None` where a value is not an
     int8 count (the caller's composition then runs; nothing was written). ``appended``: ``(K, V, K unit, V unit)``,
     one new position's fp32 spike values ``(T, B, H, 1, d)`` (contiguous), whose counts are first written into the
-    cache's last row (the caller's buffers: ``keys`` and ``values`` include it)."""
+    cache's last row (the caller's buffers: ``keys`` and ``values`` include it). ``fire``: the query and the
+    appended K and V are membranes, which neurons fire on first: three ``(fire, parameters)`` of `spike_products`
+    (``"integer"`` or ``"lif"``) for Q, K and V, in one call with the rest."""
     _check(query, torch.float32, 5)
     steps, batch, heads, lq, d = query.shape
     lk = keys.shape[1]
@@ -276,13 +281,19 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
             if new.shape != (steps, batch, heads, 1, d) or lq != 1:
                 raise ValueError(f"an appended position of {tuple(new.shape)} does not match queries of "
                                  f"{tuple(query.shape)}")  # fmt: skip
+    how = None
+    if fire is not None:
+        if appended is None or any(kind not in ("integer", "lif") for kind, _ in fire):
+            raise ValueError("firing in sfsa_decode needs an appended position and integer or LIF neurons")
+        how = torch.tensor([[float(FIRES[kind]), *parameters] for kind, parameters in fire], dtype=torch.float32)
     weights = torch.empty(steps, batch, heads, lq, lk)
     context = torch.empty(steps, batch, lq, heads * d)
     status = native_library().sfsa_decode(
         query.data_ptr(), unit, keys.data_ptr(), values.data_ptr(), steps, batch, heads, lq, lk, d,
         _group_stride(keys), _group_stride(values), qk_scale, score_scale, beta, threshold, root, value_unit,
         None if new_key is None else new_key.data_ptr(), None if new_value is None else new_value.data_ptr(),
-        key_unit, value_unit_new, weights.data_ptr(), context.data_ptr(), torch.get_num_threads(),
+        key_unit, value_unit_new, None if how is None else how.data_ptr(), weights.data_ptr(), context.data_ptr(),
+        torch.get_num_threads(),
     )  # fmt: skip
     return None if status < 0 else (weights, context)
 

@@ -21,6 +21,16 @@ SOURCE = r"""
 extern "C" {  /* compiled as C++ (g++), the functions keep their C names for ctypes */
 #endif
 
+void lif_steps(const float *x, int64_t steps, int64_t n, float beta, float threshold, float *spikes, int threads);
+void integer_fire(const float *x, int64_t n, float lower, float upper, float scale, float *spikes);
+
+/* A neuron firing on x (steps blocks of n): how = {1, lower, upper, scale} for `integer_fire`, {2, beta,
+   threshold, 0} for `lif_steps`. */
+static void fire_into(const float *x, int64_t steps, int64_t n, const float *how, float *spikes) {
+    if (how[0] == 1.0f) integer_fire(x, steps * n, how[1], how[2], how[3], spikes);
+    else lif_steps(x, steps, n, how[1], how[2], spikes, 1);
+}
+
 /* counts[r, i] = round((x[r, i] - offset) / unit) as int8 and the inputs i that some row selects (k != 0).
    Returns how many were selected, or -1 if a value is not finite or its count is outside [-128, 127]. */
 int64_t spike_counts(const float *x, int64_t rows, int64_t in, float offset, float unit, int has_offset,
@@ -182,7 +192,8 @@ void int8_attention_context(const float *a, const int8_t *v, int64_t groups, int
    it selects, divided by `root` and multiplied by `value_unit` (if not 1). Query (T, B, H, Lq, d) fp32 contiguous;
    cache group g = (b * T + t) * H + h at k + g * k_stride (its rows of d contiguous), likewise v. With new_k and
    new_v (one position's spike values of units k_unit, v_unit), their counts are first written into the last row
-   (lk - 1) of each group: the append and the attention in one call. Writes the attention spikes (T, B, H, Lq, Lk)
+   (lk - 1) of each group: the append and the attention in one call. With fire, the query, new_k and new_v given
+   are membranes, fired first (`fire_into`). Writes the attention spikes (T, B, H, Lq, Lk)
    and the context (T, B, Lq, H * d). Returns -1, writing nothing, if a query (or new K/V) value is not finite or
    its count is outside [-128, 127]. */
 static int int8_counts_fit(const float *x, int64_t n, float unit) {
@@ -196,12 +207,25 @@ static int int8_counts_fit(const float *x, int64_t n, float unit) {
 int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_t steps, int64_t batch,
                     int64_t heads, int64_t lq, int64_t lk, int64_t d, int64_t k_stride, int64_t v_stride,
                     float qk_scale, float score_scale, float beta, float threshold, float root, float value_unit,
-                    const float *new_k, const float *new_v, float k_unit, float v_unit,
+                    const float *new_k, const float *new_v, float k_unit, float v_unit, const float *fire,
                     float *weights, float *context, int threads) {
     int64_t total = steps * batch * heads * lq * d;
-    if (!int8_counts_fit(query, total, unit)) return -1;
+    float *fired = NULL;
+    if (fire) {  /* query, new_k and new_v are membranes their neurons (fire[0..3], [4..7], [8..11]) fire on */
+        fired = (float *)malloc(sizeof(float) * 3 * total);
+        fire_into(query, steps, total / steps, fire, fired);
+        fire_into(new_k, steps, total / steps, fire + 4, fired + total);
+        fire_into(new_v, steps, total / steps, fire + 8, fired + 2 * total);
+        query = fired;
+        new_k = fired + total;
+        new_v = fired + 2 * total;
+    }
+    if (!int8_counts_fit(query, total, unit) || (new_k && (!int8_counts_fit(new_k, total, k_unit)
+                                                           || !int8_counts_fit(new_v, total, v_unit)))) {
+        free(fired);
+        return -1;
+    }
     if (new_k) {  /* one new position (lq = 1), (T, B, H, d), written as counts at row lk - 1 of each group */
-        if (!int8_counts_fit(new_k, total, k_unit) || !int8_counts_fit(new_v, total, v_unit)) return -1;
         for (int64_t t = 0; t < steps; t++)
             for (int64_t b = 0; b < batch; b++)
                 for (int64_t h = 0; h < heads; h++) {
@@ -253,6 +277,7 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
         free(sum);
         free(membrane);
     }
+    free(fired);
     return 0;
 }
 

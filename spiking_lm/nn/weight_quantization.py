@@ -107,6 +107,14 @@ class Int8Linear(nn.Module):
         output = torch._int_mm(counts, self.quantized_t()).float().mul_(row_scale).mul_(self.weight_scale)
         return output.view(*x.shape[:-1], self.out_features)
 
+    def stored_tensors(self) -> tuple:
+        """``(qweight, weight_scale)`` and the bias if any, read from the module's tables directly (decoding asks
+        for them at every token)."""
+        bias = self._parameters.get("bias")
+        buffers = self._buffers
+        stored = (buffers["qweight"], buffers["weight_scale"])
+        return stored if bias is None else (*stored, bias)
+
     def row_sums(self) -> torch.Tensor:
         """Σ_in Q as int32 ``(out,)`` (exact), kept until ``qweight`` changes (in place or replaced)."""
         return self._kept("row_sums", self.qweight, None, lambda: self.quantized_t().sum(0, dtype=torch.int32))
@@ -263,10 +271,9 @@ def product_plan(layers, unit: float, offset: float | None) -> ProductPlan | Non
     offset · (s ⊙ Q·1) unless ``offset`` is `None`, biases), kept on the first layer until one of their tensors
     is replaced or changed in place; `None` where the kernel cannot read them (fp32 scales and biases, contiguous
     weights)."""
-    tensors = [t for layer in layers for t in (layer.qweight, layer.weight_scale, layer.bias) if t is not None]
-    key = (tuple(map(id, layers)), unit, offset, tuple((id(t), t._version) for t in tensors))
+    tensors = [t for layer in layers for t in layer.stored_tensors()]
     kept = layers[0]._derived.get("plan")
-    if kept is not None and kept[0] == key:
+    if kept is not None and kept[0] == (unit, offset, len(tensors)) and all(map(_unchanged, kept[1], tensors)):
         return kept[2]
     plan = None
     if all(layer.weight_scale.dtype == torch.float32 and (layer.bias is None or layer.bias.dtype == torch.float32)
@@ -274,8 +281,13 @@ def product_plan(layers, unit: float, offset: float | None) -> ProductPlan | Non
         shifts = [None if offset is None else layer.offset_shift(offset) for layer in layers]
         scales = [layer.count_scale(unit) for layer in layers]
         plan = ProductPlan([layer.quantized_t() for layer in layers], scales, shifts, [layer.bias for layer in layers])
-    layers[0]._derived["plan"] = (key, tensors, plan)  # the tensors held: their ids stay theirs
+    layers[0]._derived["plan"] = ((unit, offset, len(tensors)), [(t, t._version) for t in tensors], plan)
     return plan
+
+
+def _unchanged(kept: tuple, tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is the kept ``(tensor, version)``'s tensor, unchanged since."""
+    return kept[0] is tensor and kept[1] == tensor._version
 
 
 def int8_on_spikes(layer: Int8Linear, spikes: torch.Tensor, neuron) -> torch.Tensor:

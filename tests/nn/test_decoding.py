@@ -110,3 +110,24 @@ def test_spike_products_are_the_compositions_bits(fire, steps):
         assert torch.equal(output, expected)
     membrane[1, 3] = float("nan")  # a LIF does not fire on NaN; the other spike values are refused
     assert (native.spike_products(membrane, plan, 0.0, unit, fire, parameters, steps) is None) == (fire != "lif")
+
+
+def test_a_product_plan_follows_its_weights():
+    """Decoding keeps the products' plan between tokens: a weight, scale or bias changed in place or replaced
+    makes a new one, so the products always use the module's current tensors."""
+    layer = spiking_lm.nn.weight_quantization.Int8Linear.from_linear(torch.nn.Linear(16, 8))
+    plan = spiking_lm.nn.weight_quantization.product_plan([layer], 1.0, None)
+    assert spiking_lm.nn.weight_quantization.product_plan([layer], 1.0, None) is plan
+    spikes = torch.ones(1, 16)
+    before = native.spike_products(spikes, plan, 0.0, 1.0)[0][0]
+    for change in (lambda: layer.weight_scale.mul_(2), lambda: layer.bias.add_(1),
+                   lambda: setattr(layer, "qweight", layer.qweight.clone())):  # fmt: skip
+        with torch.no_grad():
+            change()
+        fresh = spiking_lm.nn.weight_quantization.product_plan([layer], 1.0, None)
+        assert fresh is not plan
+        plan = fresh
+    after = native.spike_products(spikes, plan, 0.0, 1.0)[0][0]
+    expected = spikes @ layer.dequantized_weight().t() + layer.bias
+    assert not torch.equal(before, after) and torch.allclose(after, expected, atol=1e-5)
+    assert spiking_lm.nn.weight_quantization.product_plan([layer], 0.5, None) is not plan  # another unit
