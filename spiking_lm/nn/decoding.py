@@ -169,6 +169,8 @@ def _int8_cache_grows(attention, block, cache, execution, query) -> bool:
     layer = cache.layers[index]
     if layer.get_seq_length() == 0 or not layer.keys.dtype == layer.values.dtype == torch.int8:
         return False
+    if getattr(layer, "spiking_lm_nonfinite", False):  # the module's code refuses to read it on
+        return False
     if not (execution.uses_event_path(block.projections[0]) and worth_gathering(block.projections)):
         return False
     _, query_neuron, key_neuron, value_neuron = block.neurons[:4]

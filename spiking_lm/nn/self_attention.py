@@ -172,10 +172,14 @@ class SpikingSelfAttention(nn.Module):
         binary = (n.coding.binary and cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
         packed = event and all(binary) and packs_keys(steps * batch * self.num_heads)
 
-        def fold(x, unit, pack=False):
+        nonfinite = []
+
+        def fold(x, unit, pack=False, neuron=None):
             x = x.permute(1, 0, 2, 3, 4).reshape(batch, steps * self.num_heads, -1, self.head_dim)
             if pack:
                 return pack_bits(x)
+            if unit is not None and not neuron.coding.binary and not bool(torch.isfinite(x).all()):
+                nonfinite.append(True)  # an int8 count cannot hold NaN/inf (0/1 spikes are always finite)
             return x if unit is None else integer_counts(x, unit)
 
         def unfold(x):
@@ -185,9 +189,19 @@ class SpikingSelfAttention(nn.Module):
                 x = x.to(key.dtype)
             return x.view(batch, steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
 
-        keys, values = _append(cache, self.layer_idx, fold(key, units[0], packed), fold(value, units[1]))
+        folded = fold(key, units[0], packed, self.k_neuron), fold(value, units[1], neuron=self.v_neuron)
+        keys, values = _append(cache, self.layer_idx, *folded)
+        layer = cache.layers[self.layer_idx]
+        if nonfinite:
+            layer.spiking_lm_nonfinite = True  # kept with the layer: reading it back would be silently wrong
         if keys.shape[-2] == length:  # nothing cached before: no need to read back what was just stored
             return key, value, 1.0, 1.0, False
+        if getattr(layer, "spiking_lm_nonfinite", False):
+            raise ValueError(
+                f"layer {self.layer_idx}'s K/V cache holds a position whose keys or values were NaN or inf: the "
+                "event backend keeps them as int8 counts, which cannot hold those, so this cache cannot be "
+                "continued; decode on the dense backend (set_inference_backend('dense')) to follow where they go"
+            )
         compact = (units[0] is not None or packed) and units[1] is not None
         if raw and not packed and None not in units:
             return keys, values, units[0], units[1], True

@@ -131,3 +131,27 @@ def test_a_product_plan_follows_its_weights():
     expected = spikes @ layer.dequantized_weight().t() + layer.bias
     assert not torch.equal(before, after) and torch.allclose(after, expected, atol=1e-5)
     assert spiking_lm.nn.weight_quantization.product_plan([layer], 0.5, None) is not plan  # another unit
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_non_finite_key_in_the_int8_cache_is_refused_not_read_back(fast, monkeypatch):
+    """An int8 count cannot hold NaN: the event backend's forward still gives the fp32 model's logits (the prompt
+    attends to its fresh K/V), but continuing from that cache raises instead of reading a finite count back."""
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)
+    if not fast:
+        monkeypatch.setattr(blocks, "decode_block", lambda *a: None)
+    model = w8_model("nilif", 1)
+    ids = torch.randint(3, 99, (1, 5), generator=torch.Generator().manual_seed(0))
+    embeddings = model.get_input_embeddings()(ids).detach().clone()
+    embeddings[0, 2] = float("nan")
+    with torch.no_grad():
+        model.set_inference_backend("dense")
+        dense = model(inputs_embeds=embeddings).logits
+        model.set_inference_backend("event")
+        output = model(inputs_embeds=embeddings, use_cache=True)
+        assert torch.equal(torch.isfinite(output.logits), torch.isfinite(dense))
+        step = model.get_input_embeddings()(torch.tensor([[7]]))
+        with pytest.raises(ValueError, match="NaN or inf.*dense backend"):
+            model(inputs_embeds=step, cache=output.past_key_values, use_cache=True)
+    clean = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)  # a new cache is fine
+    assert clean.shape == (1, 8)
