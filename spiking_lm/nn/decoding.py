@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .attention import allowed_keys, softmax_free_attention
 from .bitpack import packs_keys
@@ -31,6 +30,7 @@ from .dispatch import AUTO_COMPILE_MIN_NUMEL
 from .event import worth_gathering
 from .native import (
     NATIVE_MAX_ROWS,
+    fire_table,
     int8_attention_context,
     int8_attention_scores,
     native_library,
@@ -152,12 +152,23 @@ def _attend_in_place(attention, block, membranes, attention_mask, cache, executi
     arguments = (unit * key_unit, attention.score_scale(), neuron.beta, neuron.v_threshold, math.sqrt(width))
     groups = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
     appended = (membranes[1], membranes[2], key_unit, value_unit)
-    fire = [_firing(n, steps) for n in block.neurons[1:4]]
+    fire = _fire_table(tuple(_firing(n, steps) for n in block.neurons[1:4]))
     fused = sfsa_decode(query, unit, *groups, *arguments, value_unit, appended, fire)
     if fused is None:
         return None
     layer.keys, layer.values = keys, values
     return fused[1], fused[0]
+
+
+_FIRE_TABLES: dict = {}
+
+
+def _fire_table(fire: tuple) -> torch.Tensor:
+    """`sfsa_decode`'s table of how Q, K and V fire, made once per set of neurons' parameters."""
+    table = _FIRE_TABLES.get(fire)
+    if table is None:
+        table = _FIRE_TABLES[fire] = fire_table(fire)
+    return table
 
 
 def _int8_cache_grows(attention, block, cache, execution, query) -> bool:
@@ -183,7 +194,9 @@ def _int8_cache_grows(attention, block, cache, execution, query) -> bool:
 
 
 def _normalized(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    """``norm(x)``: the operation `nn.LayerNorm.forward` runs (`F.layer_norm`'s), without its Python layers."""
+    parameters = norm._parameters
+    return torch.layer_norm(x, norm.normalized_shape, parameters["weight"], parameters["bias"], norm.eps)
 
 
 def _fire(neuron, membrane: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,9 @@ import torch
 
 from .native_source import SOURCE
 
-__all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "gather_fma", "int8_attention_context", "int8_attention_scores",
-           "int8_rows_product", "int8_rows_products", "integer_fire", "lif_steps", "native_library", "sfsa_decode",
-           "spike_counts", "spike_products"]  # fmt: skip
+__all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "fire_table", "gather_fma", "int8_attention_context",
+           "int8_attention_scores", "int8_rows_product", "int8_rows_products", "integer_fire", "lif_steps",
+           "native_library", "sfsa_decode", "spike_counts", "spike_products"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,14 @@ def int8_attention_context(spikes: torch.Tensor, values: torch.Tensor) -> torch.
     return context
 
 
+def fire_table(fire) -> torch.Tensor:
+    """`sfsa_decode`'s ``fire`` as the table its C function reads: three ``(fire, parameters)`` of
+    `spike_products`, integer or LIF."""
+    if len(fire) != 3 or any(kind not in ("integer", "lif") for kind, _ in fire):
+        raise ValueError(f"sfsa_decode fires Q, K and V with integer or LIF neurons, got {fire!r}")
+    return torch.tensor([[float(FIRES[kind]), *parameters] for kind, parameters in fire], dtype=torch.float32)
+
+
 def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold, root, value_unit, appended=None,
                 fire=None):  # fmt: skip
     """Decoding SFSA in one call (the C source says how): fp32 query spikes ``(T, B, H, Lq, d)`` of ``unit``
@@ -266,7 +274,7 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
     one new position's fp32 spike values ``(T, B, H, 1, d)`` (contiguous), whose counts are first written into the
     cache's last row (the caller's buffers: ``keys`` and ``values`` include it). ``fire``: the query and the
     appended K and V are membranes, which neurons fire on first: three ``(fire, parameters)`` of `spike_products`
-    (``"integer"`` or ``"lif"``) for Q, K and V, in one call with the rest."""
+    (``"integer"`` or ``"lif"``) for Q, K and V, or their `fire_table`, in one call with the rest."""
     _check(query, torch.float32, 5)
     steps, batch, heads, lq, d = query.shape
     lk = keys.shape[1]
@@ -284,9 +292,10 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
                                  f"{tuple(query.shape)}")  # fmt: skip
     how = None
     if fire is not None:
-        if appended is None or any(kind not in ("integer", "lif") for kind, _ in fire):
-            raise ValueError("firing in sfsa_decode needs an appended position and integer or LIF neurons")
-        how = torch.tensor([[float(FIRES[kind]), *parameters] for kind, parameters in fire], dtype=torch.float32)
+        if appended is None:
+            raise ValueError("firing in sfsa_decode needs an appended position")
+        how = fire if torch.is_tensor(fire) else fire_table(fire)
+        _check(how, torch.float32, 2)
     weights = torch.empty(steps, batch, heads, lq, lk)
     context = torch.empty(steps, batch, lq, heads * d)
     status = native_library().sfsa_decode(
