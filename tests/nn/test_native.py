@@ -214,3 +214,19 @@ def test_native_integer_firing_is_the_torch_operations_bits(lower, spike_max, sc
     many = torch.randn(1, 100_000, generator=generator) * 3 + 0.5
     expected = torch.clamp(torch.round(many), lower, lower + spike_max) * scale
     assert torch.equal(functional._native_integer_fire(many, lower, spike_max, scale), expected)
+
+
+@pytest.mark.parametrize("largest", [1, 4, 33, 64, 65, 127])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_native_products_are_exact_sums_whatever_the_counts(largest, rows):
+    """The int16 partial sums (four weight rows at a time for one row of counts) never overflow: exact against a
+    float64 product, with counts up to ``largest`` on hundreds of selected inputs."""
+    generator = torch.Generator().manual_seed(largest)
+    counts = torch.randint(-largest, largest + 1, (rows, 700), generator=generator, dtype=torch.int8)
+    counts[:, :5] = largest  # the extremes, whatever the draw
+    weight = torch.randint(-127, 128, (700, 45), generator=generator, dtype=torch.int8)
+    weight[:5] = 127
+    selected = counts.abs().sum(0).nonzero().view(-1).to(torch.int32)
+    scale = torch.ones(45)
+    got = native.int8_rows_product(counts, selected, weight, scale)
+    assert torch.equal(got.double(), counts.double() @ weight.double())
