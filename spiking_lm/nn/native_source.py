@@ -71,13 +71,12 @@ void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const in
     for (int64_t m = 0; m < matrices; m++) out += plan[5 * m + 1];
     int32_t *partial = (int32_t *)malloc(sizeof(int32_t) * threads * rows * out);
     int16_t *shorts = (int16_t *)malloc(sizeof(int16_t) * threads * rows * out);
-    int32_t *pending = (int32_t *)malloc(sizeof(int32_t) * threads * rows);
     #pragma omp parallel num_threads(threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
         int32_t *acc = partial + (int64_t)tid * rows * out;
         int16_t *acc16 = shorts + (int64_t)tid * rows * out;
-        int32_t *added = pending + (int64_t)tid * rows;
+        int32_t *added = (int32_t *)malloc(sizeof(int32_t) * rows);  /* per thread: a shared line would bounce */
         memset(acc, 0, sizeof(int32_t) * rows * out);
         memset(acc16, 0, sizeof(int16_t) * rows * out);
         memset(added, 0, sizeof(int32_t) * rows);
@@ -152,6 +151,7 @@ void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const in
             int16_t *a = acc16 + r * out;
             for (int64_t j = 0; j < out; j++) w[j] += a[j];
         }
+        free(added);
         #pragma omp barrier
         int64_t column = 0;
         for (int64_t m = 0; m < matrices; m++) {
@@ -174,7 +174,6 @@ void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const in
             column += width;
         }
     }
-    free(pending);
     free(shorts);
     free(partial);
 }
