@@ -3,7 +3,9 @@
 Every function is exact where the torch path it replaces is (integer sums) and otherwise performs the same fp32
 operations in the same order (compiled with ``-ffp-contract=off``); each one names the torch path it mirrors.
 
-This module imports nothing so that it can travel with a saved model's code.
+This module is over 400 lines because it is one C translation unit (the library is built from one source, and
+its static helpers are shared between the kernels). It imports nothing so that it can travel with a saved model's
+code.
 """
 
 __all__ = ["SOURCE"]
