@@ -3,11 +3,12 @@
 Generating one token, a block of the generic code (`spiking_lm.nn.blocks.membrane_shortcut_layer`) runs ~40 small
 operations, each through module calls, the norm → neuron dispatch and the checks every product and attention call
 makes again; on a CPU those cost more than the arithmetic. `decode_block` runs the same step with the same
-operations in the same order — each norm in torch, each spike-fed product with its neuron, counts and int8 sums
-in one native call (`spiking_lm.nn.native.spike_products`), the attention through the module's own cache and
-attention code (`SpikingSelfAttention.attend`) — so that its outputs are bit for bit those of the generic block
-(tested). Where the block or the call is anything else than what it supports (`_supported`), it returns `None`
-and the generic block runs.
+operations in the same order — each norm in torch, each spike-fed product with its neuron's firing, counts and
+int8 sums in one native call (`spiking_lm.nn.native.spike_products`), and where the cache keeps K/V as int8
+counts the Q/K/V firing, the append and SFSA in one more (`sfsa_decode`; elsewhere the module's own
+`SpikingSelfAttention.attend`) — so that its outputs are bit for bit those of the generic block (tested). Where
+the block or the call is anything else than what it supports (`_supported`), it returns `None` and the generic
+block runs.
 
 The native SFSA of decoding (`sfsa_on_int8_cache`, `fused_sfsa`) lives here too: the attention module calls it
 for few query rows on an int8 cache, whether the step came through `decode_block` or not.

@@ -26,7 +26,6 @@ import torch
 from torch.nn import functional as F
 
 from .cpu_linear import MIN_WEIGHT_BYTES, few_rows_linear
-from .native import gather_fma
 from .recording import active_recorders
 from .spike_coding import binary_to_integer, coding_of
 
@@ -89,45 +88,7 @@ def gather_rows(values: torch.Tensor, weight_t: torch.Tensor, nonzero=None) -> t
     one row, the nonzero columns alone will do).
 
     `embedding_bag` shares its bags (one per input row) among threads; a single row is cut into one bag per
-    thread, summed after, so that decoding one sequence reads the weights with every core. Up to
-    `EVENT_LOCATE_MAX_ROWS` rows, the native `gather_fma` computes the same in one call (where it gave the same
-    bits as `embedding_bag` on a probe: `_native_gather_matches`)."""
-    if values.shape[0] <= EVENT_LOCATE_MAX_ROWS and _native_gather_applies(values, weight_t):
-        result = gather_fma(values, weight_t, EVENT_MIN_BAG)
-        if result is not None:
-            return result
-    return _torch_gather_rows(values, weight_t, nonzero)
-
-
-def _native_gather_applies(values: torch.Tensor, weight_t: torch.Tensor) -> bool:
-    plain = all(x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() for x in (values, weight_t))
-    grads = torch.is_grad_enabled() and (values.requires_grad or weight_t.requires_grad)
-    return plain and not grads and not torch.compiler.is_compiling() and _native_gather_matches()
-
-
-_NATIVE_GATHER = {"matches": None}
-
-
-def _native_gather_matches() -> bool:
-    """Whether `gather_fma` gives `embedding_bag`'s bits on this machine (its fbgemm kernel adds one fused
-    multiply-add per input; another build of torch may not), tried once on a probe: one row cut in two bags and
-    three rows of one bag each. Where it does not (or no native library), the torch path runs."""
-    if _NATIVE_GATHER["matches"] is None:
-        generator = torch.Generator().manual_seed(0)
-        weight_t = torch.randn(3 * EVENT_MIN_BAG, 40, generator=generator)
-        probes = [torch.randn(rows, weight_t.shape[0], generator=generator) for rows in (1, 3)]
-        probes[0][:, 150:] = 0  # 150 inputs: two bags with two threads or more, one with one
-        probes[1] *= torch.rand(probes[1].shape, generator=generator) < 0.3
-        natives = [gather_fma(probe, weight_t, EVENT_MIN_BAG) for probe in probes]
-        _NATIVE_GATHER["matches"] = all(
-            result is not None and torch.equal(result, _torch_gather_rows(probe, weight_t))
-            for result, probe in zip(natives, probes, strict=True)
-        )
-    return _NATIVE_GATHER["matches"]
-
-
-def _torch_gather_rows(values: torch.Tensor, weight_t: torch.Tensor, nonzero=None) -> torch.Tensor:
-    """`gather_rows` with `embedding_bag`."""
+    thread, summed after, so that decoding one sequence reads the weights with every core."""
     if values.shape[0] > 1:
         rows, columns = values.nonzero(as_tuple=True) if nonzero is None else nonzero
         per_row = torch.bincount(rows, minlength=values.shape[0])

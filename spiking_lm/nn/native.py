@@ -36,9 +36,9 @@ import torch
 
 from .native_source import SOURCE
 
-__all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "fire_table", "gather_fma", "int8_attention_context",
-           "int8_attention_scores", "int8_rows_product", "int8_rows_products", "integer_fire", "lif_steps",
-           "native_library", "sfsa_decode", "spike_counts", "spike_products"]  # fmt: skip
+__all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "fire_table", "int8_attention_context", "int8_attention_scores",
+           "int8_rows_product", "int8_rows_products", "integer_fire", "lif_steps", "native_library", "sfsa_decode",
+           "spike_counts", "spike_products"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,6 @@ def _signatures() -> dict:
         "int8_attention_context": (None, [ptr, ptr, i64, i64, i64, i64, i64, ptr, i32]),
         "sfsa_decode": (i64, [ptr, f32, ptr, ptr, *[i64] * 8, *[f32] * 6, ptr, ptr, f32, f32, ptr, ptr, ptr, i32]),
         "lif_steps": (None, [ptr, i64, i64, f32, f32, ptr, i32]),
-        "gather_fma": (i64, [ptr, i64, i64, ptr, i64, i64, i64, ptr, i32]),
         "integer_fire": (None, [ptr, i64, f32, f32, f32, ptr]),
     }
 
@@ -306,25 +305,6 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
         torch.get_num_threads(),
     )  # fmt: skip
     return None if status < 0 else (weights, context)
-
-
-def gather_fma(values: torch.Tensor, weight_t: torch.Tensor, min_bag: int) -> torch.Tensor | None:
-    """``values @ weight_t`` for fp32 ``values`` ``(R, in)`` and ``weight_t`` ``(in, out)`` (both contiguous),
-    reading only the rows of ``weight_t`` a nonzero selects, with the fp32 operations of torch's `embedding_bag`
-    as `spiking_lm.nn.event.gather_rows` calls it (one bag per row; a single row cut into one bag per thread of at
-    least ``min_bag`` inputs); `None` where torch would cut it into more than two, or without the library."""
-    native = native_library()
-    if native is None:
-        return None
-    _check(values, torch.float32, 2)
-    _check(weight_t, torch.float32, 2)
-    if values.shape[1] != weight_t.shape[0]:
-        raise ValueError(f"values {tuple(values.shape)} do not match a weight of {tuple(weight_t.shape)} (in, out)")
-    result = torch.empty(values.shape[0], weight_t.shape[1])
-    threads = torch.get_num_threads()
-    status = native.gather_fma(values.data_ptr(), values.shape[0], values.shape[1], weight_t.data_ptr(),
-                               weight_t.shape[1], threads, min_bag, result.data_ptr(), threads)  # fmt: skip
-    return None if status < 0 else result
 
 
 def lif_steps(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor | None:

@@ -366,57 +366,6 @@ int64_t spike_products(const float *x, int64_t rows, int64_t in, int fire, float
     return n;
 }
 
-/* result[r, j] = the sum over the inputs i with x[r, i] != 0 of x[r, i] * w[i, j], as torch's `embedding_bag` with
-   per-sample weights computes a bag (fbgemm): one fused multiply-add per input, in ascending order, from 0. A single
-   row's n inputs are cut as `gather_rows` cuts them when min(piece_threads, n / min_bag) >= 2 (bags of n / pieces,
-   the last with the rest) and the bags' sums added in order. Threads split the columns: every element keeps its
-   order. Returns -1, writing nothing, for more than two pieces (their sum's order is torch's to choose). */
-int64_t gather_fma(const float *x, int64_t rows, int64_t in, const float *w, int64_t out, int64_t piece_threads,
-                   int64_t min_bag, float *result, int threads) {
-    int64_t *inputs = (int64_t *)malloc(sizeof(int64_t) * (rows * in > 0 ? rows * in : 1));
-    int64_t *found = (int64_t *)malloc(sizeof(int64_t) * (rows > 0 ? rows : 1));
-    for (int64_t r = 0; r < rows; r++) {
-        found[r] = 0;
-        for (int64_t i = 0; i < in; i++)
-            if (x[r * in + i] != 0.0f) inputs[r * in + found[r]++] = i;
-    }
-    int64_t pieces = 1;
-    if (rows == 1) {
-        pieces = found[0] / min_bag < piece_threads ? found[0] / min_bag : piece_threads;
-        if (pieces < 2) pieces = 1;
-    }
-    if (pieces > 2) {
-        free(found);
-        free(inputs);
-        return -1;
-    }
-    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * out >= 512)
-    for (int64_t block = 0; block < (out + 63) / 64; block++) {
-        int64_t j0 = block * 64, j1 = j0 + 64 < out ? j0 + 64 : out;
-        float acc[64], first[64];
-        for (int64_t r = 0; r < rows; r++) {
-            const int64_t *selected = inputs + r * in;
-            int64_t n = found[r], split = pieces == 2 ? n / 2 : n;
-            for (int64_t piece = 0; piece < pieces; piece++) {
-                int64_t s0 = piece == 0 ? 0 : split, s1 = piece == 0 ? split : n;
-                for (int64_t j = j0; j < j1; j++) acc[j - j0] = 0.0f;
-                for (int64_t s = s0; s < s1; s++) {
-                    float weight = x[r * in + selected[s]];
-                    const float *row = w + selected[s] * out;
-                    for (int64_t j = j0; j < j1; j++) acc[j - j0] = fmaf(weight, row[j], acc[j - j0]);
-                }
-                if (piece == 0 && pieces == 2)
-                    for (int64_t j = j0; j < j1; j++) first[j - j0] = acc[j - j0];
-            }
-            for (int64_t j = j0; j < j1; j++)
-                result[r * out + j] = pieces == 2 ? first[j - j0] + acc[j - j0] : acc[j - j0];
-        }
-    }
-    free(found);
-    free(inputs);
-    return 0;
-}
-
 #ifdef __cplusplus
 }
 #endif

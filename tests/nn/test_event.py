@@ -180,26 +180,8 @@ def test_a_single_row_is_gathered_in_one_piece_per_thread(monkeypatch, two_threa
     many = sparse_values(1, 640, 0.5, generator)  # ~320 spikes: two pieces of at least EVENT_MIN_BAG
     few = sparse_values(1, 640, 0.05, generator)  # ~32 spikes: one bag
     for values in (many, few):
-        torch.testing.assert_close(event._torch_gather_rows(values, weight_t), values @ weight_t, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gather_rows(values, weight_t), values @ weight_t, rtol=1e-5, atol=1e-5)
     assert bags == [2, 1]
-
-
-@pytest.mark.parametrize("rows,density", [(1, 0.5), (1, 0.05), (1, 0.0), (3, 0.3), (32, 0.1)])
-def test_the_native_gather_is_embedding_bags_bits(rows, density, monkeypatch, two_threads):
-    """`gather_fma` adds the selected rows with one fused multiply-add each, in `embedding_bag`'s order and
-    bags (a single row cut in two with two threads): the same bits, checked here and on a probe at run time."""
-    calls = []
-    original = event.gather_fma
-    monkeypatch.setattr(event, "gather_fma", lambda *a: calls.append(1) or original(*a))
-    generator = torch.Generator().manual_seed(rows)
-    weight_t = torch.randn(640, 70, generator=generator)
-    values = sparse_values(rows, 640, density, generator)
-    assert event._native_gather_matches()
-    assert torch.equal(gather_rows(values, weight_t), event._torch_gather_rows(values, weight_t))
-    assert calls
-    three = torch.randn(1, 640, generator=generator)  # three bags with three threads: torch's sum decides
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    assert event.gather_fma(three, weight_t, event.EVENT_MIN_BAG) is None
 
 
 @pytest.mark.parametrize("rows", [1, 5, cpu_linear.FEW_ROWS_MAX, cpu_linear.FEW_ROWS_MAX + 1])
