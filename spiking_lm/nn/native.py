@@ -197,11 +197,15 @@ def spike_products(x: torch.Tensor, plan: ProductPlan, offset: float, unit: floa
     """`int8_rows_products` of the spike counts of fp32 ``x`` ``(R, in)`` (contiguous) above ``offset`` in ``unit``
     (`spike_counts`) in one call, and how many inputs they selected: ``x`` holds spike values, or with ``fire``
     (`FIRES`) the membrane a neuron fires on first (``parameters``: lower, upper, scale of `integer_fire`, or beta,
-    threshold of `lif_steps` over ``steps`` blocks of rows). `None` where a count is not an int8."""
+    threshold of `lif_steps` over ``steps`` blocks of rows). `None` where a count is not an int8. On the CPU, the
+    library built."""
     _check(x, torch.float32, 2)
     rows = x.shape[0]
     if x.shape[1] != plan.in_features:
         raise ValueError(f"inputs {tuple(x.shape)} do not match weights of {plan.in_features} inputs")
+    if fire not in FIRES or rows % max(steps, 1):
+        raise ValueError(f"fire must be one of {list(FIRES)} on rows that {steps} time steps divide, got {fire!r} "
+                         f"on {rows} rows")  # fmt: skip
     result = torch.empty(rows * plan.total)
     found = native_library().spike_products(x.data_ptr(), rows, plan.in_features, FIRES[fire], *parameters, steps,
                                             offset, unit, int(offset != 0), plan.table.data_ptr(), len(plan.outs),

@@ -155,3 +155,14 @@ def test_a_non_finite_key_in_the_int8_cache_is_refused_not_read_back(fast, monke
             model(inputs_embeds=step, cache=output.past_key_values, use_cache=True)
     clean = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)  # a new cache is fine
     assert clean.shape == (1, 8)
+
+
+def test_spike_products_refuse_what_they_cannot_fire():
+    layer = spiking_lm.nn.weight_quantization.Int8Linear.from_linear(torch.nn.Linear(8, 4))
+    plan = native.ProductPlan([layer.quantized_t()], [layer.weight_scale], [None], [None])
+    with pytest.raises(ValueError, match="fire must be one of"):
+        native.spike_products(torch.ones(3, 8), plan, 0.0, 1.0, "lif", (0.5, 1.0, 0.0), steps=2)
+    with pytest.raises(ValueError, match="fire must be one of"):
+        native.spike_products(torch.ones(2, 8), plan, 0.0, 1.0, "psn")
+    with pytest.raises(ValueError, match="do not match weights of 8 inputs"):
+        native.spike_products(torch.ones(2, 7), plan, 0.0, 1.0)
