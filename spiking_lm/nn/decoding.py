@@ -26,9 +26,7 @@ import torch
 from torch import nn
 
 from .attention import allowed_keys, softmax_free_attention
-from .bitpack import packs_keys
 from .dispatch import AUTO_COMPILE_MIN_NUMEL
-from .event import worth_gathering
 from .native import (
     NATIVE_MAX_ROWS,
     fire_table,
@@ -116,18 +114,18 @@ def decode_block(hidden, attention_mask, cache, attn_norm, attn_neuron, attentio
                  for output, norm in zip(outputs, norms[1:4], strict=True)]  # fmt: skip
     attended = _attend_in_place(attention, block, membranes, attention_mask, cache, execution)
     if attended is None:  # the module's own cache and attention code (nothing was written)
-        query, key, value = (_fire(n, m) for n, m in zip(neurons[1:4], membranes, strict=True))
+        query, key, value = (n.fire(m) for n, m in zip(neurons[1:4], membranes, strict=True))  # as their forward
         attended = attention.attend(query, key, value, None, attention_mask, cache, execution)
     context, weights = attended
     hidden = hidden + _normalized(norms[4], linear_on_spikes(block.output, context, None, execution))
     fc1, fc2 = block.linears[3:]
     outputs = _spike_fed([fc1], _normalized(mlp_norm, hidden), mlp_neuron, steps)
     if outputs is None:  # the cache holds this position now: the generic MLP finishes the block
-        outputs = int8_linears_on_spikes([fc1], _fire(mlp_neuron, _normalized(mlp_norm, hidden)), mlp_neuron)
+        outputs = int8_linears_on_spikes([fc1], mlp_neuron.fire(_normalized(mlp_norm, hidden)), mlp_neuron)
     membrane = _normalized(norms[6], outputs[0].view(steps, batch, 1, -1))
     outputs = _spike_fed([fc2], membrane, neurons[5], steps)
     if outputs is None:
-        outputs = int8_linears_on_spikes([fc2], _fire(neurons[5], membrane), neurons[5])
+        outputs = int8_linears_on_spikes([fc2], neurons[5].fire(membrane), neurons[5])
     return hidden + _normalized(norms[7], outputs[0].view(steps, batch, 1, width)), weights
 
 
@@ -138,8 +136,8 @@ def _attend_in_place(attention, block, membranes, attention_mask, cache, executi
     attention in one native call (`spiking_lm.nn.native.sfsa_decode`), the same values; `None` (nothing written)
     elsewhere."""
     query = membranes[0]
-    steps, batch, heads, _, width = query.shape
-    if not _int8_cache_grows(attention, block, cache, execution, query):
+    steps, batch = query.shape[:2]
+    if not _int8_cache_grows(attention, cache, execution, query):
         return None
     layer = cache.layers[attention.layer_idx]
     lengths = (1, layer.keys.shape[-2] + 1, attention.causal, query.device, batch)
@@ -147,18 +145,12 @@ def _attend_in_place(attention, block, membranes, attention_mask, cache, executi
         return None
     buffers, length = reserve(layer, 1)
     keys, values = (buffer[..., : length + 1, :] for buffer in buffers)
-    _, query_neuron, key_neuron, value_neuron = block.neurons[:4]
-    key_unit, value_unit = cache_unit(key_neuron), cache_unit(value_neuron)
-    unit, neuron = query_neuron.coding.unit, attention.attn_neuron
-    arguments = (unit * key_unit, attention.score_scale(), neuron.beta, neuron.v_threshold, math.sqrt(width))
-    groups = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
-    appended = (membranes[1], membranes[2], key_unit, value_unit)
+    units = [cache_unit(neuron) for neuron in block.neurons[2:4]]
     fire = _fire_table(tuple(_firing(n, steps) for n in block.neurons[1:4]))
-    fused = sfsa_decode(query, unit, *groups, *arguments, value_unit, appended, fire)
-    if fused is None:
-        return None
-    layer.keys, layer.values = keys, values
-    return fused[1], fused[0]
+    fused = fused_sfsa(attention, query, keys, values, *units, (membranes[1], membranes[2], *units), fire)
+    if fused is not None:
+        layer.keys, layer.values = keys, values
+    return fused
 
 
 _FIRE_TABLES: dict = {}
@@ -172,9 +164,9 @@ def _fire_table(fire: tuple) -> torch.Tensor:
     return table
 
 
-def _int8_cache_grows(attention, block, cache, execution, query) -> bool:
+def _int8_cache_grows(attention, cache, execution, query) -> bool:
     """Whether `SpikingSelfAttention.attend` would append int8 K/V counts in place to a `DynamicLayer` and run
-    `fused_sfsa` on it (its `_cached` format rules, `native_attention`, `fused_sfsa_applies`)."""
+    `fused_sfsa` on it (its `cache_format`, `native_attention`, `fused_sfsa_applies`)."""
     index = attention.layer_idx
     if len(cache.layers) <= index or type(cache.layers[index]).__name__ != "DynamicLayer" or cache.offloading:
         return False
@@ -183,13 +175,8 @@ def _int8_cache_grows(attention, block, cache, execution, query) -> bool:
         return False
     if getattr(layer, "spiking_lm_nonfinite", False):  # the module's code refuses to read it on
         return False
-    if not (execution.uses_event_path(block.projections[0]) and worth_gathering(block.projections)):
-        return False
-    _, query_neuron, key_neuron, value_neuron = block.neurons[:4]
-    if cache_unit(key_neuron) is None or cache_unit(value_neuron) is None:
-        return False
-    binary = all(n.coding.binary and cache_unit(n) == 1 for n in (query_neuron, key_neuron))
-    if binary and packs_keys(query.shape[0] * query.shape[1] * attention.num_heads):  # K kept as bits
+    units, packed = attention.cache_format(execution, query.shape[0] * query.shape[1])
+    if packed or None in units:  # K kept as bits, or K/V as fp32
         return False
     return native_attention(attention, query) and fused_sfsa_applies(attention)
 
@@ -198,11 +185,6 @@ def _normalized(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     """``norm(x)``: the operation `nn.LayerNorm.forward` runs (`F.layer_norm`'s), without its Python layers."""
     parameters = norm._parameters
     return torch.layer_norm(x, norm.normalized_shape, parameters["weight"], parameters["bias"], norm.eps)
-
-
-def _fire(neuron, membrane: torch.Tensor) -> torch.Tensor:
-    """The neuron's spikes, as its generic forward computes them at decoding sizes (the same native kernels)."""
-    return neuron.fire(membrane)
 
 
 def _firing(neuron, steps: int):
@@ -322,10 +304,11 @@ def fused_sfsa_applies(attention) -> bool:
     return neuron.v_reset is None and not neuron.record_firing_rate
 
 
-def fused_sfsa(attention, query, keys, values, key_unit, value_unit):
+def fused_sfsa(attention, query, keys, values, key_unit, value_unit, appended=None, fire=None):
     """``(context (T, B, L, D), attention spikes)`` of `sfsa_on_int8_cache` with the value unit applied, in one
     native call (`spiking_lm.nn.native.sfsa_decode`), bit for bit, where `fused_sfsa_applies` (the caller checks
-    that every key is allowed); `None` elsewhere."""
+    that every key is allowed); `None` elsewhere. ``appended`` and ``fire``: `sfsa_decode`'s, the new position
+    written into the cache (``keys`` and ``values`` include its row) and the query and it given as membranes."""
     if not fused_sfsa_applies(attention):
         return None
     neuron = attention.attn_neuron
@@ -333,7 +316,7 @@ def fused_sfsa(attention, query, keys, values, key_unit, value_unit):
     unit = attention.q_neuron.coding.unit
     keys, values = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
     arguments = (unit * key_unit, attention.score_scale(), neuron.beta, neuron.v_threshold, math.sqrt(width))
-    fused = sfsa_decode(query.contiguous(), unit, keys, values, *arguments, value_unit)
+    fused = sfsa_decode(query.contiguous(), unit, keys, values, *arguments, value_unit, appended, fire)
     return None if fused is None else (fused[1], fused[0])
 
 

@@ -2,9 +2,9 @@
 
 Decoding a spiking model multiplies a few rows of spike counts by int8 weights. Done with torch operations that is
 a search for the spiking inputs, a copy of their weight rows (`index_select`) and an int8 GEMM on the copy — three
-passes over the selected rows and ~15 small operations per Linear. `spike_counts` and `int8_rows_product` do it in
-two calls: the counts and the inputs that spiked in one pass, then every selected int8 row read once, its
-count × weight products added into int32 sums (exact), and the fp32 scale, offset constant and bias applied per
+passes over the selected rows and ~15 small operations per Linear. `spike_products` does it in one call: the counts
+and the inputs that spiked in one pass, then every selected int8 row of every matrix of a `ProductPlan` read once,
+its count × weight products added into int32 sums (exact), and the fp32 scale, offset constant and bias applied per
 output — the same fp32 operations in the same order as the torch path, so the outputs are bit for bit the same
 (the source is compiled with ``-ffp-contract=off``: no fused multiply-add).
 
@@ -37,13 +37,12 @@ import torch
 from .native_source import SOURCE
 
 __all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "fire_table", "int8_attention_context", "int8_attention_scores",
-           "int8_rows_product", "int8_rows_products", "integer_fire", "lif_steps", "native_library", "sfsa_decode",
-           "spike_counts", "spike_products"]  # fmt: skip
+           "integer_fire", "lif_steps", "native_library", "sfsa_decode", "spike_products"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 NATIVE_MAX_ROWS = 8
-"""Up to this many rows of counts `int8_rows_product` beats copying the selected rows for an int8 GEMM (measured
+"""Up to this many rows of counts `spike_products` beats copying the selected rows for an int8 GEMM (measured
 in docs/w8.md: 6 % faster `nilif` decoding at batch 8 than leaving 8 rows to the GEMM, 14 % for `lif` T=4 at
 batch 1); with more rows the GEMM's int8 dot-product instructions win."""
 
@@ -102,8 +101,6 @@ def _signatures() -> dict:
     """``{function: (result type, argument types)}`` of the C source, for `ctypes`."""
     i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
     return {
-        "spike_counts": (i64, [ptr, i64, i64, f32, f32, i32, ptr, ptr]),
-        "int8_rows_products": (None, [ptr, i64, i64, ptr, i64, ptr, i64, ptr, i32]),
         "spike_products": (i64, [ptr, i64, i64, i32, f32, f32, f32, i64, f32, f32, i32, ptr, i64, ptr, i32]),
         "int8_attention_scores": (None, [ptr, ptr, i64, i64, i64, i64, i64, f32, ptr, i32]),
         "int8_attention_context": (None, [ptr, ptr, i64, i64, i64, i64, i64, ptr, i32]),
@@ -127,24 +124,8 @@ def native_library() -> ctypes.CDLL | None:
     return _state["library"]
 
 
-def spike_counts(values: torch.Tensor, offset: float, unit: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(counts, selected)`` for fp32 spike values ``(R, in)`` (contiguous): int8 counts round((x − offset) / unit)
-    and the int32 indices of the inputs some row selects; `None` if a value is not finite or its count does not fit
-    an int8 (the caller's real-valued path then runs), or without the native library."""
-    native = native_library()
-    if native is None:
-        return None
-    _check(values, torch.float32, 2)
-    rows, in_features = values.shape
-    counts = torch.empty(rows, in_features, dtype=torch.int8)
-    selected = torch.empty(in_features, dtype=torch.int32)
-    found = native.spike_counts(values.data_ptr(), rows, in_features, offset, unit, int(offset != 0),
-                                counts.data_ptr(), selected.data_ptr())  # fmt: skip
-    return None if found < 0 else (counts, selected[:found])
-
-
 class ProductPlan:
-    """What `int8_rows_products` needs of int8 matrices fed the same counts, checked and laid out once: their
+    """What `spike_products` needs of int8 matrices fed the same counts, checked and laid out once: their
     ``qweights`` ``(in, out_m)`` and per-output fp32 ``scales``, ``shifts`` and ``biases`` (`None` for none), the
     addresses in one int64 table for the C function; the tensors are held while the plan lives."""
 
@@ -172,33 +153,19 @@ class ProductPlan:
         self.table = torch.tensor(entries, dtype=torch.int64)
 
 
-def int8_rows_products(counts: torch.Tensor, selected: torch.Tensor, plan: ProductPlan) -> list[torch.Tensor]:
-    """``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)`` for every matrix of ``plan``, from int8
-    ``counts`` ``(R, in)`` and ``selected`` (`spike_counts`), reading only the selected rows of each matrix, each
-    of them once; the outputs are contiguous pieces of one buffer. On the CPU, the library built."""
-    _check(counts, torch.int8, 2)
-    _check(selected, torch.int32, 1)
-    rows = counts.shape[0]
-    if counts.shape[1] != plan.in_features:
-        raise ValueError(f"counts {tuple(counts.shape)} do not match weights of {plan.in_features} inputs")
-    result = torch.empty(rows * plan.total)
-    native_library().int8_rows_products(counts.data_ptr(), rows, plan.in_features, selected.data_ptr(),
-                                        selected.numel(), plan.table.data_ptr(), len(plan.outs), result.data_ptr(),
-                                        torch.get_num_threads())  # fmt: skip
-    return _pieces(result, rows, plan)
-
-
 FIRES = {None: 0, "integer": 1, "lif": 2}
 """How `spike_products` makes spikes of its input: none (they are spike values), `integer_fire`, `lif_steps`."""
 
 
 def spike_products(x: torch.Tensor, plan: ProductPlan, offset: float, unit: float, fire=None, parameters=(0, 0, 0),
                    steps: int = 1) -> tuple[list[torch.Tensor], int] | None:  # fmt: skip
-    """`int8_rows_products` of the spike counts of fp32 ``x`` ``(R, in)`` (contiguous) above ``offset`` in ``unit``
-    (`spike_counts`) in one call, and how many inputs they selected: ``x`` holds spike values, or with ``fire``
-    (`FIRES`) the membrane a neuron fires on first (``parameters``: lower, upper, scale of `integer_fire`, or beta,
-    threshold of `lif_steps` over ``steps`` blocks of rows). `None` where a count is not an int8. On the CPU, the
-    library built."""
+    """``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)`` for every matrix of ``plan``, from the
+    spike counts round((x − offset) / unit) of fp32 ``x`` ``(R, in)`` (contiguous), reading only the weight rows some
+    row's counts select, each of them once (the outputs contiguous pieces of one buffer), and how many inputs were
+    selected. ``x`` holds spike values, or with ``fire`` (`FIRES`) the membrane a neuron fires on first
+    (``parameters``: lower, upper, scale of `integer_fire`, or beta, threshold of `lif_steps` over ``steps`` blocks
+    of rows). `None` where a value is not finite or its count does not fit an int8 (the caller's torch path then
+    decides). On the CPU, the library built."""
     _check(x, torch.float32, 2)
     rows = x.shape[0]
     if x.shape[1] != plan.in_features:
@@ -223,12 +190,6 @@ def _pieces(result: torch.Tensor, rows: int, plan: ProductPlan) -> list[torch.Te
         return list(result.view(len(plan.outs), rows, plan.outs[0]).unbind(0))
     pieces = result.split([rows * out for out in plan.outs])
     return [piece.view(rows, out) for piece, out in zip(pieces, plan.outs, strict=True)]
-
-
-def int8_rows_product(counts, selected, qweight, scale, shift=None, bias=None) -> torch.Tensor:
-    """`int8_rows_products` for one matrix: ``((counts @ qweight) * scale + shift) + bias`` in fp32 ``(R, out)``
-    (``shift`` and ``bias`` may be `None`)."""
-    return int8_rows_products(counts, selected, ProductPlan([qweight], [scale], [shift], [bias]))[0]
 
 
 def int8_attention_scores(query_counts: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:

@@ -166,11 +166,7 @@ class SpikingSelfAttention(nn.Module):
         whether both came out of compact storage (bits or int8 counts), hence finite. With ``raw``, K and V
         stored as int8 counts come back as stored, ``(B, T·H, L, d)`` int8, for `native_attention`."""
         steps, batch, _, length, _ = key.shape
-        projections = self.projections()
-        event = execution.uses_event_path(projections[0]) and worth_gathering(projections) and not observing_spikes()
-        units = [cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
-        binary = (n.coding.binary and cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
-        packed = event and all(binary) and packs_keys(steps * batch * self.num_heads)
+        units, packed = self.cache_format(execution, steps * batch)
 
         nonfinite = []
 
@@ -206,6 +202,15 @@ class SpikingSelfAttention(nn.Module):
         if raw and not packed and None not in units:
             return keys, values, units[0], units[1], True
         return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0, compact
+
+    def cache_format(self, execution, sequences: int) -> tuple[list, bool]:
+        """How `_cached` stores K/V for ``sequences`` = T·B rows: ``([K unit, V unit], K packed as bits)``, a unit
+        `None` where that tensor stays fp32 (the rules in `_cached`'s docstring)."""
+        projections = self.projections()
+        event = execution.uses_event_path(projections[0]) and worth_gathering(projections) and not observing_spikes()
+        units = [cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
+        binary = (n.coding.binary and cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
+        return units, event and all(binary) and packs_keys(sequences * self.num_heads)
 
     def forward(self, spikes, source_neuron, attention_mask=None, cache=None, execution=None):
         execution = execution_or_default(execution)

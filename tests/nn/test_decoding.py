@@ -86,7 +86,8 @@ def test_unsupported_neurons_take_the_generic_code(neuron_type, monkeypatch):
 
 @pytest.mark.parametrize("fire,steps", [("integer", 1), ("lif", 4), (None, 1)])
 def test_spike_products_are_the_compositions_bits(fire, steps):
-    """One native call (fire → counts → int8 products) against the kernels it chains."""
+    """One native call (the neuron fires, its spikes are counted, the int8 sums scaled) against the neuron's own
+    kernel and the exact sums of its counts followed by the same fp32 operations."""
     generator = torch.Generator().manual_seed(steps)
     layers = [spiking_lm.nn.weight_quantization.Int8Linear.from_linear(torch.nn.Linear(200, width))
               for width in (48, 31)]  # fmt: skip
@@ -104,10 +105,14 @@ def test_spike_products_are_the_compositions_bits(fire, steps):
         spikes = native.lif_steps(membrane.view(steps, 2, 200), *parameters[:2]).view(-1, 200)
     else:
         spikes = membrane
-    counts, chosen = native.spike_counts(spikes, 0.0, unit)
-    assert selected == chosen.numel() > 0
-    for output, expected in zip(outputs, native.int8_rows_products(counts, chosen, plan), strict=True):
-        assert torch.equal(output, expected)
+    assert selected == int((spikes != 0).any(0).sum()) > 0
+    counts = torch.round(spikes / unit).double()
+    shifts = [None, layers[1].offset_shift(0.5)]
+    for output, layer, shift in zip(outputs, layers, shifts, strict=True):
+        sums = (counts @ layer.quantized_t().double()).float()  # exact: integers below 2^24
+        expected = sums * layer.count_scale(unit)  # then the kernel's fp32 operations, in its order
+        expected = expected if shift is None else expected + shift
+        assert torch.equal(output, expected + layer.bias)
     membrane[1, 3] = float("nan")  # a LIF does not fire on NaN; the other spike values are refused
     assert (native.spike_products(membrane, plan, 0.0, unit, fire, parameters, steps) is None) == (fire != "lif")
 

@@ -50,13 +50,19 @@ def test_native_products_are_the_torch_paths_bits(scale, offset, rows, density, 
         assert a.shape == b.shape and torch.equal(a, b)
 
 
+def plan_of(weight, scale=None):
+    """A `ProductPlan` of one int8 ``weight`` ``(in, out)`` with unit scales (or ``scale``)."""
+    return native.ProductPlan([weight], [torch.ones(weight.shape[1]) if scale is None else scale], [None], [None])
+
+
 def test_native_counts_refuse_values_that_are_not_int8_counts():
+    plan = plan_of(torch.ones(8, 3, dtype=torch.int8))
     values = torch.zeros(2, 8)
-    counts, selected = native.spike_counts(values, 0.0, 1.0)
-    assert counts.dtype == torch.int8 and selected.numel() == 0
+    outputs, selected = native.spike_products(values, plan, 0.0, 1.0)
+    assert selected == 0 and torch.equal(outputs[0], torch.zeros(2, 3))
     values[1, 3] = float("nan")
-    assert native.spike_counts(values, 0.0, 1.0) is None
-    assert native.spike_counts(torch.full((1, 4), 200.0), 0.0, 1.0) is None  # a count over 127
+    assert native.spike_products(values, plan, 0.0, 1.0) is None
+    assert native.spike_products(torch.full((1, 8), 200.0), plan, 0.0, 1.0) is None  # a count over 127
 
 
 @pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=lambda cls: cls.__name__)
@@ -85,7 +91,6 @@ def test_a_machine_without_a_compiler_gets_one_warning_and_the_torch_path(monkey
         assert native.native_library() is None
         assert native.native_library() is None
     assert len(caplog.records) == 1 and "torch operations" in caplog.records[0].getMessage()
-    assert native.spike_counts(torch.ones(1, 4), 0.0, 1.0) is None
     layer = Int8Linear.from_linear(torch.nn.Linear(8, 3))
     values = torch.tensor([[1.0, 0, 0, 2, 0, 0, 0, 1]])
     expected = (values @ layer.dequantized_weight().T.double().float()) + layer.bias
@@ -187,18 +192,18 @@ def test_native_lif_is_the_torch_recurrences_bits(steps):
 
 
 def test_the_kernels_refuse_tensors_they_cannot_read():
-    counts, selected = native.spike_counts(torch.ones(1, 8), 0.0, 1.0)
+    spikes = torch.ones(1, 8)
     weight = torch.ones(8, 3, dtype=torch.int8)
     with pytest.raises(ValueError, match="contiguous 2-d CPU torch.int8"):
-        native.int8_rows_product(counts, selected, weight.t().contiguous().t(), torch.ones(3))
+        plan_of(weight.t().contiguous().t())
     with pytest.raises(ValueError, match="do not match"):
-        native.int8_rows_product(counts, selected, torch.ones(7, 3, dtype=torch.int8), torch.ones(3))
+        native.spike_products(spikes, plan_of(torch.ones(7, 3, dtype=torch.int8)), 0.0, 1.0)
     with pytest.raises(ValueError, match="fp32 vector of 3"):
-        native.int8_rows_product(counts, selected, weight, torch.ones(3, dtype=torch.float64))
+        plan_of(weight, torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="torch.float32"):
-        native.spike_counts(torch.ones(1, 8, dtype=torch.float64), 0.0, 1.0)
+        native.spike_products(spikes.double(), plan_of(weight), 0.0, 1.0)
     expected = torch.full((1, 3), 8.0)
-    assert torch.equal(native.int8_rows_product(counts, selected, weight, torch.ones(6)[::2]), expected)
+    assert torch.equal(native.spike_products(spikes, plan_of(weight, torch.ones(6)[::2]), 0.0, 1.0)[0][0], expected)
 
 
 @pytest.mark.parametrize("lower,spike_max,scale", [(0.0, 4, 0.25), (0.0, 4, 1.0), (-2.0, 3, 1 / 3), (1.0, 8, 0.125)])
@@ -226,7 +231,5 @@ def test_native_products_are_exact_sums_whatever_the_counts(largest, rows):
     counts[:, :5] = largest  # the extremes, whatever the draw
     weight = torch.randint(-127, 128, (700, 45), generator=generator, dtype=torch.int8)
     weight[:5] = 127
-    selected = counts.abs().sum(0).nonzero().view(-1).to(torch.int32)
-    scale = torch.ones(45)
-    got = native.int8_rows_product(counts, selected, weight, scale)
+    (got,), _ = native.spike_products(counts.float(), plan_of(weight), 0.0, 1.0)
     assert torch.equal(got.double(), counts.double() @ weight.double())
