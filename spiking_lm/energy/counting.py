@@ -12,9 +12,9 @@ protocol), never from an assumed rate, under two named conventions that every re
 In both, products with real-valued weights (sparsemax) count MACs, every norm on real values counts 2 MACs per
 normalized element (LayerNorm/RMSNorm cannot be folded into a neighbouring Linear; the spiking model runs them
 T times), and neuron updates are reported separately, outside the ratio. The ANN baseline counts the same
-attention pairs as the spiking model (the causal half for causal models) and its own norms. A W8 model's spike-fed
-Linears (`spiking_lm.nn.weight_quantization`) add int8 weights into int32 sums: their ACs are counted apart
-(``int8_acs``) at the 32-bit integer add's energy, `E_INT_AC_PJ`.
+attention pairs as the spiking model (the causal half for causal models) and its own norms. A W8 model's int8
+Linears (`spiking_lm.nn.weight_quantization`: fed spikes, or SFSA's context of counts) add int8 weights into int32
+sums: their ACs are counted apart (``int8_acs``) at the 32-bit integer add's energy, `E_INT_AC_PJ`.
 """
 
 from __future__ import annotations
@@ -82,6 +82,13 @@ class LayerOperations:
 
     def convention_acs(self, convention: str) -> int:
         return self.paper_acs if convention == "paper" else self.acs
+
+    def add_accumulates(self, accumulates: int, int8: bool) -> None:
+        """Accumulates of a Linear's weights: int8 ones into int32 sums (a W8 model's), else fp32 ACs."""
+        if int8:
+            self.int8_acs += accumulates
+        else:
+            self.acs, self.paper_acs = self.acs + accumulates, self.paper_acs + accumulates
 
 
 @dataclass
@@ -232,9 +239,7 @@ class OperationCounter(OperationRecorder):
         name = self.names.get(module, type(module).__name__)
         match = _LAYER_INDEX.search(name)
         key = f"layer {int(match.group(1))}" if match else name
-        if key not in self.layers:
-            self.layers[key] = LayerOperations(key)
-        return self.layers[key]
+        return self.layers.setdefault(key, LayerOperations(key))
 
     def __enter__(self):
         from transformers.pytorch_utils import Conv1D
@@ -287,17 +292,12 @@ class OperationCounter(OperationRecorder):
         layer.ann_macs += rows // spikes.shape[0] * in_features * out_features  # once per token, as an ANN
         if neuron is not None:  # spikes x out: the paper's rate x (virtual) steps x dense ops, and what is measured
             accumulates = int(neuron.count_spikes(spikes).round().item()) * out_features
-            if isinstance(linear, Int8Linear) and neuron.coding.unit is not None:  # int8 weights into int32 sums
-                layer.int8_acs += accumulates
-            else:
-                layer.acs += accumulates
-                layer.paper_acs += accumulates
+            layer.add_accumulates(accumulates, isinstance(linear, Int8Linear) and neuron.coding.unit is not None)
         elif self._pending_counts is not None and self._pending_counts.numel() == spikes.numel():
             # A softmax-free attention context: integer counts (spikes of A_s meeting spikes of V) times a
             # constant that folds into the weights; a per-query rescale costs one multiply per output.
             accumulates = int(self._pending_counts.sum().round().item()) * out_features
-            layer.acs += accumulates
-            layer.paper_acs += accumulates
+            layer.add_accumulates(accumulates, isinstance(linear, Int8Linear))  # W8: an int8 output projection
             if self._pending_rescale:
                 layer.macs += rows * out_features
         else:

@@ -38,7 +38,6 @@ from .native import (
 )
 from .neurons import IntegerLIFNeuron, LIFNeuron, NormalizedIntegerLIFNeuron
 from .recording import active_recorders, observing_spikes
-from .spike_linear import linear_on_spikes
 from .weight_quantization import Int8Linear, int8_linears_on_spikes, product_plan
 
 __all__ = [
@@ -117,7 +116,7 @@ def decode_block(hidden, attention_mask, cache, attn_norm, attn_neuron, attentio
         query, key, value = (n.fire(m) for n, m in zip(neurons[1:4], membranes, strict=True))  # as their forward
         attended = attention.attend(query, key, value, None, attention_mask, cache, execution)
     context, weights = attended
-    hidden = hidden + _normalized(norms[4], linear_on_spikes(block.output, context, None, execution))
+    hidden = hidden + _normalized(norms[4], attention.project_context(context, None, execution))
     fc1, fc2 = block.linears[3:]
     outputs = _spike_fed([fc1], _normalized(mlp_norm, hidden), mlp_neuron, steps)
     if outputs is None:  # the cache holds this position now: the generic MLP finishes the block

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -36,8 +37,9 @@ import torch
 
 from .native_source import SOURCE
 
-__all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "fire_table", "int8_attention_context", "int8_attention_scores",
-           "integer_fire", "lif_steps", "native_library", "sfsa_decode", "spike_products"]  # fmt: skip
+__all__ = ["FIRES", "NATIVE_MAX_ROWS", "ProductPlan", "counts_product", "fire_table", "int8_attention_context",
+           "int8_attention_scores", "integer_fire", "lif_steps", "native_library", "sfsa_decode",
+           "spike_products"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ def _signatures() -> dict:
         "int8_attention_scores": (None, [ptr, ptr, i64, i64, i64, i64, i64, f32, ptr, i32]),
         "int8_attention_context": (None, [ptr, ptr, i64, i64, i64, i64, i64, ptr, i32]),
         "sfsa_decode": (i64, [ptr, f32, ptr, ptr, *[i64] * 8, *[f32] * 6, ptr, ptr, f32, f32, ptr, ptr, ptr, i32]),
+        "counts_product": (i64, [ptr, i64, i64, f32, ptr, i64, ptr, ptr, ptr, i32]),
         "lif_steps": (None, [ptr, i64, i64, f32, f32, ptr, i32]),
         "integer_fire": (None, [ptr, i64, f32, f32, f32, ptr]),
     }
@@ -139,10 +142,7 @@ class ProductPlan:
             out_features = qweight.shape[1]
             addresses = []
             for vector in vectors:  # a per-output fp32 vector, or NULL
-                if vector is not None and (vector.dtype != torch.float32 or vector.shape != (out_features,)):
-                    raise ValueError(f"expected an fp32 vector of {out_features}, got {vector.dtype} "
-                                     f"{tuple(vector.shape)}")  # fmt: skip
-                vector = None if vector is None else vector.contiguous()
+                vector = _vector(vector, out_features)
                 self._held.append(vector)
                 addresses.append(0 if vector is None else vector.data_ptr())
             self._held.append(qweight)
@@ -190,6 +190,28 @@ def _pieces(result: torch.Tensor, rows: int, plan: ProductPlan) -> list[torch.Te
         return list(result.view(len(plan.outs), rows, plan.outs[0]).unbind(0))
     pieces = result.split([rows * out for out in plan.outs])
     return [piece.view(rows, out) for piece, out in zip(pieces, plan.outs, strict=True)]
+
+
+def counts_product(
+    x: torch.Tensor, unit: float, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """``F.linear(x, qweightᵀ) * scale + bias`` in fp32 ``(R, out)``, bit for bit, for contiguous fp32 ``x``
+    ``(R, in)`` whose values are integer counts times the power of two ``unit`` (SFSA's context), int8 ``qweight``
+    ``(in, out)`` and fp32 ``scale``/``bias`` ``(out,)``: exact int32 sums of counts × int8 weights, each weight row
+    read once. `None` where a value is not such a count or a row's counts could make an fp32 partial sum inexact
+    (Σ|k|·127 ≥ 2²⁴: the caller's F.linear then decides)."""
+    _check(x, torch.float32, 2)
+    _check(qweight, torch.int8, 2)
+    if x.shape[1] != qweight.shape[0] or math.frexp(unit)[0] != 0.5:
+        raise ValueError(f"counts_product takes inputs (R, {qweight.shape[0]}) in a power-of-two unit, got "
+                         f"{tuple(x.shape)} in {unit!r}")  # fmt: skip
+    out = qweight.shape[1]
+    vectors = [_vector(vector, out) for vector in (scale, bias)]
+    result = torch.empty(x.shape[0], out)
+    status = native_library().counts_product(x.data_ptr(), x.shape[0], x.shape[1], unit, qweight.data_ptr(), out,
+                                             *(None if v is None else v.data_ptr() for v in vectors),
+                                             result.data_ptr(), torch.get_num_threads())  # fmt: skip
+    return None if status < 0 else result
 
 
 def int8_attention_scores(query_counts: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
@@ -296,6 +318,14 @@ def _fire(kernel: str, x: torch.Tensor, arguments: tuple, trailing: tuple = ()) 
     spikes = torch.empty_like(x)
     getattr(native, kernel)(x.data_ptr(), *arguments, spikes.data_ptr(), *trailing)
     return spikes
+
+
+def _vector(vector: torch.Tensor | None, size: int) -> torch.Tensor | None:
+    """A per-output fp32 vector of ``size`` as the kernels read it (contiguous), or `None` (NULL); else a clear
+    error."""
+    if vector is not None and (vector.dtype != torch.float32 or vector.shape != (size,)):
+        raise ValueError(f"expected an fp32 vector of {size}, got {vector.dtype} {tuple(vector.shape)}")
+    return None if vector is None else vector.contiguous()
 
 
 def _group_stride(cache: torch.Tensor) -> int:

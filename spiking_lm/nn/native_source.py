@@ -316,6 +316,65 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
     return 0;
 }
 
+/* A Linear's int8 weights q (in, out) on real inputs that are integer counts times a power of two, x = k * unit
+   (SFSA's context): result[r, j] = ((float)(sum_i k[r, i] * q[i, j]) * unit) * scale[j] (+ bias[j]), the sums exact in
+   int32. That is what F.linear(x, q^T) * scale + bias computes in fp32 whenever every partial sum of its products is
+   exact, which sum_i |k[r, i]| * 127 < 2^24 ensures. Returns -1, writing nothing, where a value is not such a count or
+   a row's counts exceed that bound. The threads take shares of the columns (whole cache lines): every weight row is
+   read once, four at a time per row of counts. */
+int64_t counts_product(const float *x, int64_t rows, int64_t in, float unit, const int8_t *q, int64_t out,
+                       const float *scale, const float *bias, float *result, int threads) {
+    int32_t *counts = (int32_t *)malloc(sizeof(int32_t) * (rows * in + 4));
+    for (int64_t r = 0; r < rows; r++) {
+        double total = 0.0;
+        for (int64_t i = 0; i < in; i++) {
+            float k = x[r * in + i] / unit;
+            if (!(k == nearbyintf(k) && fabsf(k) < 16777216.0f)) { free(counts); return -1; }
+            counts[r * in + i] = (int32_t)k;
+            total += fabsf(k);
+        }
+        if (total * 127.0 >= 16777216.0) { free(counts); return -1; }
+    }
+    int64_t chunk = ((out + threads - 1) / threads + 63) / 64 * 64;
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t tid = omp_get_thread_num();
+        int64_t j0 = tid * chunk < out ? tid * chunk : out, j1 = j0 + chunk < out ? j0 + chunk : out, width = j1 - j0;
+        int32_t *acc = (int32_t *)calloc(rows * width + 1, sizeof(int32_t));
+        int64_t i = 0;
+        for (; i + 4 <= in; i += 4) {
+            const int8_t *__restrict__ w0 = q + i * out + j0, *__restrict__ w1 = w0 + out;
+            const int8_t *__restrict__ w2 = w1 + out, *__restrict__ w3 = w2 + out;
+            for (int64_t r = 0; r < rows; r++) {
+                const int32_t *k = counts + r * in + i;
+                int32_t k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3];
+                if ((k0 | k1 | k2 | k3) == 0) continue;
+                int32_t *__restrict__ a = acc + r * width;
+                for (int64_t j = 0; j < width; j++) a[j] += k0 * w0[j] + k1 * w1[j] + k2 * w2[j] + k3 * w3[j];
+            }
+        }
+        for (; i < in; i++) {
+            const int8_t *__restrict__ w = q + i * out + j0;
+            for (int64_t r = 0; r < rows; r++) {
+                int32_t k = counts[r * in + i];
+                int32_t *__restrict__ a = acc + r * width;
+                if (k != 0)
+                    for (int64_t j = 0; j < width; j++) a[j] += k * w[j];
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t j = 0; j < width; j++) {
+                float v = ((float)acc[r * width + j] * unit) * scale[j0 + j];
+                if (bias) v = v + bias[j0 + j];
+                result[r * out + j0 + j] = v;
+            }
+        }
+        free(acc);
+    }
+    free(counts);
+    return 0;
+}
+
 /* The LIF recurrence without autograd (soft reset): U = H + X[t]; S = U >= threshold; H = (U - threshold * S) * beta,
    the fp32 operations of the torch recurrence in its order (`spiking_lm.nn.functional._lif_inference`). */
 void lif_steps(const float *x, int64_t steps, int64_t n, float beta, float threshold, float *spikes, int threads) {

@@ -5,7 +5,8 @@ Q, K, V = SN(Norm(Linear_{q,k,v}(S))) from the block's input spikes S, then the 
 re-spikes the context. Parameter names follow each teacher family and are passed in.
 
 The cache stores spike K/V per layer as ``(B, T·H, L, ·)``; on the event backend in compact exact formats (binary
-keys as bits, other spike values as int8 counts, `_cached`).
+keys as bits, other spike values as int8 counts, `_cached`). SFSA's context is integer counts (times a constant):
+a W8 model's int8 output projection multiplies them exactly (`int8_on_context`).
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
@@ -31,6 +32,7 @@ from .bitpack import PACKED_MAX_QUERIES, pack_bits, packs_keys, unpack_bits
 from .decoding import append_in_place, cache_unit, fused_sfsa, native_attention, sfsa_on_int8_cache
 from .event import integer_counts, worth_gathering
 from .execution import execution_or_default
+from .native import NATIVE_MAX_ROWS, counts_product, native_library
 from .neurons import build_neuron, neuron_from_config
 from .norms import build_norm, normalize, normalize_and_fire
 from .recompute import recompute_region
@@ -38,7 +40,7 @@ from .recording import active_recorders, observing_spikes
 from .spike_linear import exact_coding, exact_output_dtype, linear_on_spikes, linears_on_spikes
 from .weight_quantization import Int8Linear
 
-__all__ = ["SpikingSelfAttention"]
+__all__ = ["SpikingSelfAttention", "int8_on_context"]
 
 
 def _append(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor):
@@ -246,7 +248,7 @@ class SpikingSelfAttention(nn.Module):
         projection = self.output_projection()
         # Training in bf16, the projection's exact bf16 output is widened inside the compiled output norm.
         low = exact_output_dtype([projection], producer, execution) is not None
-        output = linear_on_spikes(projection, context, producer, execution, exact_outputs=low)
+        output = self.project_context(context, producer, execution, exact_outputs=low)
         widen = projection.weight.dtype if low else None
         return normalize(getattr(self, self.output_norm_name), output, widen, self.v_neuron.backend), None, weights
 
@@ -304,6 +306,26 @@ class SpikingSelfAttention(nn.Module):
             context = producer(context / self.v_neuron.coding.scale)
         return context, weights
 
+    def project_context(self, context, producer, execution, exact_outputs: bool = False) -> torch.Tensor:
+        """The output projection of ``context`` (what ``producer`` fired; `None`: SFSA's context of integer counts,
+        which an int8 projection multiplies exactly, `int8_on_context`)."""
+        projection = self.output_projection()
+        output = None
+        if producer is None and not active_recorders():
+            output = int8_on_context(projection, context, self.context_unit())
+        if output is None:
+            output = linear_on_spikes(projection, context, producer, execution, exact_outputs=exact_outputs)
+        return output
+
+    def context_unit(self) -> float | None:
+        """u such that SFSA's context is integer counts times u (A_s V counted in V's unit, over √d) where u is a
+        power of two, which the native int8 output projection needs (`int8_on_context`); else `None`."""
+        coding = self.v_neuron.coding
+        if self.kind != "sfsa" or self.config.sfsa_output_scale != "sqrt_d" or coding.unit is None:
+            return None
+        unit = coding.unit / math.sqrt(self.head_dim)
+        return unit if not coding.has_offset and math.frexp(unit)[0] == 0.5 else None
+
     def score_scale(self) -> float:
         """SFSA's scale of the overlap counts before the attention neuron (``attn_score_scale``)."""
         return 1 / math.sqrt(self.head_dim) if self.config.attn_score_scale == "sqrt_d" else 1.0
@@ -340,3 +362,20 @@ class SpikingSelfAttention(nn.Module):
         scores = spike_scores(query, key, dtype)
         weights = winner_take_all(scores, allowed, config.wta_mode, config.wta_k, config.wta_temperature)
         return spike_matmul(weights, value, dtype), weights
+
+
+def int8_on_context(layer, x: torch.Tensor, unit: float | None) -> torch.Tensor | None:
+    """``layer(x)`` (`Int8Linear.forward`) for a context ``x`` ``(..., in)`` whose values are integer counts times
+    the power of two ``unit`` (SFSA's, `SpikingSelfAttention.context_unit`), bit for bit, through the native
+    `counts_product` (exact int32 sums, a quarter of the fp32 weight bytes); `None` where that does not apply
+    (not an int8 layer of stored weights, no ``unit``, more than `NATIVE_MAX_ROWS` rows, autograd, a float32
+    matmul precision below "highest", no library) or the values are not such counts: the caller runs ``layer``."""
+    if type(layer) is not Int8Linear or layer.dynamic_inputs or unit is None or x.dtype != torch.float32:
+        return None
+    rows = x.numel() // layer.in_features
+    if rows > NATIVE_MAX_ROWS or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        return None
+    if torch.get_float32_matmul_precision() != "highest" or native_library() is None:
+        return None
+    found = counts_product(x.reshape(rows, layer.in_features).contiguous(), unit, *layer.stored_tensors())
+    return None if found is None else found.view(*x.shape[:-1], layer.out_features)

@@ -91,8 +91,8 @@ class Int8Linear(nn.Module):
         ``dynamic_inputs``, x is first rounded to int8 per row (scale max|x_row| / 127) and the product is an int32
         sum (an int8 ANN's dynamic quantization); a gradient then passes straight through the rounding."""
         needs_grad = torch.is_grad_enabled() and x.requires_grad
-        if not self.dynamic_inputs or needs_grad:
-            output = F.linear(x, self.quantized_t().t().to(x.dtype)) * self.weight_scale.to(x.dtype)
+        if not self.dynamic_inputs or needs_grad:  # contiguous x: the GEMM's rounding does not depend on its strides
+            output = F.linear(x.contiguous(), self.quantized_t().t().to(x.dtype)) * self.weight_scale.to(x.dtype)
         if self.dynamic_inputs:
             rounded = self._rounded_input_product(x.detach()).to(x.dtype)
             output = rounded + (output - output.detach()) if needs_grad else rounded
@@ -328,7 +328,7 @@ def quantize_weights(model, scheme: str = "int8", lm_head: bool = False):
     finally:
         model.train(training)
     names = {module: name for name, module in blocks.named_modules()}
-    quantized = [names[linear] for linear in probe.linears if linear in names]
+    quantized = [names[linear] for linear in probe.linears + _context_fed(blocks) if linear in names]
     if not quantized:
         raise ValueError(f"{type(model).__name__} has no Linear fed by spikes in its blocks: nothing to quantize")
     for name in quantized:
@@ -340,6 +340,13 @@ def quantize_weights(model, scheme: str = "int8", lm_head: bool = False):
     model.config.weight_quantization = scheme
     model.config.quantized_modules = sorted(quantized)
     return model
+
+
+def _context_fed(blocks: nn.Module) -> list[nn.Linear]:
+    """The output projections of softmax-free attention (SFSA), fed integer counts of spikes A_s meeting spikes of
+    V (times a constant): an int8 weight multiplies them exactly too (`int8_on_context`)."""
+    attentions = (m for m in blocks.modules() if getattr(m, "kind", None) == "sfsa" and hasattr(m, "context_unit"))
+    return [linear for m in attentions if isinstance(linear := m.output_projection(), nn.Linear)]
 
 
 def _quantize_head(model) -> None:

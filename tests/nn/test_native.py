@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import spiking_lm
-from spiking_lm.nn import decoding, event, functional, native
+from spiking_lm.nn import decoding, event, functional, native, self_attention
 from spiking_lm.nn.weight_quantization import Int8Linear, int8_linears_on_spikes
 
 from ..models.conftest import CAUSAL_LM_CLASSES, model_inputs, tiny_model
@@ -106,16 +106,20 @@ def test_native_kernels_can_be_switched_off(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("neuron_type,time_steps", [("nilif", 1), ("lif", 4), ("ilif", 2)])
-@pytest.mark.parametrize("w8", [False, True])
-def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type, time_steps, w8, monkeypatch,
+@pytest.mark.parametrize("w8,heads", [(False, 4), (True, 4), (True, 2)])
+def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type, time_steps, w8, heads, monkeypatch,
                                                                     without_native):  # fmt: skip
     """The event backend keeps K/V as int8 counts; decoding SFSA multiplies them in place instead of widening the
-    whole cache at every step: the same scores and tokens, bit for bit."""
+    whole cache at every step: the same scores and tokens, bit for bit. With 2 heads of 16 (√16 = 4) the context
+    is counts times a power of two and the W8 output projection multiplies them natively (`counts_product`);
+    with 4 heads of 8 it is not, and the module's own product runs."""
     monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)  # the tiny model's caches take the int8 format
-    calls = []
-    original = decoding.sfsa_decode
+    calls, products = [], []
+    original, product = decoding.sfsa_decode, self_attention.counts_product
     monkeypatch.setattr(decoding, "sfsa_decode", lambda *a: calls.append(1) or original(*a))
-    model = tiny_model(spiking_lm.BiSpikCLMForCausalLM, neuron_type=neuron_type, time_steps=time_steps)
+    monkeypatch.setattr(self_attention, "counts_product", lambda *a: products.append(1) or product(*a))
+    model = tiny_model(spiking_lm.BiSpikCLMForCausalLM, neuron_type=neuron_type, time_steps=time_steps,
+                       num_attention_heads=heads)  # fmt: skip
     if w8:
         model.quantize_weights()
     model.set_inference_backend("event")
@@ -125,6 +129,7 @@ def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type,
     with torch.no_grad():
         fast = model.generate(prompt, **options)
         assert calls  # the fused native attention ran
+        assert bool(products) == (w8 and heads == 2)
         without_native()
         slow = model.generate(prompt, **options)
     assert torch.equal(fast.sequences, slow.sequences)
@@ -233,3 +238,42 @@ def test_native_products_are_exact_sums_whatever_the_counts(largest, rows):
     weight[:5] = 127
     (got,), _ = native.spike_products(counts.float(), plan_of(weight), 0.0, 1.0)
     assert torch.equal(got.double(), counts.double() @ weight.double())
+
+
+@pytest.mark.parametrize("rows,largest,bias", [(1, 4, True), (4, 300, False), (8, 20000, True)])
+def test_the_context_product_is_the_int8_layers_bits(rows, largest, bias):
+    """`counts_product` (an int8 output projection on SFSA's context: integer counts times a power of two) against
+    `Int8Linear.forward`'s F.linear, bit for bit, signed counts up to the bound where fp32 partial sums stay exact
+    (Σ|k|·127 < 2²⁴): with counts that large any reordering of an inexact sum would show."""
+    generator = torch.Generator().manual_seed(rows)
+    layer = Int8Linear.from_linear(torch.nn.Linear(300, 200, bias=bias))
+    counts = torch.randint(-largest, largest + 1, (rows, 300), generator=generator).float()
+    counts *= torch.rand(rows, 300, generator=generator) < 0.7
+    counts = (counts * (16777215 / 127 / counts.abs().sum(1, keepdim=True)).clamp(max=1)).trunc()
+    sums = (counts.double() @ layer.qweight.double()).float()  # exact: the integer sums, then the fp32 operations
+    for unit in (1.0, 2.0**-5):
+        context = counts * unit
+        expected = layer(context)
+        exact = sums * unit * layer.weight_scale
+        assert torch.equal(expected, exact if layer.bias is None else exact + layer.bias)
+        assert torch.equal(native.counts_product(context, unit, *layer.stored_tensors()), expected)
+        assert torch.equal(self_attention.int8_on_context(layer, context, unit), expected)
+
+
+def test_the_context_product_refuses_what_fp32_would_not_sum_exactly():
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    counts = torch.zeros(2, 64)
+    counts[1, :2] = 1.0
+    assert native.counts_product(counts, 1.0, *layer.stored_tensors()) is not None
+    for bad in (0.5, float("nan"), float("inf")):  # not an integer count of the unit
+        counts[1, 0] = bad
+        assert native.counts_product(counts, 1.0, *layer.stored_tensors()) is None
+    counts[1] = 0
+    counts[1, 0] = 2**24 // 127 + 1  # Σ|k|·127 reaches 2²⁴: an fp32 partial sum may round
+    assert native.counts_product(counts, 1.0, *layer.stored_tensors()) is None
+    assert self_attention.int8_on_context(layer, counts, 1.0) is None  # the caller runs the layer
+    with pytest.raises(ValueError, match="power-of-two unit"):
+        native.counts_product(counts, 0.3, *layer.stored_tensors())
+    with pytest.raises(ValueError, match=r"inputs \(R, 64\)"):
+        native.counts_product(torch.zeros(1, 32), 1.0, *layer.stored_tensors())
+    assert self_attention.int8_on_context(layer, counts, None) is None  # no unit: not counts
