@@ -100,35 +100,36 @@ def decode_block(hidden, attention_mask, cache, attn_norm, attn_neuron, attentio
     """``(membrane, attention weights)`` of `membrane_shortcut_layer` for one decoded position ``(T, B, 1, D)``,
     bit for bit, or `None` where the block or the call is not one `_supported` covers (nothing is changed then)."""
     block = _block(attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp_modules)
-    if not _supported(hidden, cache, block):
+    firings = _supported(hidden, cache, block)
+    if firings is None:
         return None
     norms, neurons = block.norms, block.neurons
     steps, batch, _, width = hidden.shape
     heads = attention.num_heads
-    outputs = _spike_fed(block.projections, _normalized(attn_norm, hidden), attn_neuron, steps)
+    outputs = _spike_fed(block.projections, _normalized(attn_norm, hidden), attn_neuron, steps, firings[0])
     if outputs is None:  # not int8 counts (a non-finite membrane): the generic block decides
         return None
     # Q, K, V membranes in the heads' layout (T, B, H, 1, d): for one position the memory of (T, B, 1, D)
     membranes = [_normalized(norm, output.view(steps, batch, 1, width)).view(steps, batch, heads, 1, -1)
                  for output, norm in zip(outputs, norms[1:4], strict=True)]  # fmt: skip
-    attended = _attend_in_place(attention, block, membranes, attention_mask, cache, execution)
+    attended = _attend_in_place(attention, block, membranes, attention_mask, cache, execution, firings[1:4])
     if attended is None:  # the module's own cache and attention code (nothing was written)
         query, key, value = (n.fire(m) for n, m in zip(neurons[1:4], membranes, strict=True))  # as their forward
         attended = attention.attend(query, key, value, None, attention_mask, cache, execution)
     context, weights = attended
     hidden = hidden + _normalized(norms[4], attention.project_context(context, None, execution))
     fc1, fc2 = block.linears[3:]
-    outputs = _spike_fed([fc1], _normalized(mlp_norm, hidden), mlp_neuron, steps)
+    outputs = _spike_fed([fc1], _normalized(mlp_norm, hidden), mlp_neuron, steps, firings[4])
     if outputs is None:  # the cache holds this position now: the generic MLP finishes the block
         outputs = int8_linears_on_spikes([fc1], mlp_neuron.fire(_normalized(mlp_norm, hidden)), mlp_neuron)
     membrane = _normalized(norms[6], outputs[0].view(steps, batch, 1, -1))
-    outputs = _spike_fed([fc2], membrane, neurons[5], steps)
+    outputs = _spike_fed([fc2], membrane, neurons[5], steps, firings[5])
     if outputs is None:
         outputs = int8_linears_on_spikes([fc2], neurons[5].fire(membrane), neurons[5])
     return hidden + _normalized(norms[7], outputs[0].view(steps, batch, 1, width)), weights
 
 
-def _attend_in_place(attention, block, membranes, attention_mask, cache, execution):
+def _attend_in_place(attention, block, membranes, attention_mask, cache, execution, firings):
     """`SpikingSelfAttention.attend` of the spikes the Q, K, V neurons fire on their ``membranes`` ``(T, B, H, 1, d)``
     for one position whose cache layer keeps K and V as int8 counts, with every key allowed and SFSA that
     `fused_sfsa` computes: the neurons' firing, the new K/V written as counts into the layer's buffers and the
@@ -145,12 +146,14 @@ def _attend_in_place(attention, block, membranes, attention_mask, cache, executi
     buffers, length = reserve(layer, 1)
     keys, values = (buffer[..., : length + 1, :] for buffer in buffers)
     units = [cache_unit(neuron) for neuron in block.neurons[2:4]]
-    fire = _fire_table(tuple(_firing(n, steps) for n in block.neurons[1:4]))
+    fire = _fire_table(firings)
     fused = fused_sfsa(attention, query, keys, values, *units, (membranes[1], membranes[2], *units), fire)
     if fused is not None:
         layer.keys, layer.values = keys, values
     return fused
 
+
+_CACHED_KEYS = (torch.int8, torch.int64)  # int8 counts, or 0/1 spikes as `pack_bits` words
 
 _FIRE_TABLES: dict = {}
 
@@ -170,12 +173,12 @@ def _int8_cache_grows(attention, cache, execution, query) -> bool:
     if len(cache.layers) <= index or type(cache.layers[index]).__name__ != "DynamicLayer" or cache.offloading:
         return False
     layer = cache.layers[index]
-    if layer.get_seq_length() == 0 or not layer.keys.dtype == layer.values.dtype == torch.int8:
+    if layer.get_seq_length() == 0 or layer.values.dtype != torch.int8 or layer.keys.dtype not in _CACHED_KEYS:
         return False
     if getattr(layer, "spiking_lm_nonfinite", False):  # the module's code refuses to read it on
         return False
-    units, packed = attention.cache_format(execution, query.shape[0] * query.shape[1])
-    if packed or None in units:  # K kept as bits, or K/V as fp32
+    units, _ = attention.cache_format(execution, query.shape[0] * query.shape[1])
+    if None in units:  # K/V as fp32
         return False
     return native_attention(attention, query) and fused_sfsa_applies(attention)
 
@@ -199,34 +202,36 @@ def _firing(neuron, steps: int):
     return None
 
 
-def _spike_fed(layers, membrane: torch.Tensor, neuron, steps: int) -> list[torch.Tensor] | None:
-    """The int8 ``layers`` applied to the spikes ``neuron`` fires on ``membrane`` ``(T, B, 1, in)``, each
-    ``(T·B, out)``, in one native call; `None` where a count is not an int8."""
+def _spike_fed(layers, membrane: torch.Tensor, neuron, steps: int, firing) -> list[torch.Tensor] | None:
+    """The int8 ``layers`` applied to the spikes ``neuron`` fires on ``membrane`` ``(T, B, 1, in)`` (its `_firing`),
+    each ``(T·B, out)``, in one native call; `None` where a count is not an int8."""
     coding = neuron.coding
     plan = product_plan(layers, coding.unit, None)
     if plan is None:
         return None
-    fire, parameters = _firing(neuron, steps)
+    fire, parameters = firing
     found = spike_products(membrane.reshape(-1, membrane.shape[-1]), plan, 0.0, coding.unit, fire, parameters, steps)
     return None if found is None else found[0]
 
 
-def _supported(hidden, cache, block: _Block) -> bool:
-    """Whether `decode_block` covers this call: one position of at most `NATIVE_MAX_ROWS` fp32 CPU rows with a
-    cache, no gradient and nothing recorded; a `_Block.supported` block in eval mode whose neurons `_firing` covers
-    without offsets, at sizes their generic forward runs eagerly; the native library. (The attention itself runs
-    the module's own code, `SpikingSelfAttention.attend`, whatever its cache holds.)"""
+def _supported(hidden, cache, block: _Block) -> tuple | None:
+    """The neurons' `_firing` where `decode_block` covers this call, else `None`: one position of at most
+    `NATIVE_MAX_ROWS` fp32 CPU rows with a cache, no gradient and nothing recorded; a `_Block.supported` block in
+    eval mode whose neurons `_firing` covers without offsets, at sizes their generic forward runs eagerly; the
+    native library. (The attention itself runs the module's own code, `SpikingSelfAttention.attend`, whatever its
+    cache holds.)"""
     steps, batch, length, _ = hidden.shape
     rows = steps * batch
     if not block.supported or cache is None or length != 1 or rows > NATIVE_MAX_ROWS or torch.is_grad_enabled():
-        return False
+        return None
     if hidden.dtype != torch.float32 or hidden.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
+        return None
     if active_recorders() or native_library() is None or rows * block.widest >= AUTO_COMPILE_MIN_NUMEL:
-        return False
-    if any(linear.training for linear in block.linears):
-        return False
-    return all(_firing(neuron, steps) is not None and not neuron.coding.has_offset for neuron in block.neurons)
+        return None
+    if any(linear.training for linear in block.linears) or any(n.coding.has_offset for n in block.neurons):
+        return None
+    firings = tuple(_firing(neuron, steps) for neuron in block.neurons)
+    return None if None in firings else firings
 
 
 def cache_unit(neuron) -> float | None:
@@ -313,7 +318,7 @@ def fused_sfsa(attention, query, keys, values, key_unit, value_unit, appended=No
     neuron = attention.attn_neuron
     steps, batch, heads, _, width = query.shape
     unit = attention.q_neuron.coding.unit
-    keys, values = (x.reshape(batch * steps * heads, -1, width) for x in (keys, values))
+    keys, values = (x.reshape(batch * steps * heads, -1, x.shape[-1]) for x in (keys, values))
     arguments = (unit * key_unit, attention.score_scale(), neuron.beta, neuron.v_threshold, math.sqrt(width))
     fused = sfsa_decode(query.contiguous(), unit, keys, values, *arguments, value_unit, appended, fire)
     return None if fused is None else (fused[1], fused[0])

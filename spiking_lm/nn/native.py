@@ -106,7 +106,7 @@ def _signatures() -> dict:
         "spike_products": (i64, [ptr, i64, i64, i32, f32, f32, f32, i64, f32, f32, i32, ptr, i64, ptr, i32]),
         "int8_attention_scores": (None, [ptr, ptr, i64, i64, i64, i64, i64, f32, ptr, i32]),
         "int8_attention_context": (None, [ptr, ptr, i64, i64, i64, i64, i64, ptr, i32]),
-        "sfsa_decode": (i64, [ptr, f32, ptr, ptr, *[i64] * 8, *[f32] * 6, ptr, ptr, f32, f32, ptr, ptr, ptr, i32]),
+        "sfsa_decode": (i64, [ptr, f32, ptr, ptr, *[i64] * 9, *[f32] * 6, ptr, ptr, f32, f32, ptr, ptr, ptr, i32]),
         "counts_product": (i64, [ptr, i64, i64, f32, ptr, i64, ptr, ptr, ptr, i32]),
         "lif_steps": (None, [ptr, i64, i64, f32, f32, ptr, i32]),
         "integer_fire": (None, [ptr, i64, f32, f32, f32, ptr]),
@@ -253,10 +253,12 @@ def fire_table(fire) -> torch.Tensor:
 def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold, root, value_unit, appended=None,
                 fire=None):  # fmt: skip
     """Decoding SFSA in one call (the C source says how): fp32 query spikes ``(T, B, H, Lq, d)`` of ``unit``
-    (contiguous), an int8 K/V cache ``(B·T·H, Lk, d)`` laid out as `int8_attention_scores`'s keys, the attention
-    LIF's ``beta`` and ``threshold`` (soft reset). Returns ``(attention spikes (T, B, H, Lq, Lk), context
-    (T, B, Lq, H·d))`` — the fp32 operations of the composition, in its order — or `None` where a value is not an
-    int8 count (the caller's composition then runs; nothing was written). ``appended``: ``(K, V, K unit, V unit)``,
+    (contiguous), an int8 K/V cache ``(B·T·H, Lk, d)`` laid out as `int8_attention_scores`'s keys (or keys of
+    0/1 spikes as `pack_bits` words, int64 ``(B·T·H, Lk, ⌈d/64⌉)``, for 0/1 queries: overlaps by AND and
+    popcount), the attention LIF's ``beta`` and ``threshold`` (soft reset). Returns ``(attention spikes
+    (T, B, H, Lq, Lk), context (T, B, Lq, H·d))`` — the fp32 operations of the composition, in its order — or
+    `None` where a value is not an int8 count, or not 0/1 against keys as bits (the caller's composition then
+    runs; nothing was written). ``appended``: ``(K, V, K unit, V unit)``,
     one new position's fp32 spike values ``(T, B, H, 1, d)`` (contiguous), whose counts are first written into the
     cache's last row (the caller's buffers: ``keys`` and ``values`` include it). ``fire``: the query and the
     appended K and V are membranes, which neurons fire on first: three ``(fire, parameters)`` of `spike_products`
@@ -264,7 +266,9 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
     _check(query, torch.float32, 5)
     steps, batch, heads, lq, d = query.shape
     lk = keys.shape[1]
-    if keys.shape != values.shape or keys.shape[0] != steps * batch * heads or keys.shape[2] != d:
+    words = -(-d // 64) if keys.dtype == torch.int64 else 0  # keys as bits
+    if keys.shape[:2] != values.shape[:2] or keys.shape[0] != steps * batch * heads or values.shape[2] != d \
+            or keys.shape[2] != (words or d):  # fmt: skip
         raise ValueError(f"a K/V cache of {tuple(keys.shape)} and {tuple(values.shape)} does not match queries "
                          f"of {tuple(query.shape)} (T, B, H, Lq, d)")  # fmt: skip
     new_key = new_value = None
@@ -285,8 +289,9 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
     weights = torch.empty(steps, batch, heads, lq, lk)
     context = torch.empty(steps, batch, lq, heads * d)
     status = native_library().sfsa_decode(
-        query.data_ptr(), unit, keys.data_ptr(), values.data_ptr(), steps, batch, heads, lq, lk, d,
-        _group_stride(keys), _group_stride(values), qk_scale, score_scale, beta, threshold, root, value_unit,
+        query.data_ptr(), unit, keys.data_ptr(), values.data_ptr(), steps, batch, heads, lq, lk, d, words,
+        _group_stride(keys, torch.int64 if words else torch.int8), _group_stride(values),
+        qk_scale, score_scale, beta, threshold, root, value_unit,
         None if new_key is None else new_key.data_ptr(), None if new_value is None else new_value.data_ptr(),
         key_unit, value_unit_new, None if how is None else how.data_ptr(), weights.data_ptr(), context.data_ptr(),
         torch.get_num_threads(),
@@ -328,10 +333,11 @@ def _vector(vector: torch.Tensor | None, size: int) -> torch.Tensor | None:
     return None if vector is None else vector.contiguous()
 
 
-def _group_stride(cache: torch.Tensor) -> int:
-    """The distance between groups of a cache ``(G, L, d)`` whose rows are contiguous."""
-    if cache.dtype != torch.int8 or cache.shape[1] > 1 and cache.stride(1) != cache.shape[2] or cache.stride(2) != 1:
-        raise ValueError(f"expected an int8 cache (G, L, d) with contiguous rows, got {cache.dtype} "
+def _group_stride(cache: torch.Tensor, dtype: torch.dtype = torch.int8) -> int:
+    """The distance between groups of a cache ``(G, L, d)`` of ``dtype`` whose rows are contiguous."""
+    if cache.dtype != dtype or cache.shape[1] > 1 and cache.stride(1) != cache.shape[2] or cache.stride(2) != 1:
+        kind = str(dtype).removeprefix("torch.")
+        raise ValueError(f"expected an {kind} cache (G, L, d) with contiguous rows, got {cache.dtype} "
                          f"strides {cache.stride()}")  # fmt: skip
     return cache.stride(0)
 

@@ -227,20 +227,33 @@ void int8_attention_context(const float *a, const int8_t *v, int64_t groups, int
    it selects, divided by `root` and multiplied by `value_unit` (if not 1). Query (T, B, H, Lq, d) fp32 contiguous;
    cache group g = (b * T + t) * H + h at k + g * k_stride (its rows of d contiguous), likewise v. With new_k and
    new_v (one position's spike values of units k_unit, v_unit), their counts are first written into the last row
-   (lk - 1) of each group: the append and the attention in one call. With fire, the query, new_k and new_v given
-   are membranes, fired first (`fire_into`). Writes the attention spikes (T, B, H, Lq, Lk)
+   (lk - 1) of each group: the append and the attention in one call. With k_words > 0 the keys are 0/1 spikes kept
+   as bits (`pack_bits`' words: bit i of word w is element 64 w + i; k_stride counts words), the query and new_k
+   must be 0/1 too, and the overlaps are popcounts of AND-ed words: the same integers. With fire, the query, new_k
+   and new_v given are membranes, fired first (`fire_into`). Writes the attention spikes (T, B, H, Lq, Lk)
    and the context (T, B, Lq, H * d). Returns -1, writing nothing, if a query (or new K/V) value is not finite or
    its count is outside [-128, 127]. */
-static int int8_counts_fit(const float *x, int64_t n, float unit) {
+static int int8_counts_fit(const float *x, int64_t n, float unit, float lowest, float highest) {
     for (int64_t e = 0; e < n; e++) {
         float c = unit == 1.0f ? x[e] : nearbyintf(x[e] / unit);
-        if (!(c >= -128.0f && c <= 127.0f)) return 0;
+        if (!(c >= lowest && c <= highest)) return 0;
     }
     return 1;
 }
 
+/* The 0/1 counts of d spike values x (unit 1) as `pack_bits` words. */
+static void pack_row(const float *x, int64_t d, int64_t words, uint64_t *out) {
+    for (int64_t w = 0; w < words; w++) {
+        uint64_t word = 0;
+        for (int64_t i = 0; i < 64 && w * 64 + i < d; i++)
+            if (x[w * 64 + i] != 0.0f) word |= (uint64_t)1 << i;
+        out[w] = word;
+    }
+}
+
 int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_t steps, int64_t batch,
-                    int64_t heads, int64_t lq, int64_t lk, int64_t d, int64_t k_stride, int64_t v_stride,
+                    int64_t heads, int64_t lq, int64_t lk, int64_t d, int64_t k_words, int64_t k_stride,
+                    int64_t v_stride,
                     float qk_scale, float score_scale, float beta, float threshold, float root, float value_unit,
                     const float *new_k, const float *new_v, float k_unit, float v_unit, const float *fire,
                     float *weights, float *context, int threads) {
@@ -255,20 +268,24 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
         new_k = fired + total;
         new_v = fired + 2 * total;
     }
-    if (!int8_counts_fit(query, total, unit) || (new_k && (!int8_counts_fit(new_k, total, k_unit)
-                                                           || !int8_counts_fit(new_v, total, v_unit)))) {
+    float highest = k_words ? 1.0f : 127.0f, lowest = k_words ? 0.0f : -128.0f;  /* bits hold only 0/1 */
+    if (!int8_counts_fit(query, total, unit, lowest, highest)
+        || (new_k && (!int8_counts_fit(new_k, total, k_unit, lowest, highest)
+                      || !int8_counts_fit(new_v, total, v_unit, -128.0f, 127.0f)))) {
         free(fired);
         return -1;
     }
+    uint64_t *kw = (uint64_t *)k;
     if (new_k) {  /* one new position (lq = 1), (T, B, H, d), written as counts at row lk - 1 of each group */
         for (int64_t t = 0; t < steps; t++)
             for (int64_t b = 0; b < batch; b++)
                 for (int64_t h = 0; h < heads; h++) {
                     int64_t g = (b * steps + t) * heads + h, source = ((t * batch + b) * heads + h) * d;
                     int8_t *key = k + g * k_stride + (lk - 1) * d, *value = v + g * v_stride + (lk - 1) * d;
+                    if (k_words) pack_row(new_k + source, d, k_words, kw + g * k_stride + (lk - 1) * k_words);
                     for (int64_t e = 0; e < d; e++) {
                         float x = new_k[source + e], y = new_v[source + e];
-                        key[e] = (int8_t)(k_unit == 1.0f ? x : nearbyintf(x / k_unit));
+                        if (!k_words) key[e] = (int8_t)(k_unit == 1.0f ? x : nearbyintf(x / k_unit));
                         value[e] = (int8_t)(v_unit == 1.0f ? y : nearbyintf(y / v_unit));
                     }
                 }
@@ -278,6 +295,7 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
         float *membrane = (float *)malloc(sizeof(float) * (lk > 0 ? lk : 1));
         int32_t *sum = (int32_t *)malloc(sizeof(int32_t) * d);
         int8_t *counts = (int8_t *)malloc(d);
+        uint64_t *bits = (uint64_t *)malloc(sizeof(uint64_t) * (k_words + 1));
         #pragma omp for schedule(static)
         for (int64_t task = 0; task < batch * heads * lq; task++) {
             int64_t b = task / (heads * lq), h = task / lq % heads, r = task % lq;
@@ -285,12 +303,18 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
                 int64_t g = (b * steps + t) * heads + h;
                 const float *q = query + (((t * batch + b) * heads + h) * lq + r) * d;
                 for (int64_t e = 0; e < d; e++) counts[e] = (int8_t)(unit == 1.0f ? q[e] : nearbyintf(q[e] / unit));
+                if (k_words) pack_row(q, d, k_words, bits);  /* 0/1 counts: unit 1 */
                 float *spikes = weights + (((t * batch + b) * heads + h) * lq + r) * lk;
                 memset(sum, 0, sizeof(int32_t) * d);
                 for (int64_t j = 0; j < lk; j++) {
                     const int8_t *key = k + g * k_stride + j * d;
                     int32_t overlap = 0;
-                    for (int64_t e = 0; e < d; e++) overlap += (int32_t)counts[e] * key[e];
+                    if (k_words) {
+                        const uint64_t *words = kw + g * k_stride + j * k_words;
+                        for (int64_t w = 0; w < k_words; w++) overlap += __builtin_popcountll(bits[w] & words[w]);
+                    } else {
+                        for (int64_t e = 0; e < d; e++) overlap += (int32_t)counts[e] * key[e];
+                    }
                     float x = ((float)overlap * qk_scale) * score_scale;
                     float potential = t == 0 ? x : membrane[j] + x;
                     float spike = potential >= threshold ? 1.0f : 0.0f;
@@ -308,6 +332,7 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
                 }
             }
         }
+        free(bits);
         free(counts);
         free(sum);
         free(membrane);
@@ -317,20 +342,41 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
 }
 
 /* A Linear's int8 weights q (in, out) on real inputs that are integer counts times a power of two, x = k * unit
-   (SFSA's context): result[r, j] = ((float)(sum_i k[r, i] * q[i, j]) * unit) * scale[j] (+ bias[j]), the sums exact in
-   int32. That is what F.linear(x, q^T) * scale + bias computes in fp32 whenever every partial sum of its products is
-   exact, which sum_i |k[r, i]| * 127 < 2^24 ensures. Returns -1, writing nothing, where a value is not such a count or
-   a row's counts exceed that bound. The threads take shares of the columns (whole cache lines): every weight row is
-   read once, four at a time per row of counts. */
+   (SFSA's context): result[r, j] = ((float)(sum_i k[r, i] * q[i, j]) * unit) * scale[j] (+ bias[j]). That is what
+   F.linear(x, q^T) * scale + bias computes in fp32 whenever every partial sum of its products is exact, which
+   sum_i |k[r, i]| * 127 < 2^24 ensures: then every product and partial sum here is an exact integer in fp32 too
+   (fp32 lanes multiply and add faster than int32 ones), in whatever order. Returns -1, writing nothing, where a
+   value is not such a count or a row's counts exceed that bound. The threads take shares of the columns (whole
+   cache lines); each weight row is read once, four at a time, for four rows of counts at a time. */
+#ifdef __FMA__
+#define MADD(a, b, c) fmaf(a, b, c)  /* exact integers: the same result as a * b + c, in one instruction */
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+static void counts_rows(const float *k, int64_t in, int64_t rows, const int8_t *w0, int64_t out, int64_t width,
+                        float *acc, int64_t stride) {
+    const int8_t *__restrict__ w1 = w0 + out, *__restrict__ w2 = w1 + out, *__restrict__ w3 = w2 + out;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *c = k + r * in;
+        float k0 = c[0], k1 = c[1], k2 = c[2], k3 = c[3];
+        if (k0 == 0.0f && k1 == 0.0f && k2 == 0.0f && k3 == 0.0f) continue;
+        float *__restrict__ a = acc + r * stride;
+        for (int64_t j = 0; j < width; j++)
+            a[j] = MADD(k3, (float)w3[j], MADD(k2, (float)w2[j], MADD(k1, (float)w1[j],
+                                                                  MADD(k0, (float)w0[j], a[j]))));
+    }
+}
+
 int64_t counts_product(const float *x, int64_t rows, int64_t in, float unit, const int8_t *q, int64_t out,
                        const float *scale, const float *bias, float *result, int threads) {
-    int32_t *counts = (int32_t *)malloc(sizeof(int32_t) * (rows * in + 4));
+    int64_t padded = (in + 3) / 4 * 4;  /* counts rows padded with zeros to a multiple of four inputs */
+    float *counts = (float *)calloc(rows * padded + 1, sizeof(float));
     for (int64_t r = 0; r < rows; r++) {
         double total = 0.0;
         for (int64_t i = 0; i < in; i++) {
             float k = x[r * in + i] / unit;
             if (!(k == nearbyintf(k) && fabsf(k) < 16777216.0f)) { free(counts); return -1; }
-            counts[r * in + i] = (int32_t)k;
+            counts[r * padded + i] = k;
             total += fabsf(k);
         }
         if (total * 127.0 >= 16777216.0) { free(counts); return -1; }
@@ -340,35 +386,42 @@ int64_t counts_product(const float *x, int64_t rows, int64_t in, float unit, con
     {
         int64_t tid = omp_get_thread_num();
         int64_t j0 = tid * chunk < out ? tid * chunk : out, j1 = j0 + chunk < out ? j0 + chunk : out, width = j1 - j0;
-        int32_t *acc = (int32_t *)calloc(rows * width + 1, sizeof(int32_t));
-        int64_t i = 0;
-        for (; i + 4 <= in; i += 4) {
-            const int8_t *__restrict__ w0 = q + i * out + j0, *__restrict__ w1 = w0 + out;
-            const int8_t *__restrict__ w2 = w1 + out, *__restrict__ w3 = w2 + out;
-            for (int64_t r = 0; r < rows; r++) {
-                const int32_t *k = counts + r * in + i;
-                int32_t k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3];
-                if ((k0 | k1 | k2 | k3) == 0) continue;
-                int32_t *__restrict__ a = acc + r * width;
-                for (int64_t j = 0; j < width; j++) a[j] += k0 * w0[j] + k1 * w1[j] + k2 * w2[j] + k3 * w3[j];
+        float *acc = (float *)calloc(rows * width + 1, sizeof(float));
+        int8_t *tail = (int8_t *)calloc(4 * (width + 1), 1);  /* the last inputs' rows, padded with zero rows */
+        for (int64_t i = 0; i < padded; i += 4) {
+            const int8_t *w = q + i * out + j0;
+            int64_t stride = out;
+            if (i + 4 > in) {
+                for (int64_t e = 0; e < in - i; e++) memcpy(tail + e * width, w + e * out, width);
+                w = tail;
+                stride = width;
             }
-        }
-        for (; i < in; i++) {
-            const int8_t *__restrict__ w = q + i * out + j0;
-            for (int64_t r = 0; r < rows; r++) {
-                int32_t k = counts[r * in + i];
-                int32_t *__restrict__ a = acc + r * width;
-                if (k != 0)
-                    for (int64_t j = 0; j < width; j++) a[j] += k * w[j];
+            int64_t r = 0;
+            for (; r + 4 <= rows; r += 4) {  /* four rows of counts: each weight read converted once for them */
+                const float *c = counts + r * padded + i;
+                const int8_t *__restrict__ w0 = w, *__restrict__ w1 = w + stride;
+                const int8_t *__restrict__ w2 = w1 + stride, *__restrict__ w3 = w2 + stride;
+                float *__restrict__ a0 = acc + r * width, *__restrict__ a1 = a0 + width;
+                float *__restrict__ a2 = a1 + width, *__restrict__ a3 = a2 + width;
+                const float *c1 = c + padded, *c2 = c1 + padded, *c3 = c2 + padded;
+                for (int64_t j = 0; j < width; j++) {
+                    float x0 = (float)w0[j], x1 = (float)w1[j], x2 = (float)w2[j], x3 = (float)w3[j];
+                    a0[j] = MADD(c[3], x3, MADD(c[2], x2, MADD(c[1], x1, MADD(c[0], x0, a0[j]))));
+                    a1[j] = MADD(c1[3], x3, MADD(c1[2], x2, MADD(c1[1], x1, MADD(c1[0], x0, a1[j]))));
+                    a2[j] = MADD(c2[3], x3, MADD(c2[2], x2, MADD(c2[1], x1, MADD(c2[0], x0, a2[j]))));
+                    a3[j] = MADD(c3[3], x3, MADD(c3[2], x2, MADD(c3[1], x1, MADD(c3[0], x0, a3[j]))));
+                }
             }
+            counts_rows(counts + r * padded + i, padded, rows - r, w, stride, width, acc + r * width, width);
         }
         for (int64_t r = 0; r < rows; r++) {
             for (int64_t j = 0; j < width; j++) {
-                float v = ((float)acc[r * width + j] * unit) * scale[j0 + j];
+                float v = (acc[r * width + j] * unit) * scale[j0 + j];
                 if (bias) v = v + bias[j0 + j];
                 result[r * out + j0 + j] = v;
             }
         }
+        free(tail);
         free(acc);
     }
     free(counts);

@@ -29,7 +29,14 @@ from .attention import (
     winner_take_all,
 )
 from .bitpack import PACKED_MAX_QUERIES, pack_bits, packs_keys, unpack_bits
-from .decoding import append_in_place, cache_unit, fused_sfsa, native_attention, sfsa_on_int8_cache
+from .decoding import (
+    append_in_place,
+    cache_unit,
+    fused_sfsa,
+    fused_sfsa_applies,
+    native_attention,
+    sfsa_on_int8_cache,
+)
 from .event import integer_counts, worth_gathering
 from .execution import execution_or_default
 from .native import NATIVE_MAX_ROWS, counts_product, native_library
@@ -157,7 +164,8 @@ class SpikingSelfAttention(nn.Module):
         backend runs the dense code), exact in every case (docs/event-backend.md gives the measurements):
 
         - K of a binary neuron read by binary queries is stored as `pack_bits` words, 8 bytes per position and head
-          of 64 (int8 counts take 64), in caches of at least `PACKED_MIN_HEADS` T·B·H rows. With at most
+          of 64 (int8 counts take 64), in caches of at least `PACKED_MIN_HEADS` T·B·H rows, or of any size where
+          decoding runs the native SFSA (`fused_sfsa_applies`, the library built), which reads them. With at most
           `PACKED_MAX_QUERIES` query rows the words come back as they are, for Q Kᵀ by AND and popcount
           (`spike_scores`); more rows unpack them for a GEMM.
         - Other K and V whose neurons emit integer multiples of a unit (binary spikes, the integer family without
@@ -180,13 +188,6 @@ class SpikingSelfAttention(nn.Module):
                 nonfinite.append(True)  # an int8 count cannot hold NaN/inf (0/1 spikes are always finite)
             return x if unit is None else integer_counts(x, unit)
 
-        def unfold(x):
-            if x.dtype == torch.int64 and query_rows > PACKED_MAX_QUERIES:
-                x = unpack_bits(x, self.head_dim, key.dtype)
-            elif x.dtype != torch.int64:
-                x = x.to(key.dtype)
-            return x.view(batch, steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
-
         folded = fold(key, units[0], packed, self.k_neuron), fold(value, units[1], neuron=self.v_neuron)
         keys, values = _append(cache, self.layer_idx, *folded)
         layer = cache.layers[self.layer_idx]
@@ -201,9 +202,19 @@ class SpikingSelfAttention(nn.Module):
                 "continued; decode on the dense backend (set_inference_backend('dense')) to follow where they go"
             )
         compact = (units[0] is not None or packed) and units[1] is not None
-        if raw and not packed and None not in units:
+        if raw and None not in units:
             return keys, values, units[0], units[1], True
-        return unfold(keys), unfold(values), units[0] or 1.0, units[1] or 1.0, compact
+        unfolded = (self._unfold(x, steps, query_rows, key.dtype) for x in (keys, values))
+        return *unfolded, units[0] or 1.0, units[1] or 1.0, compact
+
+    def _unfold(self, x, steps: int, query_rows: int, dtype):
+        """Cached K or V ``(B, T·H, L, ·)`` as the attention reads them, ``(T, B, H, L, ·)``: int8 counts widened to
+        ``dtype``, words of bits as they are for at most `PACKED_MAX_QUERIES` query rows, else unpacked."""
+        if x.dtype == torch.int64 and query_rows > PACKED_MAX_QUERIES:
+            x = unpack_bits(x, self.head_dim, dtype)
+        elif x.dtype != torch.int64:
+            x = x.to(dtype)
+        return x.view(x.shape[0], steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
 
     def cache_format(self, execution, sequences: int) -> tuple[list, bool]:
         """How `_cached` stores K/V for ``sequences`` = T·B rows: ``([K unit, V unit], K packed as bits)``, a unit
@@ -212,7 +223,9 @@ class SpikingSelfAttention(nn.Module):
         event = execution.uses_event_path(projections[0]) and worth_gathering(projections) and not observing_spikes()
         units = [cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
         binary = (n.coding.binary and cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
-        return units, event and all(binary) and packs_keys(sequences * self.num_heads)
+        # the native decoding SFSA reads bits at any size; the torch AND/popcount pays only in large caches
+        native = self.kind == "sfsa" and native_library() is not None and fused_sfsa_applies(self)
+        return units, event and all(binary) and (native or packs_keys(sequences * self.num_heads))
 
     def forward(self, spikes, source_neuron, attention_mask=None, cache=None, execution=None):
         execution = execution_or_default(execution)
@@ -288,10 +301,14 @@ class SpikingSelfAttention(nn.Module):
         # Q (u_k K)ᵀ = (u_k Q) Kᵀ and A (u_v V) = u_v (A V): the units scale the query and the context (Lq rows),
         # not the cache (Lk rows); with power-of-two units (binary, ilif, nilif with D = 2ⁿ) bit for bit the same.
         every = self.kind == "sfsa" and execution.allows_all(allowed)
-        if key.dtype == torch.int8:  # the int8 cache as stored: SFSA's products in the native kernels
+        if value.dtype == torch.int8:  # the cache as stored (int8 counts, K maybe as bits): SFSA in native kernels
             fused = fused_sfsa(self, query, key, value, key_unit, value_unit) if every else None
             if fused is not None:  # nothing records on this path (`native_attention`), SFSA re-spikes nothing
                 return fused
+            if key.dtype == torch.int64:  # K as bits: their AND/popcount in torch, V widened
+                key, value = (self._unfold(x, steps, query_length, query.dtype) for x in (key, value))
+                finite = True
+        if value.dtype == torch.int8:
             context, weights = sfsa_on_int8_cache(self, query, key, value, key_unit, allowed, every)
         else:
             query = query if key_unit == 1 else query * key_unit

@@ -4,7 +4,7 @@ generates the same text with the cache."""
 import pytest
 import torch
 
-from spiking_lm.nn import attention, bitpack, event
+from spiking_lm.nn import attention, bitpack, event, native
 from spiking_lm.nn.recording import WeightReads, recording
 
 from .conftest import CAUSAL_LM_CLASSES, MODEL_CLASSES, model_inputs, tiny_model
@@ -122,10 +122,14 @@ def test_event_backend_caches_spike_keys_packed_and_values_as_int8(
 
 
 @pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
-def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class, monkeypatch):
-    """Binary keys cached as bits: chunks of at most `PACKED_MAX_QUERIES` rows multiply them by AND/popcount,
-    longer chunks unpack them; both give the logits of one dense forward over the whole sequence."""
+@pytest.mark.parametrize("built", [True, False])
+def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class, built, monkeypatch):
+    """Binary keys cached as bits: chunks of at most `PACKED_MAX_QUERIES` rows multiply them by AND/popcount (in
+    torch, or for SFSA in the native decoding kernel where the library is built), longer chunks unpack them; both
+    give the logits of one dense forward over the whole sequence."""
     popcounts = []
+    if not built:
+        monkeypatch.setattr(native, "_state", {"library": None, "tried": True})
     monkeypatch.setattr(bitpack, "PACKED_MIN_HEADS", 0)
     counted = bitpack.and_popcount
     monkeypatch.setattr(attention, "and_popcount", lambda q, k: popcounts.append(q.shape) or counted(q, k))
@@ -139,7 +143,8 @@ def test_packed_keys_give_the_dense_logits_for_prompts_fed_in_chunks(model_class
             output = model(input_ids=input_ids[:, start:end], cache=cache, use_cache=True)
             cache, start = output.cache, end
             pieces.append(output.logits)
-    assert [shape[-2] for shape in popcounts] == [1] * model.config.num_hidden_layers
+    in_torch = not (built and model.config.attention_type == "sfsa")
+    assert [shape[-2] for shape in popcounts] == [1] * model.config.num_hidden_layers * in_torch
     assert relative_difference(torch.cat(pieces, dim=1), dense) <= 1e-5
 
 
@@ -158,12 +163,17 @@ def test_a_cache_filled_on_one_backend_cannot_be_continued_on_the_other(first, m
 
 
 @pytest.mark.parametrize("model_class", CAUSAL_LM_CLASSES, ids=[cls.__name__ for cls in CAUSAL_LM_CLASSES])
-def test_binary_keys_are_packed_only_in_caches_of_enough_heads(model_class, monkeypatch):
+@pytest.mark.parametrize("built", [True, False])
+def test_binary_keys_are_packed_only_in_caches_of_enough_heads(model_class, built, monkeypatch):
+    """The torch AND/popcount pays only in large caches; SFSA's native decoding kernel reads bits at any size."""
+    if not built:
+        monkeypatch.setattr(native, "_state", {"library": None, "tried": True})
     model = tiny_model(model_class, neuron_type="lif").set_inference_backend("event")
     config = model.config
     inputs = model_inputs(model_class, batch=2)
     heads = config.time_steps * 2 * config.num_attention_heads
-    for limit, key_dtype in ((heads + 1, torch.int8), (heads, torch.int64)):
+    small = torch.int64 if built and config.attention_type == "sfsa" else torch.int8
+    for limit, key_dtype in ((heads + 1, small), (heads, torch.int64)):
         monkeypatch.setattr(bitpack, "PACKED_MIN_HEADS", limit)
         with torch.no_grad():
             cache = model(**inputs, use_cache=True).cache

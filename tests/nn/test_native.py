@@ -7,6 +7,7 @@ import torch
 
 import spiking_lm
 from spiking_lm.nn import decoding, event, functional, native, self_attention
+from spiking_lm.nn.bitpack import pack_bits
 from spiking_lm.nn.weight_quantization import Int8Linear, int8_linears_on_spikes
 
 from ..models.conftest import CAUSAL_LM_CLASSES, model_inputs, tiny_model
@@ -130,8 +131,11 @@ def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type,
         fast = model.generate(prompt, **options)
         assert calls  # the fused native attention ran
         assert bool(products) == (w8 and heads == 2)
+        binary = neuron_type == "lif"  # binary K: kept as bits, which the native attention reads at any size
+        assert fast.past_key_values.layers[0].keys.dtype == (torch.int64 if binary else torch.int8)
         without_native()
         slow = model.generate(prompt, **options)
+        assert slow.past_key_values.layers[0].keys.dtype == torch.int8  # the torch AND/popcount: large caches only
     assert torch.equal(fast.sequences, slow.sequences)
     assert all(torch.equal(a, b) for a, b in zip(fast.scores, slow.scores, strict=True))
 
@@ -169,6 +173,37 @@ def test_fused_sfsa_decoding_is_the_compositions_bits(steps, width, unit, value_
     assert native.sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshold, 8.0, 1.0) is None
     with pytest.raises(ValueError, match="does not match"):
         native.sfsa_decode(query, unit, keys[:, :, :-1], values, qk_scale, score_scale, beta, threshold, 8.0, 1.0)
+
+
+@pytest.mark.parametrize("width", [64, 80])
+def test_fused_sfsa_reads_keys_kept_as_bits_as_it_reads_int8_counts(width):
+    """Binary keys kept as `pack_bits` words (what the event backend caches for binary Q and K): the overlaps by AND
+    and popcount, the appended position packed into the cache's last row, the same spikes and context as on int8
+    counts; a query that is not 0/1 is refused (nothing written)."""
+    generator = torch.Generator().manual_seed(width)
+    steps, batch, heads, length = 4, 2, 3, 200
+    groups = batch * steps * heads
+    spikes = torch.rand(groups, length, width, generator=generator) < 0.3
+    keys8 = torch.zeros(groups, length + 10, width, dtype=torch.int8)
+    keys8[:, :length] = spikes.to(torch.int8)
+    words = torch.zeros(groups, length + 10, -(-width // 64), dtype=torch.int64)
+    words[:, :length] = pack_bits(spikes.float())
+    values = torch.randint(0, 2, (groups, length + 10, width), dtype=torch.int8, generator=generator)
+    query = (torch.rand(steps, batch, heads, 1, width, generator=generator) < 0.3).float()
+    new_key, new_value = ((torch.rand(steps, batch, heads, 1, width, generator=generator) < 0.3).float()
+                          for _ in range(2))  # fmt: skip
+    arguments = (1.0, 0.125, 0.75, 0.6, width**0.5, 1.0, (new_key, new_value, 1.0, 1.0))
+    found = [native.sfsa_decode(query, 1.0, k[:, : length + 1], values[:, : length + 1], *arguments)
+             for k in (keys8, words)]  # fmt: skip
+    assert 0 < found[0][0].mean() < 1
+    assert all(torch.equal(a, b) for a, b in zip(*found, strict=True))
+    appended = new_key.transpose(0, 1).reshape(groups, 1, width)
+    assert torch.equal(words[:, length], pack_bits(appended)[:, 0])
+    assert torch.equal(keys8[:, length], appended[:, 0].to(torch.int8))
+    before = words.clone()
+    query[0, 0, 0, 0, 0] = 2.0  # a count of 2: bits cannot hold it
+    assert native.sfsa_decode(query, 1.0, words[:, : length + 1], values[:, : length + 1], *arguments) is None
+    assert torch.equal(words, before)
 
 
 def test_native_attention_products_are_the_exact_sums():
