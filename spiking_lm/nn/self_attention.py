@@ -124,16 +124,17 @@ class SpikingSelfAttention(nn.Module):
             self.add_module(output_norm_name, build_norm(config))
 
     def projections(self) -> list[nn.Linear]:
-        """The q, k and v Linears."""
-        return [getattr(self, name) for name in self.names[:3]]
+        """The q, k and v Linears (read from the submodules' table: decoding asks at every step)."""
+        modules = self._modules
+        return [modules[name] for name in self.names[:3]]
 
     def output_projection(self):
         """The output Linear (`None` where the caller owns it)."""
-        return None if self.names[3] is None else getattr(self, self.names[3])
+        return None if self.names[3] is None else self._modules[self.names[3]]
 
     def output_norm(self):
         """The norm after the output projection (`None` without one)."""
-        return None if self.output_norm_name is None else getattr(self, self.output_norm_name)
+        return None if self.output_norm_name is None else self._modules[self.output_norm_name]
 
     def _project(self, membranes, execution) -> list[torch.Tensor]:
         """Q, K and V spike values ``(T, B, H, L, d)`` from the outputs of their Linears: norm → neuron. While
@@ -210,10 +211,8 @@ class SpikingSelfAttention(nn.Module):
     def _unfold(self, x, steps: int, query_rows: int, dtype):
         """Cached K or V ``(B, T·H, L, ·)`` as the attention reads them, ``(T, B, H, L, ·)``: int8 counts widened to
         ``dtype``, words of bits as they are for at most `PACKED_MAX_QUERIES` query rows, else unpacked."""
-        if x.dtype == torch.int64 and query_rows > PACKED_MAX_QUERIES:
-            x = unpack_bits(x, self.head_dim, dtype)
-        elif x.dtype != torch.int64:
-            x = x.to(dtype)
+        unpack = x.dtype == torch.int64 and query_rows > PACKED_MAX_QUERIES
+        x = unpack_bits(x, self.head_dim, dtype) if unpack else x if x.dtype == torch.int64 else x.to(dtype)
         return x.view(x.shape[0], steps, self.num_heads, -1, x.shape[-1]).permute(1, 0, 2, 3, 4)
 
     def cache_format(self, execution, sequences: int) -> tuple[list, bool]:
@@ -327,12 +326,14 @@ class SpikingSelfAttention(nn.Module):
         """The output projection of ``context`` (what ``producer`` fired; `None`: SFSA's context of integer counts,
         which an int8 projection multiplies exactly, `int8_on_context`)."""
         projection = self.output_projection()
-        output = None
-        if producer is None and not active_recorders():
-            output = int8_on_context(projection, context, self.context_unit())
-        if output is None:
-            output = linear_on_spikes(projection, context, producer, execution, exact_outputs=exact_outputs)
-        return output
+        if producer is None and type(projection) is Int8Linear:
+            recorders = active_recorders()
+            for recorder in recorders:  # the whole int8 matrix, as `int8_on_context` reads it
+                recorder.weight_read("int8", 1, projection.in_features * projection.out_features)
+            output = None if recorders else int8_on_context(projection, context, self.context_unit())
+            if output is not None:
+                return output
+        return linear_on_spikes(projection, context, producer, execution, exact_outputs=exact_outputs)
 
     def context_unit(self) -> float | None:
         """u such that SFSA's context is integer counts times u (A_s V counted in V's unit, over √d) where u is a

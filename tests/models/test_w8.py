@@ -348,3 +348,22 @@ def test_w8_logits_of_a_random_model_move_no_more_than_noise_of_the_same_size(ne
         noise_kl = _next_token_kl(reference, noisy(prompt).logits).mean()
     assert len(quantized) == 12  # q, k, v, out, fc1, fc2 in each of 2 blocks
     assert 0 < w8_kl <= 1.25 * noise_kl and w8_kl < 0.01, (w8_kl, noise_kl)
+
+
+def test_the_int8_output_projection_of_sfsa_counts_its_weight_reads():
+    """SFSA's output projection, int8 in a W8 model, reads its whole int8 matrix: recorded beside the Q/K/V
+    products' (each D × D bytes here: enough rows for the dense int8 product)."""
+    from spiking_lm.nn.recording import WeightReads, recording
+
+    model = tiny_model(spiking_lm.BiSpikCLMForCausalLM).quantize_weights()
+    config = model.config
+    reads = []
+
+    class Reads(WeightReads):
+        def weight_read(self, kind, linears, nbytes):
+            reads.append((kind, linears, nbytes))
+
+    with torch.no_grad(), recording(Reads()):
+        model(**model_inputs(spiking_lm.BiSpikCLMForCausalLM, length=20))
+    square = ("int8", 1, config.hidden_size**2)  # q, k, v and out, one call each per block
+    assert reads.count(square) == 4 * config.num_hidden_layers
