@@ -177,8 +177,9 @@ class SpikingModelMixin:
                 module.execution = execution
 
     def quantize_weights(self, scheme: str = "int8", lm_head: bool = False):
-        """W8 inference: every Linear that spikes feed stores int8 weights with a per-row scale and sums spike counts
-        x weights exactly in int32 (`spiking_lm.nn.weight_quantization`); saved and loaded as such. ``lm_head``:
+        """W8 inference: every Linear that spikes feed (and SFSA's output projection, fed integer counts) stores int8
+        weights with a per-row scale and sums counts x weights exactly (`spiking_lm.nn.weight_quantization`); saved
+        and loaded as such. ``lm_head``:
         the LM head too, with its real input rounded to int8 per row (not exact). Returns self."""
         return quantize_weights(self, scheme, lm_head)
 

@@ -346,73 +346,81 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
    F.linear(x, q^T) * scale + bias computes in fp32 whenever every partial sum of its products is exact, which
    sum_i |k[r, i]| * 127 < 2^24 ensures: then every product and partial sum here is an exact integer in fp32 too
    (fp32 lanes multiply and add faster than int32 ones), in whatever order. Returns -1, writing nothing, where a
-   value is not such a count or a row's counts exceed that bound. The threads take shares of the columns (whole
-   cache lines); each weight row is read once, four at a time, for four rows of counts at a time. */
+   value is not such a count or a row's counts exceed that bound. Only the weight rows of inputs some row counts are
+   read (a context can be mostly zeros), four at a time, for four rows of counts at a time; the threads take shares
+   of the columns (whole cache lines). */
 #ifdef __FMA__
 #define MADD(a, b, c) fmaf(a, b, c)  /* exact integers: the same result as a * b + c, in one instruction */
 #else
 #define MADD(a, b, c) ((a) * (b) + (c))
 #endif
-static void counts_rows(const float *k, int64_t in, int64_t rows, const int8_t *w0, int64_t out, int64_t width,
-                        float *acc, int64_t stride) {
-    const int8_t *__restrict__ w1 = w0 + out, *__restrict__ w2 = w1 + out, *__restrict__ w3 = w2 + out;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *c = k + r * in;
-        float k0 = c[0], k1 = c[1], k2 = c[2], k3 = c[3];
-        if (k0 == 0.0f && k1 == 0.0f && k2 == 0.0f && k3 == 0.0f) continue;
-        float *__restrict__ a = acc + r * stride;
-        for (int64_t j = 0; j < width; j++)
-            a[j] = MADD(k3, (float)w3[j], MADD(k2, (float)w2[j], MADD(k1, (float)w1[j],
-                                                                  MADD(k0, (float)w0[j], a[j]))));
-    }
-}
-
 int64_t counts_product(const float *x, int64_t rows, int64_t in, float unit, const int8_t *q, int64_t out,
                        const float *scale, const float *bias, float *result, int threads) {
-    int64_t padded = (in + 3) / 4 * 4;  /* counts rows padded with zeros to a multiple of four inputs */
-    float *counts = (float *)calloc(rows * padded + 1, sizeof(float));
+    float *counts = (float *)malloc(sizeof(float) * (rows * in + 1));
+    int32_t *selected = (int32_t *)calloc(in + 1, sizeof(int32_t));
     for (int64_t r = 0; r < rows; r++) {
         double total = 0.0;
         for (int64_t i = 0; i < in; i++) {
             float k = x[r * in + i] / unit;
-            if (!(k == nearbyintf(k) && fabsf(k) < 16777216.0f)) { free(counts); return -1; }
-            counts[r * padded + i] = k;
+            if (!(k == nearbyintf(k) && fabsf(k) < 16777216.0f)) { free(counts); free(selected); return -1; }
+            counts[r * in + i] = k;
+            selected[i] |= k != 0.0f;
             total += fabsf(k);
         }
-        if (total * 127.0 >= 16777216.0) { free(counts); return -1; }
+        if (total * 127.0 >= 16777216.0) { free(counts); free(selected); return -1; }
     }
-    int64_t chunk = ((out + threads - 1) / threads + 63) / 64 * 64;
-    #pragma omp parallel num_threads(threads)
+    int64_t n = 0;
+    for (int64_t i = 0; i < in; i++)
+        if (selected[i]) selected[n++] = (int32_t)i;
+    int team = n > 0 ? threads : 1;  /* nothing counted (a silent context): only the bias to write */
+    int64_t chunk = ((out + team - 1) / team + 63) / 64 * 64;
+    #pragma omp parallel num_threads(team)
     {
         int64_t tid = omp_get_thread_num();
         int64_t j0 = tid * chunk < out ? tid * chunk : out, j1 = j0 + chunk < out ? j0 + chunk : out, width = j1 - j0;
         float *acc = (float *)calloc(rows * width + 1, sizeof(float));
-        int8_t *tail = (int8_t *)calloc(4 * (width + 1), 1);  /* the last inputs' rows, padded with zero rows */
-        for (int64_t i = 0; i < padded; i += 4) {
-            const int8_t *w = q + i * out + j0;
-            int64_t stride = out;
-            if (i + 4 > in) {
-                for (int64_t e = 0; e < in - i; e++) memcpy(tail + e * width, w + e * out, width);
-                w = tail;
-                stride = width;
+        int8_t *zero = (int8_t *)calloc(width + 1, 1);  /* stands in for the missing rows of a last group */
+        for (int64_t s = 0; s < n; s += 4) {
+            const int8_t *w[4];
+            int64_t idx[4];
+            for (int c = 0; c < 4; c++) {
+                idx[c] = s + c < n ? selected[s + c] : -1;
+                w[c] = idx[c] < 0 ? zero : q + idx[c] * out + j0;
             }
+            const int8_t *__restrict__ w0 = w[0], *__restrict__ w1 = w[1], *__restrict__ w2 = w[2];
+            const int8_t *__restrict__ w3 = w[3];
+            float k[4][4];  /* k[row in the block][input of the group] */
             int64_t r = 0;
-            for (; r + 4 <= rows; r += 4) {  /* four rows of counts: each weight read converted once for them */
-                const float *c = counts + r * padded + i;
-                const int8_t *__restrict__ w0 = w, *__restrict__ w1 = w + stride;
-                const int8_t *__restrict__ w2 = w1 + stride, *__restrict__ w3 = w2 + stride;
-                float *__restrict__ a0 = acc + r * width, *__restrict__ a1 = a0 + width;
-                float *__restrict__ a2 = a1 + width, *__restrict__ a3 = a2 + width;
-                const float *c1 = c + padded, *c2 = c1 + padded, *c3 = c2 + padded;
-                for (int64_t j = 0; j < width; j++) {
-                    float x0 = (float)w0[j], x1 = (float)w1[j], x2 = (float)w2[j], x3 = (float)w3[j];
-                    a0[j] = MADD(c[3], x3, MADD(c[2], x2, MADD(c[1], x1, MADD(c[0], x0, a0[j]))));
-                    a1[j] = MADD(c1[3], x3, MADD(c1[2], x2, MADD(c1[1], x1, MADD(c1[0], x0, a1[j]))));
-                    a2[j] = MADD(c2[3], x3, MADD(c2[2], x2, MADD(c2[1], x1, MADD(c2[0], x0, a2[j]))));
-                    a3[j] = MADD(c3[3], x3, MADD(c3[2], x2, MADD(c3[1], x1, MADD(c3[0], x0, a3[j]))));
+            for (; r < rows; r += 4) {
+                int64_t block = rows - r < 4 ? rows - r : 4;
+                for (int64_t b = 0; b < 4; b++)
+                    for (int c = 0; c < 4; c++)
+                        k[b][c] = b < block && idx[c] >= 0 ? counts[(r + b) * in + idx[c]] : 0.0f;
+                float *__restrict__ a0 = acc + r * width;
+                float any = 0.0f;
+                for (int64_t b = 0; b < 4; b++)
+                    any += fabsf(k[b][0]) + fabsf(k[b][1]) + fabsf(k[b][2]) + fabsf(k[b][3]);
+                if (any == 0.0f) continue;  /* these rows count none of the four inputs */
+                if (block == 4) {  /* each weight read converted once for four rows of counts */
+                    float *__restrict__ a1 = a0 + width, *__restrict__ a2 = a1 + width, *__restrict__ a3 = a2 + width;
+                    for (int64_t j = 0; j < width; j++) {
+                        float x0 = (float)w0[j], x1 = (float)w1[j], x2 = (float)w2[j], x3 = (float)w3[j];
+                        a0[j] = MADD(k[0][3], x3, MADD(k[0][2], x2, MADD(k[0][1], x1, MADD(k[0][0], x0, a0[j]))));
+                        a1[j] = MADD(k[1][3], x3, MADD(k[1][2], x2, MADD(k[1][1], x1, MADD(k[1][0], x0, a1[j]))));
+                        a2[j] = MADD(k[2][3], x3, MADD(k[2][2], x2, MADD(k[2][1], x1, MADD(k[2][0], x0, a2[j]))));
+                        a3[j] = MADD(k[3][3], x3, MADD(k[3][2], x2, MADD(k[3][1], x1, MADD(k[3][0], x0, a3[j]))));
+                    }
+                    continue;
+                }
+                for (int64_t b = 0; b < block; b++) {
+                    float k0 = k[b][0], k1 = k[b][1], k2 = k[b][2], k3 = k[b][3];
+                    if (k0 == 0.0f && k1 == 0.0f && k2 == 0.0f && k3 == 0.0f) continue;
+                    float *__restrict__ a = a0 + b * width;
+                    for (int64_t j = 0; j < width; j++)
+                        a[j] = MADD(k3, (float)w3[j], MADD(k2, (float)w2[j], MADD(k1, (float)w1[j],
+                                                                              MADD(k0, (float)w0[j], a[j]))));
                 }
             }
-            counts_rows(counts + r * padded + i, padded, rows - r, w, stride, width, acc + r * width, width);
         }
         for (int64_t r = 0; r < rows; r++) {
             for (int64_t j = 0; j < width; j++) {
@@ -421,9 +429,10 @@ int64_t counts_product(const float *x, int64_t rows, int64_t in, float unit, con
                 result[r * out + j0 + j] = v;
             }
         }
-        free(tail);
+        free(zero);
         free(acc);
     }
+    free(selected);
     free(counts);
     return 0;
 }

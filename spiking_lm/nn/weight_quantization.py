@@ -9,11 +9,12 @@ binary spike mode give bit-identical outputs. Real values (an input no neuron ma
 scales) take `Int8Linear.forward`: x Qᵀ in the input's dtype, then ⊙ s: the same W, with float rounding.
 
 `quantize_weights(model)` converts every Linear of the blocks that spikes feed (found by one probe forward) and
-records their names in the config (``weight_quantization``, ``quantized_modules``), so that `from_pretrained`
-rebuilds them before it loads the int8 tensors. The LM head, the embeddings and the Linears fed real values keep
-their fp32 weights. ``lm_head=True`` also stores the head in int8 (its real-valued input is rounded to int8 per row
-at run time, as in an int8 ANN: not exact, its perplexity cost is measured in docs/w8.md); when the head is
-tied to the token embeddings, the embeddings then read their rows from the same int8 table (`Int8TiedEmbedding`).
+SFSA's output projections (fed integer counts: `SpikingSelfAttention.project_context`), and records their names in
+the config (``weight_quantization``, ``quantized_modules``), so that `from_pretrained` rebuilds them before it
+loads the int8 tensors. The LM head and the embeddings keep their fp32 weights. ``lm_head=True`` also stores the
+head in int8 (its real-valued input is rounded to int8 per row at run time, as in an int8 ANN: not exact, its
+perplexity cost is measured in docs/w8.md); when the head is tied to the token embeddings, the embeddings then
+read their rows from the same int8 table (`Int8TiedEmbedding`).
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
@@ -309,7 +310,8 @@ class _SpikeFedLinears(OperationRecorder):
 
 
 def quantize_weights(model, scheme: str = "int8", lm_head: bool = False):
-    """Store every Linear of ``model``'s blocks that spikes feed as an `Int8Linear` (module docstring); records
+    """Store every Linear of ``model``'s blocks that spikes feed, and SFSA's output projections (`_context_fed`),
+    as an `Int8Linear` (module docstring); records
     ``weight_quantization`` and ``quantized_modules`` (names relative to the blocks) in the config. ``lm_head``:
     the LM head too, with int8-rounded inputs (``quantized_lm_head``: ``"int8"``, or ``"int8-shared"`` when the
     token embeddings were tied to it and now read the same int8 table). Returns the model."""

@@ -275,15 +275,17 @@ def test_native_products_are_exact_sums_whatever_the_counts(largest, rows):
     assert torch.equal(got.double(), counts.double() @ weight.double())
 
 
-@pytest.mark.parametrize("rows,largest,bias", [(1, 4, True), (4, 300, False), (8, 20000, True)])
-def test_the_context_product_is_the_int8_layers_bits(rows, largest, bias):
+@pytest.mark.parametrize("rows,largest,bias,density", [(1, 4, True, 0.7), (4, 300, False, 0.7), (8, 20000, True, 0.7),
+                                                       (6, 8, True, 0.02)])  # fmt: skip
+def test_the_context_product_is_the_int8_layers_bits(rows, largest, bias, density):
     """`counts_product` (an int8 output projection on SFSA's context: integer counts times a power of two) against
     `Int8Linear.forward`'s F.linear, bit for bit, signed counts up to the bound where fp32 partial sums stay exact
     (Σ|k|·127 < 2²⁴): with counts that large any reordering of an inexact sum would show."""
     generator = torch.Generator().manual_seed(rows)
     layer = Int8Linear.from_linear(torch.nn.Linear(300, 200, bias=bias))
     counts = torch.randint(-largest, largest + 1, (rows, 300), generator=generator).float()
-    counts *= torch.rand(rows, 300, generator=generator) < 0.7
+    counts *= torch.rand(rows, 300, generator=generator) < density  # few inputs counted: few weight rows read
+    counts[-1] = 0 if rows > 1 else counts[-1]  # a row that counts nothing
     counts = (counts * (16777215 / 127 / counts.abs().sum(1, keepdim=True)).clamp(max=1)).trunc()
     sums = (counts.double() @ layer.qweight.double()).float()  # exact: the integer sums, then the fp32 operations
     for unit in (1.0, 2.0**-5):
