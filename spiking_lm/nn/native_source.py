@@ -54,6 +54,14 @@ int64_t spike_counts(const float *x, int64_t rows, int64_t in, float offset, flo
     return n;
 }
 
+/* Prefetch the weight rows of input i of every matrix of a plan (they are scattered: fetched ahead of use). */
+static void prefetch_rows(const int64_t *plan, int64_t matrices, int64_t i) {
+    for (int64_t m = 0; m < matrices; m++) {
+        const int8_t *next = (const int8_t *)plan[5 * m] + i * plan[5 * m + 1];
+        for (int64_t j = 0; j < plan[5 * m + 1]; j += 64) __builtin_prefetch(next + j, 0, 0);
+    }
+}
+
 /* For each matrix m of a plan (5 int64 per matrix: the address of q_m (in, out_m) int8, out_m, and the addresses of
    its fp32 scale, shift and bias, 0 for none), result_m[r, j] = ((float)sum_s counts[r, selected[s]] *
    q_m[selected[s], j]) * scale[j] (+ shift[j]) (+ bias[j]), result_m (rows, out_m) at result + rows * (out_0 + ...
@@ -88,12 +96,8 @@ void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const in
            faster; with more rows of counts, zeros would be multiplied and it is slower) */
         for (; rows == 1 && burst >= 4 && s + 4 <= last; s += 4) {
             int64_t i0 = selected[s], i1 = selected[s + 1], i2 = selected[s + 2], i3 = selected[s + 3];
-            for (int64_t g = s + 4; g < s + 4 + PREFETCH_AHEAD * 2 && g < last; g++) {
-                for (int64_t m = 0; m < matrices; m++) {
-                    const int8_t *next = (const int8_t *)plan[5 * m] + (int64_t)selected[g] * plan[5 * m + 1];
-                    for (int64_t j = 0; j < plan[5 * m + 1]; j += 64) __builtin_prefetch(next + j, 0, 0);
-                }
-            }
+            for (int64_t g = s + 4; g < s + 4 + PREFETCH_AHEAD * 2 && g < last; g++)
+                prefetch_rows(plan, matrices, selected[g]);
             for (int64_t r = 0; r < rows; r++) {
                 const int8_t *k = counts + r * in;
                 int16_t k0 = k[i0], k1 = k[i1], k2 = k[i2], k3 = k[i3];
@@ -119,13 +123,7 @@ void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const in
         }
         for (; s < last; s++) {
             int64_t i = selected[s];
-            if (s + PREFETCH_AHEAD < last) {  /* the rows are scattered: fetch ahead while this one is summed */
-                int64_t ahead = selected[s + PREFETCH_AHEAD];
-                for (int64_t m = 0; m < matrices; m++) {
-                    const int8_t *next = (const int8_t *)plan[5 * m] + ahead * plan[5 * m + 1];
-                    for (int64_t j = 0; j < plan[5 * m + 1]; j += 64) __builtin_prefetch(next + j, 0, 0);
-                }
-            }
+            if (s + PREFETCH_AHEAD < last) prefetch_rows(plan, matrices, selected[s + PREFETCH_AHEAD]);
             for (int64_t r = 0; r < rows; r++) {
                 int16_t k = counts[r * in + i];
                 if (k == 0) continue;
@@ -155,23 +153,27 @@ void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const in
         }
         free(added);
         #pragma omp barrier
+        /* the threads' partial sums added by columns, then the fp32 operations, each loop over contiguous columns
+           (vectorized: this is most of a call's fixed cost) */
         int64_t column = 0;
         for (int64_t m = 0; m < matrices; m++) {
             int64_t width = plan[5 * m + 1];
             const float *scale = (const float *)plan[5 * m + 2];
             const float *shift = (const float *)plan[5 * m + 3];
             const float *bias = (const float *)plan[5 * m + 4];
-            float *target = result + rows * column;
             int64_t j0 = width * tid / nt, j1 = width * (tid + 1) / nt;
             for (int64_t r = 0; r < rows; r++) {
-                for (int64_t j = j0; j < j1; j++) {
-                    int32_t sum = 0;
-                    for (int t = 0; t < nt; t++) sum += partial[((int64_t)t * rows + r) * out + column + j];
-                    float v = (float)sum * scale[j];
-                    if (shift) v = v + shift[j];
-                    if (bias) v = v + bias[j];
-                    target[r * width + j] = v;
+                int32_t *__restrict__ sum = partial + r * out + column;  /* thread 0's: the total goes there */
+                for (int t = 1; t < nt; t++) {
+                    const int32_t *__restrict__ other = partial + ((int64_t)t * rows + r) * out + column;
+                    for (int64_t j = j0; j < j1; j++) sum[j] += other[j];
                 }
+                float *__restrict__ target = result + rows * column + r * width;
+                for (int64_t j = j0; j < j1; j++) target[j] = (float)sum[j] * scale[j];
+                if (shift)
+                    for (int64_t j = j0; j < j1; j++) target[j] = target[j] + shift[j];
+                if (bias)
+                    for (int64_t j = j0; j < j1; j++) target[j] = target[j] + bias[j];
             }
             column += width;
         }

@@ -323,13 +323,14 @@ class SpikingSelfAttention(nn.Module):
         return context, weights
 
     def project_context(self, context, producer, execution, exact_outputs: bool = False) -> torch.Tensor:
-        """The output projection of ``context`` (what ``producer`` fired; `None`: SFSA's context of integer counts,
-        which an int8 projection multiplies exactly, `int8_on_context`)."""
+        """The output projection of ``context`` (what ``producer`` fired; `None`: SFSA's integer counts)."""
         projection = self.output_projection()
-        if producer is None and type(projection) is Int8Linear:
+        if producer is None and type(projection) is Int8Linear:  # int8 weights: exact sums (`int8_on_context`)
             recorders = active_recorders()
-            for recorder in recorders:  # the whole int8 matrix, as `int8_on_context` reads it
-                recorder.weight_read("int8", 1, projection.in_features * projection.out_features)
+            for recorder in recorders:  # the int8 rows of the inputs some row counts, as `counts_product` reads them
+                rows = int((context.reshape(-1, projection.in_features) != 0).any(0).sum())
+                kind = "int8" if rows == projection.in_features else "gathered"
+                recorder.weight_read(kind, 1, rows * projection.out_features)
             output = None if recorders else int8_on_context(projection, context, self.context_unit())
             if output is not None:
                 return output

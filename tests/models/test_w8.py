@@ -351,19 +351,24 @@ def test_w8_logits_of_a_random_model_move_no_more_than_noise_of_the_same_size(ne
 
 
 def test_the_int8_output_projection_of_sfsa_counts_its_weight_reads():
-    """SFSA's output projection, int8 in a W8 model, reads its whole int8 matrix: recorded beside the Q/K/V
-    products' (each D × D bytes here: enough rows for the dense int8 product)."""
+    """SFSA's output projection, int8 in a W8 model, reads the int8 rows of the context's counted inputs (the whole
+    matrix where every input counts): recorded beside the other products' reads, one per block after Q, K, V."""
     from spiking_lm.nn.recording import WeightReads, recording
 
     model = tiny_model(spiking_lm.BiSpikCLMForCausalLM).quantize_weights()
-    config = model.config
-    reads = []
+    width = model.config.hidden_size
+    reads, contexts = [], []
 
     class Reads(WeightReads):
         def weight_read(self, kind, linears, nbytes):
-            reads.append((kind, linears, nbytes))
+            reads.append((kind, nbytes))
 
+    for block in model.spiking_blocks():
+        block.self_attn.out_proj.register_forward_hook(lambda module, inputs, _: contexts.append(inputs[0]))
     with torch.no_grad(), recording(Reads()):
         model(**model_inputs(spiking_lm.BiSpikCLMForCausalLM, length=20))
-    square = ("int8", 1, config.hidden_size**2)  # q, k, v and out, one call each per block
-    assert reads.count(square) == 4 * config.num_hidden_layers
+    assert len(reads) == 6 * model.config.num_hidden_layers  # q, k, v, out, fc1, fc2
+    for context, (kind, nbytes) in zip(contexts, reads[3::6], strict=True):
+        counted = int((context.reshape(-1, width) != 0).any(0).sum())
+        assert counted > 0 and nbytes == counted * width
+        assert kind == ("int8" if counted == width else "gathered")
