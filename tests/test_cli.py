@@ -102,12 +102,13 @@ def test_quantize_writes_a_loadable_w8_folder(tmp_path, student_folder, teacher_
     out = tmp_path / "w8"
     assert main(["quantize", str(student_folder), str(out), "--lm-head"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith(f"wrote {out}: 10 Linears in int8, weights ") and " MB -> " in printed
+    # q, k, v, out (fed SFSA's integer context), fc1, fc2 in each of 2 blocks
+    assert printed.startswith(f"wrote {out}: 12 Linears in int8, weights ") and " MB -> " in printed
     model = AutoModelForCausalLM.from_pretrained(out)
     assert (model.config.weight_quantization, model.config.quantized_lm_head) == ("int8", "int8-shared")
     assert AutoTokenizer.from_pretrained(out)("winter")["input_ids"]
     assert main(["card", str(out)]) == 0  # the card says what the weights are
-    assert "| weights | W8: the 10 spike-fed Linears in int8" in (out / "README.md").read_text()
+    assert "| weights | W8: the 12 Linears fed spike counts in int8" in (out / "README.md").read_text()
     assert main(["quantize", str(teacher_folder), str(tmp_path / "no")]) == 2  # an ANN: a clear error, nothing written
     assert "holds a OPTForCausalLM, not a spiking_lm model" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()

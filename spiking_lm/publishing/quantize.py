@@ -24,7 +24,7 @@ def weight_bytes(model) -> int:
 
 
 def quantize_folder(source: str, output_dir: str, lm_head: bool = False, trust_remote_code: bool = False) -> dict:
-    """Load the spiking model saved at ``source`` (folder or Hub id), store its spike-fed Linears in int8
+    """Load the spiking model saved at ``source`` (folder or Hub id), store its Linears fed spike counts in int8
     (``lm_head``: the LM head too; see `spiking_lm.nn.weight_quantization`) and save it with its code and
     tokenizer in ``output_dir``. Returns ``{"fp32_bytes", "w8_bytes", "quantized_modules"}``.
 
