@@ -48,6 +48,8 @@ __all__ = [
     "cache_unit",
     "decode_block",
     "fused_sfsa",
+    "fused_sfsa_applies",
+    "fused_sfsa_kind",
     "native_attention",
     "reserve",
     "sfsa_on_int8_cache",
@@ -66,7 +68,6 @@ class _Block(NamedTuple):
     neurons: tuple  # block input, q, k, v, MLP input, fc1
     projections: tuple  # q, k, v
     linears: tuple  # q, k, v, fc1, fc2
-    output: nn.Module  # the attention's output projection
     widest: int  # the widest Linear output: the neurons' largest input per row
     supported: bool  # LayerNorms, W8 Linears, SFSA with an output projection
 
@@ -90,7 +91,7 @@ def _block(attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp_modules)
         and all(type(linear) is Int8Linear for linear in linears)
     )
     widest = max(linear.out_features for linear in linears) if supported else 0
-    block = _Block(modules, norms, neurons, projections, linears, attention.output_projection(), widest, supported)
+    block = _Block(modules, norms, neurons, projections, linears, widest, supported)
     attention.__dict__["_decoding_block"] = block  # a plain attribute: not a submodule, not saved
     return block
 
@@ -137,7 +138,8 @@ def _attend_in_place(attention, block, membranes, attention_mask, cache, executi
     elsewhere."""
     query = membranes[0]
     steps, batch = query.shape[:2]
-    if not _int8_cache_grows(attention, cache, execution, query):
+    units = _int8_cache_grows(attention, cache, execution, query)
+    if units is None:
         return None
     layer = cache.layers[attention.layer_idx]
     lengths = (1, layer.keys.shape[-2] + 1, attention.causal, query.device, batch)
@@ -145,7 +147,6 @@ def _attend_in_place(attention, block, membranes, attention_mask, cache, executi
         return None
     buffers, length = reserve(layer, 1)
     keys, values = (buffer[..., : length + 1, :] for buffer in buffers)
-    units = [cache_unit(neuron) for neuron in block.neurons[2:4]]
     fire = _fire_table(firings)
     fused = fused_sfsa(attention, query, keys, values, *units, (membranes[1], membranes[2], *units), fire)
     if fused is not None:
@@ -166,21 +167,22 @@ def _fire_table(fire: tuple) -> torch.Tensor:
     return table
 
 
-def _int8_cache_grows(attention, cache, execution, query) -> bool:
-    """Whether `SpikingSelfAttention.attend` would append int8 K/V counts in place to a `DynamicLayer` and run
-    `fused_sfsa` on it (its `cache_format`, `native_attention`, `fused_sfsa_applies`)."""
+def _int8_cache_grows(attention, cache, execution, query) -> list | None:
+    """The K and V units of the cache where `SpikingSelfAttention.attend` would append K/V counts (or K bits) in
+    place to a `DynamicLayer` and run `fused_sfsa` on it (its `cache_format`, `native_attention`,
+    `fused_sfsa_applies`), else `None`."""
     index = attention.layer_idx
     if len(cache.layers) <= index or type(cache.layers[index]).__name__ != "DynamicLayer" or cache.offloading:
-        return False
+        return None
     layer = cache.layers[index]
     if layer.get_seq_length() == 0 or layer.values.dtype != torch.int8 or layer.keys.dtype not in _CACHED_KEYS:
-        return False
+        return None
     if getattr(layer, "spiking_lm_nonfinite", False):  # the module's code refuses to read it on
-        return False
+        return None
     units, _ = attention.cache_format(execution, query.shape[0] * query.shape[1])
     if None in units:  # K/V as fp32
-        return False
-    return native_attention(attention, query) and fused_sfsa_applies(attention)
+        return None
+    return units if native_attention(attention, query) and fused_sfsa_applies(attention) else None
 
 
 def _normalized(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -299,13 +301,17 @@ def native_attention(attention, query) -> bool:
     )
 
 
-def fused_sfsa_applies(attention) -> bool:
-    """Whether `fused_sfsa` computes this attention's SFSA: 1/√d output scale, a plain soft-reset LIF attention
-    neuron that records nothing."""
+def fused_sfsa_kind(attention) -> bool:
+    """Whether this attention is of the SFSA `fused_sfsa` computes: 1/√d output scale, a plain soft-reset LIF
+    attention neuron (what it is built as, not whether it records now: the K/V cache format follows this)."""
     neuron = attention.attn_neuron
-    if attention.config.sfsa_output_scale != "sqrt_d" or type(neuron) is not LIFNeuron:
-        return False
-    return neuron.v_reset is None and not neuron.record_firing_rate
+    return attention.config.sfsa_output_scale == "sqrt_d" and type(neuron) is LIFNeuron and neuron.v_reset is None
+
+
+def fused_sfsa_applies(attention) -> bool:
+    """Whether `fused_sfsa` computes this attention's SFSA now: `fused_sfsa_kind`, an attention neuron that records
+    nothing."""
+    return fused_sfsa_kind(attention) and not attention.attn_neuron.record_firing_rate
 
 
 def fused_sfsa(attention, query, keys, values, key_unit, value_unit, appended=None, fire=None):

@@ -197,9 +197,9 @@ def counts_product(
 ) -> torch.Tensor | None:
     """``F.linear(x, qweightᵀ) * scale + bias`` in fp32 ``(R, out)``, bit for bit, for contiguous fp32 ``x``
     ``(R, in)`` whose values are integer counts times the power of two ``unit`` (SFSA's context), int8 ``qweight``
-    ``(in, out)`` and fp32 ``scale``/``bias`` ``(out,)``: exact int32 sums of counts × int8 weights, each weight row
-    read once. `None` where a value is not such a count or a row's counts could make an fp32 partial sum inexact
-    (Σ|k|·127 ≥ 2²⁴: the caller's F.linear then decides)."""
+    ``(in, out)`` and fp32 ``scale``/``bias`` ``(out,)``: exact integer sums of counts × int8 weights, the int8
+    rows of the counted inputs read once each. `None` where a value is not such a count or a row's counts could
+    make an fp32 partial sum inexact (Σ|k|·127 ≥ 2²⁴: the caller's F.linear then decides)."""
     _check(x, torch.float32, 2)
     _check(qweight, torch.int8, 2)
     if x.shape[1] != qweight.shape[0] or math.frexp(unit)[0] != 0.5:

@@ -33,7 +33,7 @@ from .decoding import (
     append_in_place,
     cache_unit,
     fused_sfsa,
-    fused_sfsa_applies,
+    fused_sfsa_kind,
     native_attention,
     sfsa_on_int8_cache,
 )
@@ -166,7 +166,7 @@ class SpikingSelfAttention(nn.Module):
 
         - K of a binary neuron read by binary queries is stored as `pack_bits` words, 8 bytes per position and head
           of 64 (int8 counts take 64), in caches of at least `PACKED_MIN_HEADS` T·B·H rows, or of any size where
-          decoding runs the native SFSA (`fused_sfsa_applies`, the library built), which reads them. With at most
+          decoding runs the native SFSA (`fused_sfsa_kind`, the library built), which reads them. With at most
           `PACKED_MAX_QUERIES` query rows the words come back as they are, for Q Kᵀ by AND and popcount
           (`spike_scores`); more rows unpack them for a GEMM.
         - Other K and V whose neurons emit integer multiples of a unit (binary spikes, the integer family without
@@ -223,7 +223,7 @@ class SpikingSelfAttention(nn.Module):
         units = [cache_unit(neuron) if event else None for neuron in (self.k_neuron, self.v_neuron)]
         binary = (n.coding.binary and cache_unit(n) == 1 for n in (self.q_neuron, self.k_neuron))
         # the native decoding SFSA reads bits at any size; the torch AND/popcount pays only in large caches
-        native = self.kind == "sfsa" and native_library() is not None and fused_sfsa_applies(self)
+        native = self.kind == "sfsa" and native_library() is not None and fused_sfsa_kind(self)
         return units, event and all(binary) and (native or packs_keys(sequences * self.num_heads))
 
     def forward(self, spikes, source_neuron, attention_mask=None, cache=None, execution=None):

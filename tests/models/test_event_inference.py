@@ -4,6 +4,7 @@ generates the same text with the cache."""
 import pytest
 import torch
 
+import spiking_lm
 from spiking_lm.nn import attention, bitpack, event, native
 from spiking_lm.nn.recording import WeightReads, recording
 
@@ -199,3 +200,16 @@ def test_under_the_size_floor_the_event_backend_runs_the_dense_code(model_class,
             large = model(**inputs, use_cache=True)
     assert reads["calls"] > 0
     assert {layer.keys.dtype for layer in large.cache.layers} == {torch.int8}
+
+
+def test_recording_firing_rates_midway_continues_a_cache_of_binary_keys():
+    """The K/V format does not depend on whether the attention neuron records (which turns the native SFSA off):
+    a cache filled without recording continues with recording on, with the logits of the unrecorded run."""
+    model = tiny_model(spiking_lm.BiSpikCLMForCausalLM, neuron_type="lif").set_inference_backend("event")
+    input_ids = model_inputs(spiking_lm.BiSpikCLMForCausalLM, length=6)["input_ids"]
+    with torch.no_grad():
+        plain = model(input_ids=input_ids[:, 5:], cache=model(input_ids=input_ids[:, :5], use_cache=True).cache)
+        cache = model(input_ids=input_ids[:, :5], use_cache=True).cache
+        model.record_firing_rates(True)
+        recorded = model(input_ids=input_ids[:, 5:], cache=cache)
+    assert torch.equal(recorded.logits, plain.logits)
