@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .native import NATIVE_MAX_ROWS, ProductPlan, native_library, spike_products
+from .native import NATIVE_MAX_ROWS, ProductPlan, int8_matrix_rows, native_library, spike_products
 from .recording import OperationRecorder, active_recorders, recording
 from .spike_coding import binary_to_integer, coding_of
 
@@ -105,7 +105,9 @@ class Int8Linear(nn.Module):
         # an all-zero row divides by 1; a non-finite row keeps its NaN/inf scale, which makes its outputs non-finite
         row_scale = torch.where(row_scale == 0, torch.ones_like(row_scale), row_scale)
         counts = torch.nan_to_num(torch.round(flat / row_scale)).to(torch.int8)
-        output = torch._int_mm(counts, self.quantized_t()).float().mul_(row_scale).mul_(self.weight_scale)
+        output = int8_matrix_rows(counts, self.qweight, row_scale, self.weight_scale)  # few rows: the same, faster
+        if output is None:
+            output = torch._int_mm(counts, self.quantized_t()).float().mul_(row_scale).mul_(self.weight_scale)
         return output.view(*x.shape[:-1], self.out_features)
 
     def stored_tensors(self) -> tuple:
@@ -310,9 +312,9 @@ class _SpikeFedLinears(OperationRecorder):
 
 
 def quantize_weights(model, scheme: str = "int8", lm_head: bool = False):
-    """Store every Linear of ``model``'s blocks that spikes feed, and SFSA's output projections (`_context_fed`),
-    as an `Int8Linear` (module docstring); records
-    ``weight_quantization`` and ``quantized_modules`` (names relative to the blocks) in the config. ``lm_head``:
+    """Store every Linear of ``model``'s blocks that spikes feed, and SFSA's output projections (`_context_fed`), as
+    an `Int8Linear` (module docstring); records ``weight_quantization`` and ``quantized_modules`` (names relative to
+    the blocks) in the config. ``lm_head``:
     the LM head too, with int8-rounded inputs (``quantized_lm_head``: ``"int8"``, or ``"int8-shared"`` when the
     token embeddings were tied to it and now read the same int8 table). Returns the model."""
     if scheme not in WEIGHT_QUANTIZATIONS:
@@ -379,12 +381,8 @@ def apply_weight_quantization(model) -> None:
         owner = blocks.get_submodule(parent) if parent else blocks
         _replace_empty(owner, child)
     head_scheme = getattr(config, "quantized_lm_head", None)
-    if (
-        head_scheme is not None
-        and hasattr(model, "get_output_embeddings")
-        and model.get_output_embeddings() is not None
-    ):
-        head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head_scheme is not None and head is not None:
         if not isinstance(head, Int8Linear):
             empty = Int8Linear(head.in_features, head.out_features, head.bias is not None, dynamic_inputs=True)
             model.set_output_embeddings(empty.to(head.weight.device).train(head.training))

@@ -314,3 +314,46 @@ def test_the_context_product_refuses_what_fp32_would_not_sum_exactly():
     with pytest.raises(ValueError, match=r"inputs \(R, 64\)"):
         native.counts_product(torch.zeros(1, 32), 1.0, *layer.stored_tensors())
     assert self_attention.int8_on_context(layer, counts, None) is None  # no unit: not counts
+
+
+def _has_int8_dot_instructions() -> bool:
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        return any("avx512_vnni" in line.split() and "avx512bw" in line.split() for line in handle)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("width", [64, 100, 768])
+def test_the_head_product_is_the_int8_gemms_bits(rows, width):
+    """`int8_matrix_rows` (the int8 LM head's product for few rows) against `torch._int_mm` and the same two fp32
+    scalings, bit for bit, the int8 extremes included (-128 and 127 in the inputs, ±127 in the weights) and a
+    width that is not whole 64-byte chunks."""
+    generator = torch.Generator().manual_seed(width + rows)
+    x = torch.randint(-128, 128, (rows, width), generator=generator, dtype=torch.int8)
+    x[0, :3] = torch.tensor([-128, 127, 0], dtype=torch.int8)
+    weight = torch.randint(-127, 128, (300, width), generator=generator, dtype=torch.int8)
+    weight[:2] = torch.tensor([127, -127], dtype=torch.int8)[:, None]
+    row_scale, scale = torch.rand(rows, 1, generator=generator), torch.rand(300, generator=generator)
+    got = native.int8_matrix_rows(x, weight, row_scale, scale)
+    if got is None:  # built without VNNI: the GEMM is used, and only there
+        assert not _has_int8_dot_instructions()
+        return
+    assert torch.equal(got, torch._int_mm(x, weight.t()).float().mul_(row_scale).mul_(scale))
+
+
+def test_the_head_product_leaves_what_it_does_not_speed_up_to_the_gemm():
+    x, weight = torch.ones(5, 64, dtype=torch.int8), torch.ones(10, 64, dtype=torch.int8)
+    assert native.int8_matrix_rows(x, weight, torch.ones(5, 1), torch.ones(10)) is None  # over MATRIX_MAX_ROWS
+    assert native.int8_matrix_rows(x[:1], weight, torch.ones(1, 1), torch.ones(10, dtype=torch.bfloat16)) is None
+    with pytest.raises(ValueError, match=r"qweight \(out, in\)"):
+        native.int8_matrix_rows(x[:1], weight[:, :32].contiguous(), torch.ones(1, 1), torch.ones(10))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 6])
+def test_an_int8_head_gives_the_same_logits_with_and_without_the_native_kernels(rows, without_native):
+    head = Int8Linear.from_linear(torch.nn.Linear(96, 333, bias=False), dynamic_inputs=True)
+    hidden = torch.randn(rows, 96, generator=torch.Generator().manual_seed(rows)) * 3
+    with torch.no_grad():
+        fast = head(hidden)
+        without_native()
+        slow = head(hidden)
+    assert torch.equal(fast, slow)
