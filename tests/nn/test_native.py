@@ -357,3 +357,16 @@ def test_an_int8_head_gives_the_same_logits_with_and_without_the_native_kernels(
         without_native()
         slow = head(hidden)
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("extreme", [-128, 127])
+def test_fused_sfsa_sums_every_value_row_at_the_int8_extremes_exactly(extreme):
+    """Every one of 600 keys fires and every value is an int8 extreme: the context's partial sums (kept in int16
+    per 256 keys for head size 64) reach ±32768 and must stay exact."""
+    groups, length, width = 2, 600, 64
+    query = torch.ones(1, 1, groups, 1, width)
+    keys = torch.ones(groups, length, width, dtype=torch.int8)
+    values = torch.full((groups, length, width), extreme, dtype=torch.int8)
+    weights, context = native.sfsa_decode(query, 1.0, keys, values, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0)
+    assert torch.equal(weights, torch.ones_like(weights))
+    assert torch.equal(context, torch.full((1, 1, 1, groups * width), float(extreme * length)))
