@@ -148,7 +148,7 @@ def _attend_in_place(attention, block, membranes, attention_mask, cache, executi
     buffers, length = reserve(layer, 1)
     keys, values = (buffer[..., : length + 1, :] for buffer in buffers)
     fire = _fire_table(firings)
-    fused = fused_sfsa(attention, query, keys, values, *units, (membranes[1], membranes[2], *units), fire)
+    fused = fused_sfsa(attention, query, keys, values, *units, (membranes[1], membranes[2], *units), fire, True)
     if fused is not None:
         layer.keys, layer.values = keys, values
     return fused
@@ -193,8 +193,8 @@ def _normalized(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 def _firing(neuron, steps: int):
     """``(fire, parameters)`` of `spike_products` for the neurons `decode_block` supports, else `None`: the LIF
-    (soft reset) and, at one time step, the integer LIF and its normalized form, in integer mode."""
-    if neuron.record_firing_rate or neuron.backend == "inductor":
+    (soft reset) and, at one time step, the integer LIF and its normalized form, in integer mode, without offsets."""
+    if neuron.record_firing_rate or neuron.backend == "inductor" or neuron.coding.has_offset:
         return None
     if type(neuron) is LIFNeuron and neuron.v_reset is None:
         return "lif", (float(neuron.beta), float(neuron.v_threshold), 0.0)
@@ -219,7 +219,7 @@ def _spike_fed(layers, membrane: torch.Tensor, neuron, steps: int, firing) -> li
 def _supported(hidden, cache, block: _Block) -> tuple | None:
     """The neurons' `_firing` where `decode_block` covers this call, else `None`: one position of at most
     `NATIVE_MAX_ROWS` fp32 CPU rows with a cache, no gradient and nothing recorded; a `_Block.supported` block in
-    eval mode whose neurons `_firing` covers without offsets, at sizes their generic forward runs eagerly; the
+    eval mode whose neurons `_firing` covers, at sizes their generic forward runs eagerly; the
     native library. (The attention itself runs the module's own code, `SpikingSelfAttention.attend`, whatever its
     cache holds.)"""
     steps, batch, length, _ = hidden.shape
@@ -230,7 +230,7 @@ def _supported(hidden, cache, block: _Block) -> tuple | None:
         return None
     if active_recorders() or native_library() is None or rows * block.widest >= AUTO_COMPILE_MIN_NUMEL:
         return None
-    if any(linear.training for linear in block.linears) or any(n.coding.has_offset for n in block.neurons):
+    if any(linear.training for linear in block.linears):
         return None
     firings = tuple(_firing(neuron, steps) for neuron in block.neurons)
     return None if None in firings else firings
@@ -314,12 +314,13 @@ def fused_sfsa_applies(attention) -> bool:
     return fused_sfsa_kind(attention) and not attention.attn_neuron.record_firing_rate
 
 
-def fused_sfsa(attention, query, keys, values, key_unit, value_unit, appended=None, fire=None):
+def fused_sfsa(attention, query, keys, values, key_unit, value_unit, appended=None, fire=None, checked=False):
     """``(context (T, B, L, D), attention spikes)`` of `sfsa_on_int8_cache` with the value unit applied, in one
     native call (`spiking_lm.nn.native.sfsa_decode`), bit for bit, where `fused_sfsa_applies` (the caller checks
-    that every key is allowed); `None` elsewhere. ``appended`` and ``fire``: `sfsa_decode`'s, the new position
-    written into the cache (``keys`` and ``values`` include its row) and the query and it given as membranes."""
-    if not fused_sfsa_applies(attention):
+    that every key is allowed; ``checked``: and that it applies); `None` elsewhere. ``appended`` and ``fire``:
+    `sfsa_decode`'s, the new position written into the cache (``keys`` and ``values`` include its row) and the
+    query and it given as membranes."""
+    if not (checked or fused_sfsa_applies(attention)):
         return None
     neuron = attention.attn_neuron
     steps, batch, heads, _, width = query.shape
