@@ -16,7 +16,9 @@ the CPU, and reused after. Where no compiler works, or ``SPIKING_LM_NATIVE=0``, 
 Decoding SFSA also multiplies the event backend's int8 K/V cache in place (`int8_attention_scores`,
 `int8_attention_context`) instead of widening the whole cache to fp32 at every step, and decoding-size neurons fire
 in one call each: LIF recurrences (`lif_steps`) instead of four torch operations per time step, the integer
-neurons at T = 1 (`integer_fire`) instead of three.
+neurons at T = 1 (`integer_fire`) instead of three. The int8 LM head's product for a few rows (`int8_matrix_rows`)
+is one pass over its table with the CPU's int8 dot-product instructions (AVX-512 VNNI), where the GEMM's fixed
+costs and layout made it slower.
 
 This module imports only `torch` so that it can travel with a saved model's code.
 """
@@ -217,7 +219,7 @@ def counts_product(
 
 MATRIX_MAX_ROWS = 4
 """Up to this many rows `int8_matrix_rows` beats `torch._int_mm` (int8 LM head, 50272 × 768: 0.8 vs 1.2 ms a row,
-2.3 vs 2.9 ms for four, 4.0 vs 3.1 ms for eight; docs/w8.md)."""
+2.3 vs 2.9 ms for four, 4.0 vs 3.1 ms for eight; docs/benchmarks.md)."""
 
 
 def int8_matrix_rows(
