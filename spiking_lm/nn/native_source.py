@@ -495,7 +495,7 @@ int64_t int8_matrix_rows(const int8_t *x, int64_t rows, int64_t in, const int8_t
         const int8_t *row = q + o * in;
         const __m512i ones = _mm512_set1_epi8(1);
         __m512i sums = _mm512_setzero_si512(), acc[8];
-        for (int64_t r = 0; r < rows; r++) acc[r] = _mm512_setzero_si512();
+        for (int64_t r = 0; r < 8; r++) acc[r] = _mm512_setzero_si512();
         for (int64_t c = 0; c < chunks; c++) {
             __m512i w = _mm512_maskz_loadu_epi8(c + 1 < chunks ? ~(__mmask64)0 : tail, row + 64 * c);
             sums = _mm512_dpbusd_epi32(sums, ones, w);
