@@ -229,10 +229,11 @@ def int8_matrix_rows(
     ``(R, in)`` and ``qweight`` ``(out, in)`` and fp32 ``row_scale`` ``(R, 1)`` and ``scale`` ``(out,)`` (the int8
     LM head): exact int32 sums, each weight row read once for all the rows. `None` where it is not faster than the
     GEMM (more than `MATRIX_MAX_ROWS` rows, a library built without int8 dot-product instructions: AVX-512 VNNI)
-    or where the kernel does not apply (tensors off the CPU, scales not fp32)."""
+    or where the kernel does not read the tensors as they are (off the CPU, a strided ``qweight``, scales not fp32)."""
     library = native_library()
     on_cpu = x.device.type == qweight.device.type == scale.device.type == "cpu"
-    if library is None or x.shape[0] > MATRIX_MAX_ROWS or not on_cpu or scale.dtype != torch.float32:
+    readable = on_cpu and qweight.is_contiguous() and scale.dtype == torch.float32
+    if library is None or x.shape[0] > MATRIX_MAX_ROWS or not readable:
         return None
     _check(x, torch.int8, 2)
     _check(qweight, torch.int8, 2)

@@ -344,6 +344,8 @@ def test_the_head_product_leaves_what_it_does_not_speed_up_to_the_gemm():
     x, weight = torch.ones(5, 64, dtype=torch.int8), torch.ones(10, 64, dtype=torch.int8)
     assert native.int8_matrix_rows(x, weight, torch.ones(5, 1), torch.ones(10)) is None  # over MATRIX_MAX_ROWS
     assert native.int8_matrix_rows(x[:1], weight, torch.ones(1, 1), torch.ones(10, dtype=torch.bfloat16)) is None
+    strided = torch.ones(64, 10, dtype=torch.int8).t()  # (out, in) as a transposed view
+    assert native.int8_matrix_rows(x[:1], strided, torch.ones(1, 1), torch.ones(10)) is None
     with pytest.raises(ValueError, match=r"qweight \(out, in\)"):
         native.int8_matrix_rows(x[:1], weight[:, :32].contiguous(), torch.ones(1, 1), torch.ones(10))
 
