@@ -160,10 +160,10 @@ class IntegerLIFNeuron(SpikingNeuron):
 
     @property
     def coding(self) -> SpikeCoding:
-        # read on every spike-fed product: built once per spike mode (the adaptive-shift neurons, whose offset
-        # follows a learned α, build theirs each time)
+        # read on every spike-fed product: built once per spike mode and D (the adaptive-shift neurons, whose
+        # offset follows a learned α, build theirs each time)
         cached = self.__dict__.get("_coding")
-        if cached is None or cached.mode != self.spike_mode:
+        if cached is None or cached.mode != self.spike_mode or cached.max != self.spike_max:
             cached = SpikeCoding(self.spike_scale, self.spike_offset, self.spike_max, False, self.spike_mode)
             self.__dict__["_coding"] = cached
         return cached

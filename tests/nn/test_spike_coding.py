@@ -131,6 +131,17 @@ def test_every_neuron_describes_its_output_with_one_coding(name):
         torch.testing.assert_close(neuron.coding.values(train), integer)
 
 
+@pytest.mark.parametrize("name", ["ilif", "nilif"])
+def test_an_integer_neurons_coding_follows_its_spike_max(name):
+    """The coding is kept between calls: a D assigned after construction must not leave the old one in place."""
+    neuron = build_neuron(name, spike_max=4)
+    assert neuron.coding.max == 4
+    neuron.spike_max = 8
+    assert neuron.coding.max == 8 and neuron.coding.scale == (0.125 if name == "nilif" else 1.0)
+    counts = neuron.coding.values(neuron(torch.full((1, 3), 7.0))) / neuron.coding.scale
+    assert torch.equal(counts, torch.full((1, 3), 7.0))
+
+
 def test_zero_one_names_exactly_the_neurons_that_emit_0_1_spikes():
     """SFSA's compact products rely on it: 0/1 operands are exact in uint8 and their overlaps are counts."""
     assert build_neuron("lif").coding.zero_one and build_neuron("psn", time_steps=4).coding.zero_one
