@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from .attention import row_normalized
-from .decoding import decode_block
+from .decode_step import decode_block
 from .execution import execution_or_default
 from .norms import normalize, normalize_and_fire
 from .spike_linear import exact_output_dtype, linear_on_spikes, low_spike_dtype
@@ -112,7 +112,7 @@ def membrane_shortcut_layer(
     Linears their input spikes feed: training in bf16, the neurons emit bf16 spikes for them (`low_spike_dtype`).
     ``output_firing_rate`` also returns the block input neuron's `firing_rate` (what SpAD's RateMSE compares).
     ``mlp_modules``: the MLP's ``(fc1, norm1, neuron, fc2, norm2)``, with which a decoding step may run through
-    `spiking_lm.nn.decoding.decode_block` (the same values in fewer calls).
+    `spiking_lm.nn.decode_step.decode_block` (the same values in fewer calls).
     """
     if mlp_modules is not None and cache is not None and hidden.shape[2] == 1 and not output_firing_rate:
         modules = (attn_norm, attn_neuron, attention, mlp_norm, mlp_neuron, mlp_modules)

@@ -17,7 +17,15 @@ import weakref
 
 import torch
 
-__all__ = ["DEFAULT_EXECUTION", "INFERENCE_BACKENDS", "MATMUL_DTYPES", "SpikeExecution", "execution_or_default"]
+__all__ = [
+    "DEFAULT_EXECUTION",
+    "INFERENCE_BACKENDS",
+    "MATMUL_DTYPES",
+    "SpikeExecution",
+    "WatchedSettings",
+    "execution_or_default",
+    "settings_version",
+]
 
 INFERENCE_BACKENDS = ("dense", "event")
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -175,6 +183,23 @@ def contents_fingerprint(tensors) -> list[torch.Tensor]:
 
 
 DEFAULT_EXECUTION = SpikeExecution()
+
+_SETTINGS_VERSION = [0]
+
+
+class WatchedSettings:
+    """Mixin of the modules whose settings a decoding step's plan reads (`spiking_lm.nn.decode_step`): neurons,
+    W8 Linears, attention. Every attribute assigned on one (a flag, a neuron constant, a spike mode, `train`/`eval`,
+    a replaced buffer or submodule) advances `settings_version`, after which every such plan is made again."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        _SETTINGS_VERSION[0] += 1
+
+
+def settings_version() -> int:
+    """How many attributes `WatchedSettings` modules have been assigned so far (in this process)."""
+    return _SETTINGS_VERSION[0]
 
 
 def execution_or_default(execution: SpikeExecution | None) -> SpikeExecution:

@@ -72,6 +72,7 @@ REMOTE_CODE_MODULES = (
     "norms",
     "attention",
     "decoding",
+    "decode_step",
     "self_attention",
     "blocks",
     "configuration_utils",

@@ -41,7 +41,7 @@ from .native_source import SOURCE
 
 __all__ = ["FIRES", "MATRIX_MAX_ROWS", "NATIVE_MAX_ROWS", "ProductPlan", "counts_product", "fire_table",
            "int8_attention_context", "int8_attention_scores", "int8_matrix_rows", "integer_fire", "lif_steps",
-           "native_library", "sfsa_decode", "spike_products"]  # fmt: skip
+           "native_library", "run_counts_product", "run_sfsa_decode", "sfsa_decode", "spike_products"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,16 @@ class ProductPlan:
         self.total = sum(self.outs)
         self.table = torch.tensor(entries, dtype=torch.int64)
 
+    def run(self, x: torch.Tensor, fire: int, parameters, steps: int, unit: float, offset: float = 0.0):
+        """`spike_products` for arguments it would accept, unchecked (decoding checks them once per block): ``x``
+        contiguous fp32 on the CPU ``(R, in)``, ``fire`` a `FIRES` code, ``steps`` dividing R."""
+        rows = x.shape[0]
+        result = torch.empty(rows * self.total)
+        found = native_library().spike_products(x.data_ptr(), rows, self.in_features, fire, *parameters, steps, offset,
+                                                unit, int(offset != 0), self.table.data_ptr(), len(self.outs),
+                                                result.data_ptr(), torch.get_num_threads())  # fmt: skip
+        return None if found < 0 else (_pieces(result, rows, self), found)
+
 
 FIRES = {None: 0, "integer": 1, "lif": 2}
 """How `spike_products` makes spikes of its input: none (they are spike values), `integer_fire`, `lif_steps`."""
@@ -176,13 +186,7 @@ def spike_products(x: torch.Tensor, plan: ProductPlan, offset: float, unit: floa
     if fire not in FIRES or rows % max(steps, 1):
         raise ValueError(f"fire must be one of {list(FIRES)} on rows that {steps} time steps divide, got {fire!r} "
                          f"on {rows} rows")  # fmt: skip
-    result = torch.empty(rows * plan.total)
-    found = native_library().spike_products(x.data_ptr(), rows, plan.in_features, FIRES[fire], *parameters, steps,
-                                            offset, unit, int(offset != 0), plan.table.data_ptr(), len(plan.outs),
-                                            result.data_ptr(), torch.get_num_threads())  # fmt: skip
-    if found < 0:
-        return None
-    return _pieces(result, rows, plan), found
+    return plan.run(x, FIRES[fire], parameters, steps, unit, offset)
 
 
 def _pieces(result: torch.Tensor, rows: int, plan: ProductPlan) -> list[torch.Tensor]:
@@ -209,10 +213,15 @@ def counts_product(
         raise ValueError(f"counts_product takes inputs (R, {qweight.shape[0]}) in a power-of-two unit, got "
                          f"{tuple(x.shape)} in {unit!r}")  # fmt: skip
     out = qweight.shape[1]
-    vectors = [_vector(vector, out) for vector in (scale, bias)]
-    result = torch.empty(x.shape[0], out)
-    status = native_library().counts_product(x.data_ptr(), x.shape[0], x.shape[1], unit, qweight.data_ptr(), out,
-                                             *(None if v is None else v.data_ptr() for v in vectors),
+    return run_counts_product(x, unit, qweight, *(_vector(vector, out) for vector in (scale, bias)))
+
+
+def run_counts_product(x: torch.Tensor, unit: float, qweight: torch.Tensor, scale: torch.Tensor, bias=None):
+    """`counts_product` for arguments it would accept, unchecked (decoding checks them once per block)."""
+    rows, out = x.shape[0], qweight.shape[1]
+    result = torch.empty(rows, out)
+    status = native_library().counts_product(x.data_ptr(), rows, x.shape[1], unit, qweight.data_ptr(), out,
+                                             scale.data_ptr(), None if bias is None else bias.data_ptr(),
                                              result.data_ptr(), torch.get_num_threads())  # fmt: skip
     return None if status < 0 else result
 
@@ -299,17 +308,13 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
     (``"integer"`` or ``"lif"``) for Q, K and V, or their `fire_table`, in one call with the rest."""
     _check(query, torch.float32, 5)
     steps, batch, heads, lq, d = query.shape
-    lk = keys.shape[1]
     words = -(-d // 64) if keys.dtype == torch.int64 else 0  # keys as bits
     if keys.shape[:2] != values.shape[:2] or keys.shape[0] != steps * batch * heads or values.shape[2] != d \
             or keys.shape[2] != (words or d):  # fmt: skip
         raise ValueError(f"a K/V cache of {tuple(keys.shape)} and {tuple(values.shape)} does not match queries "
                          f"of {tuple(query.shape)} (T, B, H, Lq, d)")  # fmt: skip
-    new_key = new_value = None
-    key_unit = value_unit_new = 1.0
     if appended is not None:
-        new_key, new_value, key_unit, value_unit_new = appended
-        for new in (new_key, new_value):
+        for new in appended[:2]:
             _check(new, torch.float32, 5)
             if new.shape != (steps, batch, heads, 1, d) or lq != 1:
                 raise ValueError(f"an appended position of {tuple(new.shape)} does not match queries of "
@@ -320,14 +325,25 @@ def sfsa_decode(query, unit, keys, values, qk_scale, score_scale, beta, threshol
             raise ValueError("firing in sfsa_decode needs an appended position")
         how = fire if torch.is_tensor(fire) else fire_table(fire)
         _check(how, torch.float32, 2)
-    weights = torch.empty(steps, batch, heads, lq, lk)
+    _group_stride(keys, torch.int64 if words else torch.int8), _group_stride(values)  # rows contiguous, or raise
+    scalars = (unit, qk_scale, score_scale, beta, threshold, root, value_unit)
+    return run_sfsa_decode(query, keys, values, scalars, appended or (None, None, 1.0, 1.0), how)
+
+
+def run_sfsa_decode(query, keys, values, scalars, appended, how=None):
+    """`sfsa_decode` for arguments it would accept, unchecked (decoding checks them once per block): ``scalars``
+    ``(unit, qk_scale, score_scale, beta, threshold, root, value_unit)``, ``appended`` ``(K, V, K unit, V unit)``
+    or ``(None, None, 1, 1)``, ``how`` a `fire_table` or `None`."""
+    steps, batch, heads, lq, d = query.shape
+    unit, *constants = scalars
+    new_key, new_value, key_unit, value_unit = appended
+    weights = torch.empty(steps, batch, heads, lq, keys.shape[1])
     context = torch.empty(steps, batch, lq, heads * d)
     status = native_library().sfsa_decode(
-        query.data_ptr(), unit, keys.data_ptr(), values.data_ptr(), steps, batch, heads, lq, lk, d, words,
-        _group_stride(keys, torch.int64 if words else torch.int8), _group_stride(values),
-        qk_scale, score_scale, beta, threshold, root, value_unit,
+        query.data_ptr(), unit, keys.data_ptr(), values.data_ptr(), steps, batch, heads, lq, keys.shape[1], d,
+        -(-d // 64) if keys.dtype == torch.int64 else 0, keys.stride(0), values.stride(0), *constants,
         None if new_key is None else new_key.data_ptr(), None if new_value is None else new_value.data_ptr(),
-        key_unit, value_unit_new, None if how is None else how.data_ptr(), weights.data_ptr(), context.data_ptr(),
+        key_unit, value_unit, None if how is None else how.data_ptr(), weights.data_ptr(), context.data_ptr(),
         torch.get_num_threads(),
     )  # fmt: skip
     return None if status < 0 else (weights, context)

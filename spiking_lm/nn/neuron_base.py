@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .dispatch import check_backend
+from .execution import WatchedSettings
 from .recompute import is_recomputing
 from .spike_coding import SpikeCoding
 
@@ -36,7 +37,7 @@ def _check_int(field: str, value, low: int):
 BINARY_CODING = SpikeCoding()
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(WatchedSettings, nn.Module):
     """Base class: firing-rate bookkeeping and the backend option. Subclasses implement `fire`.
 
     Args:

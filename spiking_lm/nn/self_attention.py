@@ -38,7 +38,7 @@ from .decoding import (
     sfsa_on_int8_cache,
 )
 from .event import integer_counts, worth_gathering
-from .execution import execution_or_default
+from .execution import WatchedSettings, execution_or_default
 from .native import NATIVE_MAX_ROWS, counts_product, native_library
 from .neurons import build_neuron, neuron_from_config
 from .norms import build_norm, normalize, normalize_and_fire
@@ -74,7 +74,7 @@ def _stored_kinds(cache, layer_idx: int):
     return layer.keys.dtype, layer.values.dtype
 
 
-class SpikingSelfAttention(nn.Module):
+class SpikingSelfAttention(WatchedSettings, nn.Module):
     """Spiking self-attention of ``config.attention_type`` with teacher-family parameter names.
 
     Args:

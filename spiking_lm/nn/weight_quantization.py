@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .execution import WatchedSettings
 from .native import NATIVE_MAX_ROWS, ProductPlan, int8_matrix_rows, native_library, spike_products
 from .recording import OperationRecorder, active_recorders, recording
 from .spike_coding import binary_to_integer, coding_of
@@ -42,7 +43,7 @@ GATHER_MAX_FRACTION = 0.6
 """...as long as they are at most this share of the rows (above it, the dense int8 product is as fast)."""
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(WatchedSettings, nn.Module):
     """A Linear with int8 weights and a per-output-row fp32 scale (module docstring).
 
     State: ``qweight`` int8 ``(in_features, out_features)``, stored transposed so that each input's row of Qᵀ is

@@ -1,10 +1,10 @@
-"""`spiking_lm.nn.decoding.decode_block`: a decoding step in few calls, bit for bit the generic block."""
+"""`spiking_lm.nn.decode_step.decode_block`: a decoding step in few calls, bit for bit the generic block."""
 
 import pytest
 import torch
 
 import spiking_lm
-from spiking_lm.nn import blocks, decoding, event, functional, native
+from spiking_lm.nn import blocks, decode_step, event, functional, native
 from spiking_lm.nn.recording import OperationRecorder, recording
 
 from ..models.conftest import model_inputs, tiny_model
@@ -28,9 +28,9 @@ def w8_model(neuron_type, time_steps, **overrides):
 def generate_both_ways(model, monkeypatch, **inputs):
     """``(through decode_block, generic, how many blocks decode_block ran, how many attended in place)``."""
     ran, in_place = [], []
-    block, attend = decoding.decode_block, decoding._attend_in_place
+    block, attend = decode_step.decode_block, decode_step._attend_in_place
     monkeypatch.setattr(blocks, "decode_block", lambda *a: (lambda r: ran.append(r is not None) or r)(block(*a)))
-    monkeypatch.setattr(decoding, "_attend_in_place", lambda *a: (lambda r: in_place.append(r is not None) or r)(
+    monkeypatch.setattr(decode_step, "_attend_in_place", lambda *a: (lambda r: in_place.append(r is not None) or r)(
         attend(*a)))  # fmt: skip
     with torch.no_grad():
         fast = model.generate(**inputs, **OPTIONS)
@@ -171,3 +171,40 @@ def test_spike_products_refuse_what_they_cannot_fire():
         native.spike_products(torch.ones(2, 8), plan, 0.0, 1.0, "psn")
     with pytest.raises(ValueError, match="do not match weights of 8 inputs"):
         native.spike_products(torch.ones(2, 7), plan, 0.0, 1.0)
+
+
+def test_the_kept_plan_follows_the_modules(monkeypatch):
+    """A block's plan is made at the first decoding step and kept for the steps after; a setting, a tensor or a
+    config field it depends on that changes — assigned, changed in place, replaced — makes it again, so that the
+    change acts as it does in the generic block (or hands the block to it)."""
+    monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)
+    model = w8_model("lif", 2)
+    layers = model.config.num_hidden_layers
+    prompt = model_inputs(spiking_lm.BiSpikCLMForCausalLM, batch=1, length=5)
+    plans, make = [], decode_step._plan
+    monkeypatch.setattr(decode_step, "_plan", lambda *a: (lambda plan: plans.append(plan) or plan)(make(*a)))
+    fast, generic, ran, in_place = generate_both_ways(model, monkeypatch, **prompt)
+    assert ran == in_place == layers * (OPTIONS["max_new_tokens"] - 1) and len(plans) == layers  # kept
+    assert_same(fast, generic)
+    block = model.model.decoder.layers[0]
+    attention = block.self_attn
+    changes = {
+        "a neuron constant": lambda: setattr(attention.q_neuron, "v_threshold", 0.6),
+        "an int8 scale changed in place": lambda: block.fc1.weight_scale[::2].mul_(3),  # (a norm follows)
+        "an int8 table replaced": lambda: setattr(block.fc2, "qweight", -block.fc2.qweight),
+        "a config field": lambda: setattr(model.config, "attn_score_scale", "none"),
+    }
+    for name, change in changes.items():
+        before = generic
+        plans.clear()
+        with torch.no_grad():
+            change()
+        fast, generic, ran, in_place = generate_both_ways(model, monkeypatch, **prompt)
+        assert plans and ran == in_place == layers * (OPTIONS["max_new_tokens"] - 1), name
+        assert not all(torch.equal(a, b) for a, b in zip(generic.scores, before.scores, strict=True)), name
+        assert_same(fast, generic)
+    attention.attn_neuron.record_firing_rate = True  # block 0's attention records: its own code runs
+    fast, generic, ran, in_place = generate_both_ways(model, monkeypatch, **prompt)
+    assert ran == layers * (OPTIONS["max_new_tokens"] - 1) and in_place == ran - (OPTIONS["max_new_tokens"] - 1)
+    assert attention.attn_neuron.recorded_elements > 0
+    assert_same(fast, generic)

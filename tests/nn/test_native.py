@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import spiking_lm
-from spiking_lm.nn import decoding, event, functional, native, self_attention
+from spiking_lm.nn import decode_step, decoding, event, functional, native, self_attention
 from spiking_lm.nn.bitpack import pack_bits
 from spiking_lm.nn.weight_quantization import Int8Linear, int8_linears_on_spikes
 
@@ -117,8 +117,11 @@ def test_sfsa_decoding_on_the_int8_cache_is_the_widened_caches_bits(neuron_type,
     monkeypatch.setattr(event, "MIN_WEIGHT_BYTES", 0)  # the tiny model's caches take the int8 format
     calls, products = [], []
     original, product = decoding.sfsa_decode, self_attention.counts_product
+    run_sfsa, run_product = decode_step.run_sfsa_decode, decode_step.run_counts_product  # a decoding step's calls
     monkeypatch.setattr(decoding, "sfsa_decode", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(decode_step, "run_sfsa_decode", lambda *a: calls.append(1) or run_sfsa(*a))
     monkeypatch.setattr(self_attention, "counts_product", lambda *a: products.append(1) or product(*a))
+    monkeypatch.setattr(decode_step, "run_counts_product", lambda *a: products.append(1) or run_product(*a))
     model = tiny_model(spiking_lm.BiSpikCLMForCausalLM, neuron_type=neuron_type, time_steps=time_steps,
                        num_attention_heads=heads)  # fmt: skip
     if w8:
