@@ -70,6 +70,104 @@ static void prefetch_rows(const int64_t *plan, int64_t matrices, int64_t i) {
         prefetch_part((const int8_t *)plan[5 * m] + i * plan[5 * m + 1], plan[5 * m + 1]);
 }
 
+#ifdef INT8_DOT
+#define DOT_CHUNK 512  /* columns a thread sums at a time: their int32 sums for 8 rows stay in L1 (16 KB) */
+
+/* int8_rows_products for 2-8 rows of counts in [0, 127] with VNNI: the selected inputs in groups of four, whose
+   four weight rows are interleaved per column (byte e of each int32 lane from the e-th row), so that one
+   `vpdpbusd` adds four count x weight products into each of 16 int32 sums of a row; the threads share the columns
+   (DOT_CHUNK at a time), not the inputs, so each weight byte is read once and no partial sums are added after.
+   A 4-group's interleaved lanes hold columns 16L + 4k + e (lane L of vector k) and are put back in order once per
+   chunk. The same exact sums as the int16 path, then the same fp32 operations. */
+static void rows_products_dot(const int8_t *counts, int64_t rows, int64_t in, const int32_t *selected, int64_t n,
+                              const int64_t *plan, int64_t matrices, float *result, int threads) {
+    int64_t groups = (n + 3) / 4, units = 0;
+    int64_t *inputs = (int64_t *)malloc(sizeof(int64_t) * (groups * 4 + 1));
+    uint32_t *quads = (uint32_t *)malloc(sizeof(uint32_t) * (groups * rows + 1));
+    for (int64_t s = 0; s < groups * 4; s++) inputs[s] = s < n ? selected[s] : selected[n - 1];  /* count 0 */
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t r = 0; r < rows; r++) {
+            uint32_t quad = 0;
+            for (int64_t e = 0; e < 4 && 4 * g + e < n; e++)
+                quad |= (uint32_t)(uint8_t)counts[r * in + inputs[4 * g + e]] << (8 * e);
+            quads[g * rows + r] = quad;
+        }
+    for (int64_t m = 0; m < matrices; m++) units += (plan[5 * m + 1] + DOT_CHUNK - 1) / DOT_CHUNK;
+    #pragma omp parallel num_threads(threads)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        __m512i *acc = (__m512i *)aligned_alloc(64, sizeof(__m512i) * 8 * DOT_CHUNK / 16);
+        int32_t sums[DOT_CHUNK] __attribute__((aligned(64)));
+        int64_t u0 = units * tid / nt, u1 = units * (tid + 1) / nt, u = 0, column = 0;
+        for (int64_t m = 0; m < matrices; m++) {
+            int64_t width = plan[5 * m + 1];
+            const int8_t *q = (const int8_t *)plan[5 * m];
+            const float *scale = (const float *)plan[5 * m + 2];
+            const float *shift = (const float *)plan[5 * m + 3];
+            const float *bias = (const float *)plan[5 * m + 4];
+            for (int64_t c0 = 0; c0 < width; c0 += DOT_CHUNK, u++) {
+                if (u < u0 || u >= u1) continue;
+                int64_t span = width - c0 < DOT_CHUNK ? width - c0 : DOT_CHUNK, blocks = (span + 63) / 64;
+                memset(acc, 0, sizeof(__m512i) * rows * blocks * 4);
+                for (int64_t g = 0; g < groups && g < PREFETCH_AHEAD / 4; g++)
+                    for (int64_t e = 0; e < 4; e++) prefetch_part(q + inputs[4 * g + e] * width + c0, span);
+                for (int64_t g = 0; g < groups; g++) {
+                    if (g + PREFETCH_AHEAD / 4 < groups)
+                        for (int64_t e = 0; e < 4; e++)
+                            prefetch_part(q + inputs[4 * (g + PREFETCH_AHEAD / 4) + e] * width + c0, span);
+                    int64_t active[8], live = 0;  /* the rows whose four counts are not all zero */
+                    for (int64_t r = 0; r < rows; r++)
+                        if (quads[g * rows + r]) active[live++] = r;
+                    if (live == 0) continue;
+                    const int8_t *w0 = q + inputs[4 * g] * width + c0, *w1 = q + inputs[4 * g + 1] * width + c0;
+                    const int8_t *w2 = q + inputs[4 * g + 2] * width + c0, *w3 = q + inputs[4 * g + 3] * width + c0;
+                    for (int64_t b = 0; b < blocks; b++) {
+                        __mmask64 mask = span - 64 * b >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (span - 64 * b)) - 1;
+                        __m512i z0 = _mm512_maskz_loadu_epi8(mask, w0 + 64 * b);
+                        __m512i z1 = _mm512_maskz_loadu_epi8(mask, w1 + 64 * b);
+                        __m512i z2 = _mm512_maskz_loadu_epi8(mask, w2 + 64 * b);
+                        __m512i z3 = _mm512_maskz_loadu_epi8(mask, w3 + 64 * b);
+                        __m512i lo01 = _mm512_unpacklo_epi8(z0, z1), hi01 = _mm512_unpackhi_epi8(z0, z1);
+                        __m512i lo23 = _mm512_unpacklo_epi8(z2, z3), hi23 = _mm512_unpackhi_epi8(z2, z3);
+                        __m512i d[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                                        _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+                        for (int64_t a = 0; a < live; a++) {
+                            int64_t r = active[a];
+                            __m512i k = _mm512_set1_epi32((int32_t)quads[g * rows + r]);
+                            __m512i *sum = acc + (r * blocks + b) * 4;
+                            for (int v = 0; v < 4; v++) sum[v] = _mm512_dpbusd_epi32(sum[v], k, d[v]);
+                        }
+                    }
+                }
+                for (int64_t r = 0; r < rows; r++) {
+                    for (int64_t b = 0; b < blocks; b++) {  /* lanes back in column order: a 4 x 4 transpose */
+                        const __m512i *sum = acc + (r * blocks + b) * 4;
+                        __m512i t0 = _mm512_shuffle_i32x4(sum[0], sum[1], 0x44);
+                        __m512i t1 = _mm512_shuffle_i32x4(sum[2], sum[3], 0x44);
+                        __m512i t2 = _mm512_shuffle_i32x4(sum[0], sum[1], 0xEE);
+                        __m512i t3 = _mm512_shuffle_i32x4(sum[2], sum[3], 0xEE);
+                        _mm512_store_si512((__m512i *)(sums + 64 * b), _mm512_shuffle_i32x4(t0, t1, 0x88));
+                        _mm512_store_si512((__m512i *)(sums + 64 * b + 16), _mm512_shuffle_i32x4(t0, t1, 0xDD));
+                        _mm512_store_si512((__m512i *)(sums + 64 * b + 32), _mm512_shuffle_i32x4(t2, t3, 0x88));
+                        _mm512_store_si512((__m512i *)(sums + 64 * b + 48), _mm512_shuffle_i32x4(t2, t3, 0xDD));
+                    }
+                    float *__restrict__ target = result + rows * column + r * width + c0;
+                    for (int64_t j = 0; j < span; j++) target[j] = (float)sums[j] * scale[c0 + j];
+                    if (shift)
+                        for (int64_t j = 0; j < span; j++) target[j] = target[j] + shift[c0 + j];
+                    if (bias)
+                        for (int64_t j = 0; j < span; j++) target[j] = target[j] + bias[c0 + j];
+                }
+            }
+            column += width;
+        }
+        free(acc);
+    }
+    free(quads);
+    free(inputs);
+}
+#endif
+
 /* For each matrix m of a plan (5 int64 per matrix: the address of q_m (in, out_m) int8, out_m, and the addresses of
    its fp32 scale, shift and bias, 0 for none), result_m[r, j] = ((float)sum_s counts[r, selected[s]] *
    q_m[selected[s], j]) * scale[j] (+ shift[j]) (+ bias[j]), result_m (rows, out_m) at result + rows * (out_0 + ...
@@ -79,11 +177,18 @@ static void prefetch_rows(const int64_t *plan, int64_t matrices, int64_t i) {
    into int32. The threads' partial sums are added by columns. */
 void int8_rows_products(const int8_t *counts, int64_t rows, int64_t in, const int32_t *selected, int64_t n,
                         const int64_t *plan, int64_t matrices, float *result, int threads) {
-    int32_t largest = 1;
+    int32_t largest = 1, smallest = 0;
     for (int64_t e = 0; e < rows * in; e++) {
         int32_t k = counts[e] < 0 ? -counts[e] : counts[e];
         if (k > largest) largest = k;
+        if (counts[e] < smallest) smallest = counts[e];
     }
+#ifdef INT8_DOT
+    if (rows >= 2 && rows <= 8 && smallest >= 0 && n > 0) {
+        rows_products_dot(counts, rows, in, selected, n, plan, matrices, result, threads);
+        return;
+    }
+#endif
     const int32_t burst = 32767 / (127 * largest);  /* int16 sums of this many products cannot overflow */
     int64_t out = 0;  /* the matrices' outputs side by side: column c of matrix m is out_0 + ... + out_{m-1} + c */
     for (int64_t m = 0; m < matrices; m++) out += plan[5 * m + 1];

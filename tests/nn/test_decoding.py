@@ -117,6 +117,28 @@ def test_spike_products_are_the_compositions_bits(fire, steps):
     assert (native.spike_products(membrane, plan, 0.0, unit, fire, parameters, steps) is None) == (fire != "lif")
 
 
+@pytest.mark.parametrize("rows,low,high", [(1, 0, 4), (2, 0, 1), (5, 0, 4), (8, 0, 127), (8, -2, 2)])
+def test_spike_products_of_several_rows_and_wide_matrices_are_exact(rows, low, high):
+    """2-8 rows of non-negative counts take the VNNI kernel (four inputs per instruction, columns in chunks of 512
+    shared by the threads, a tail of columns and of inputs); one row or signed counts take the int16 one: the exact
+    integer sums either way, then the same fp32 operations, bit for bit."""
+    generator = torch.Generator().manual_seed(rows)
+    layers = [spiking_lm.nn.weight_quantization.Int8Linear.from_linear(torch.nn.Linear(301, width))
+              for width in (1100, 64, 517)]  # fmt: skip
+    counts = torch.randint(low, high + 1, (rows, 301), generator=generator)
+    counts[:, ::3] = 0  # inputs no row selects
+    if rows > 2:
+        counts[1] = 0  # a row without a spike
+    plan = native.ProductPlan([layer.quantized_t() for layer in layers], [layer.weight_scale for layer in layers],
+                              [None, None, layers[2].offset_shift(0.5)], [layer.bias for layer in layers])  # fmt: skip
+    outputs, selected = native.spike_products(counts.float(), plan, 0.0, 1.0)
+    assert selected == int((counts != 0).any(0).sum())
+    for output, layer, shift in zip(outputs, layers, (None, None, layers[2].offset_shift(0.5)), strict=True):
+        expected = (counts.double() @ layer.quantized_t().double()).float() * layer.weight_scale  # exact sums
+        expected = expected if shift is None else expected + shift
+        assert torch.equal(output, expected + layer.bias)
+
+
 def test_a_product_plan_follows_its_weights():
     """Decoding keeps the products' plan between tokens: a weight, scale or bias changed in place or replaced
     makes a new one, so the products always use the module's current tensors."""
