@@ -12,11 +12,11 @@ What the step decides about the modules — which of its neurons fire how, the i
 whether SFSA reads the int8 cache in place and in which units — is worked out once by the functions the generic
 code asks (`_plan`) and kept on the attention module while nothing it read changes: the same module objects, no
 attribute assigned on a neuron, W8 Linear or attention module since (`spiking_lm.nn.execution.settings_version`:
-flags, neuron constants, spike modes, `train`/`eval`, replaced tensors), the int8 Linears' tensors unchanged in place
-(their versions), and the same attention config fields, execution backend and rows (`_state`). What belongs to the
-call (gradient mode, recorders, the dtype of the input, the cache and the mask) is checked at every call. Where the
-block or the call is anything else than what the plan covers, `decode_block` returns `None` and the generic block
-runs.
+flags, neuron constants, spike modes, `train`/`eval`), the same int8 tensors in the Linears, unchanged in place
+(identity and version), and the same attention config fields, execution backend and rows (`_state`). What belongs
+to the call (gradient mode, recorders, the dtype of the input, the cache and the mask) is checked at every call.
+Where the block or the call is anything else than what the plan covers, `decode_block` returns `None` and the
+generic block runs.
 
 This module imports only `torch` and same-folder modules so that it can travel with a saved model's code.
 """
@@ -122,18 +122,32 @@ def _call_plan(hidden, cache, arguments, execution) -> _Plan | None:
     modules = (attn_norm, attn_neuron, mlp_norm, mlp_neuron, *mlp_modules, *attention._modules.values())
     state = _state(attention, execution, steps, batch)
     kept = attention.__dict__.get("_decode_step")
-    if (
-        kept is None
-        or kept.state != state
-        or len(kept.modules) != len(modules)
-        or not all(map(operator.is_, kept.modules, modules))
-        or kept.versions != [t._version for t in kept.tensors]
-    ):
+    if kept is None or kept.state != state or not _same(kept.modules, modules) or not _same_tensors(kept):
         plan = _plan(arguments, execution, steps, batch)
-        tensors = [] if plan is None else [t for linear in plan.linears for t in linear.stored_tensors()]
+        tensors = [] if plan is None else _stored(plan)
         kept = _Kept(modules, state, tensors, [t._version for t in tensors], plan)
         attention.__dict__["_decode_step"] = kept  # a plain attribute: not a submodule, not saved
     return kept.plan
+
+
+def _same(kept, current) -> bool:
+    """Whether two sequences hold the same objects."""
+    return len(kept) == len(current) and all(map(operator.is_, kept, current))
+
+
+def _stored(plan: _Plan) -> list:
+    """The int8 Linears' stored tensors now (`Int8Linear.stored_tensors`)."""
+    return [t for linear in plan.linears for t in linear.stored_tensors()]
+
+
+def _same_tensors(kept: _Kept) -> bool:
+    """Whether the plan's Linears hold the tensors it was made from, unchanged in place (a replacement need not go
+    through an attribute assignment: `register_buffer`, `Module.to`)."""
+    return (
+        kept.plan is None
+        or _same(kept.tensors, _stored(kept.plan))
+        and kept.versions == [t._version for t in kept.tensors]
+    )
 
 
 def _plan(arguments, execution, steps: int, batch: int) -> _Plan | None:

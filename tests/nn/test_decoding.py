@@ -214,6 +214,7 @@ def test_the_kept_plan_follows_the_modules(monkeypatch):
         "a neuron constant": lambda: setattr(attention.q_neuron, "v_threshold", 0.6),
         "an int8 scale changed in place": lambda: block.fc1.weight_scale[::2].mul_(3),  # (a norm follows)
         "an int8 table replaced": lambda: setattr(block.fc2, "qweight", -block.fc2.qweight),
+        "an int8 table registered anew": lambda: block.fc1.register_buffer("qweight", block.fc1.qweight.flip(1)),
         "a config field": lambda: setattr(model.config, "attn_score_scale", "none"),
     }
     for name, change in changes.items():
