@@ -168,6 +168,23 @@ static void rows_products_dot(const int8_t *counts, int64_t rows, int64_t in, co
 }
 #endif
 
+#ifdef INT8_DOT
+/* Lane i of the result = the sum of the 16 lanes of v[i]: 16 horizontal sums in 45 instructions (pairs
+   interleaved and added, then 64-bit halves, then 128-bit lanes) instead of 16 separate reductions. */
+static inline __m512i reduce16(const __m512i *v) {
+    __m512i a[8], b[4];
+    for (int i = 0; i < 8; i++)  /* per 128-bit lane: v[2i] and v[2i+1]'s elements 0+2 and 1+3, interleaved */
+        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)  /* per 128-bit lane: the lane's sums of v[4i], ..., v[4i+3] */
+        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
+                                _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    __m512i c0 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x44), _mm512_shuffle_i32x4(b[0], b[1], 0xEE));
+    __m512i c1 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2], b[3], 0x44), _mm512_shuffle_i32x4(b[2], b[3], 0xEE));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(c0, c1, 0x88), _mm512_shuffle_i32x4(c0, c1, 0xDD));
+}
+#endif
+
 /* For each matrix m of a plan (5 int64 per matrix: the address of q_m (in, out_m) int8, out_m, and the addresses of
    its fp32 scale, shift and bias, 0 for none), result_m[r, j] = ((float)sum_s counts[r, selected[s]] *
    q_m[selected[s], j]) * scale[j] (+ shift[j]) (+ bias[j]), result_m (rows, out_m) at result + rows * (out_0 + ...
@@ -420,7 +437,11 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
             for (int64_t t = 0; t < steps; t++) {
                 int64_t g = (b * steps + t) * heads + h;
                 const float *q = query + (((t * batch + b) * heads + h) * lq + r) * d;
-                for (int64_t e = 0; e < d; e++) counts[e] = (int8_t)(unit == 1.0f ? q[e] : nearbyintf(q[e] / unit));
+                int8_t smallest = 0;
+                for (int64_t e = 0; e < d; e++) {
+                    counts[e] = (int8_t)(unit == 1.0f ? q[e] : nearbyintf(q[e] / unit));
+                    if (counts[e] < smallest) smallest = counts[e];
+                }
                 if (k_words) pack_row(q, d, k_words, bits);  /* 0/1 counts: unit 1 */
                 float *spikes = weights + (((t * batch + b) * heads + h) * lq + r) * lk;
                 memset(sum, 0, sizeof(int32_t) * d);
@@ -428,7 +449,20 @@ int64_t sfsa_decode(const float *query, float unit, int8_t *k, int8_t *v, int64_
                     const uint64_t *words = kw + g * k_stride, word = bits[0];
                     for (int64_t j = 0; j < lk; j++) overlaps[j] = (int32_t)__builtin_popcountll(word & words[j]);
                 } else {
-                    for (int64_t j = 0; j < lk; j++) {
+                    int64_t j = 0;
+#ifdef INT8_DOT
+                    /* int8 keys of 64, a non-negative query: 16 keys' products by VNNI, their sums reduced together */
+                    if (k_words == 0 && d == 64 && smallest >= 0) {
+                        __m512i qv = _mm512_loadu_si512(counts), dots[16];
+                        for (; j + 16 <= lk; j += 16) {
+                            for (int e = 0; e < 16; e++)
+                                dots[e] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv,
+                                                              _mm512_loadu_si512(k + g * k_stride + (j + e) * 64));
+                            _mm512_storeu_si512(overlaps + j, reduce16(dots));
+                        }
+                    }
+#endif
+                    for (; j < lk; j++) {
                         const int8_t *key = k + g * k_stride + j * d;
                         const uint64_t *words = kw + g * k_stride + j * k_words;
                         int32_t overlap = 0;
