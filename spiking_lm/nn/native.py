@@ -228,7 +228,7 @@ def run_counts_product(x: torch.Tensor, unit: float, qweight: torch.Tensor, scal
 
 MATRIX_MAX_ROWS = 4
 """Up to this many rows `int8_matrix_rows` beats `torch._int_mm` (int8 LM head, 50272 × 768: 0.8 vs 1.2 ms a row,
-2.3 vs 2.9 ms for four, 4.0 vs 3.1 ms for eight; docs/benchmarks.md)."""
+2.3 vs 2.9 ms for four; at eight no faster, in isolation or decoding at batch 8: docs/benchmarks.md)."""
 
 
 def int8_matrix_rows(
